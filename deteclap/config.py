@@ -1,0 +1,290 @@
+"""Typed run configuration: dataclasses loaded from JSON, with `extends` and `--set` overrides.
+
+A config file is a JSON object with one object per section (model, data, labels, loss, optim,
+deepspeed, eval, run, finetune). A file may name a base file with `"extends": "base.json"`
+(relative to itself); its sections are merged key by key over the base. Overrides
+`section.key=value` are applied last; the value is parsed as JSON when it parses, else taken as a
+string. Every unknown key, wrong type or missing file raises `ConfigError` naming the key and file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+# CAV-MAE's dataset statistics for the normalised fbank (src/run_cavmae_pretrain.py defaults).
+FBANK_NORM_MEAN = -5.081
+FBANK_NORM_STD = 4.4849
+# ImageNet statistics that CAV-MAE's loader normalises frames with.
+IMAGE_MEAN = (0.4850, 0.4560, 0.4060)
+IMAGE_STD = (0.2290, 0.2240, 0.2250)
+
+VARIANTS = ("cavmae", "audio", "visual", "separate", "and", "or",
+            "soft_audio", "soft_visual", "soft_max")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+@dataclass
+class ModelConfig:
+    """CAV-MAE shape; the defaults are the official pretraining model (191,036,160 parameters)."""
+    img_size: int = 224
+    audio_length: int = 1024          # fbank frames after padding / cutting
+    num_mel_bins: int = 128
+    patch_size: int = 16
+    embed_dim: int = 768
+    modality_specific_depth: int = 11
+    joint_depth: int = 1              # official: 12 - modality_specific_depth = 1
+    num_heads: int = 12
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    mlp_ratio: float = 4.0
+    norm_pix_loss: bool = True        # as the official pretraining scripts run it
+    tr_pos: bool = False              # fixed sin-cos position embeddings
+    init_checkpoint: str = ""         # official CAV-MAE / our checkpoint to start from ("" = none)
+
+
+@dataclass
+class DataConfig:
+    train_shards: str = ""            # folder of shards (with dataset.json) or a glob of tars
+    eval_shards: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    loader: str = "auto"              # auto | dali | reference
+    dali_device: str = "auto"         # auto | gpu | cpu
+    batch_size: int = 48
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    frame_dtype: str = "float32"      # float32 | float16
+    eval_frame: int = 5               # CAV-MAE evaluates on the middle of its 10 frame instants
+    num_frames: int = 10              # frame instants per clip stored in the shard
+    noise: bool = True                # CAV-MAE pretraining's fbank noise + time roll
+    freqm: int = 0                    # SpecAugment frequency mask width (fine-tuning: 48)
+    timem: int = 0                    # SpecAugment time mask width (fine-tuning: 192)
+    mixup: float = 0.0                # probability of mixup (fine-tuning)
+    on_error: str = "raise"           # raise | skip  (bad sample inside a shard)
+    seed: int = 0
+
+
+@dataclass
+class LabelsConfig:
+    variant: str = "cavmae"           # one of VARIANTS
+    audio_labeller: str = "clap"      # stored score member that gives y_a
+    visual_labeller: str = "yolo"     # stored score member that gives y_v
+    audio_threshold: float = 0.5      # CLAP cosine >= this is a positive
+    visual_threshold: float = 0.4     # YOLO probability >= this is a positive
+    vocabulary: str = ""              # "" = the shards' dataset.json vocabulary
+
+
+@dataclass
+class LossConfig:
+    mae_weight: float = 1.0
+    contrastive_weight: float = 0.01
+    contrastive_tau: float = 0.05
+    bidirectional: bool = False       # official default: one direction (audio -> visual columns)
+    a2l_weight: float = 1.0
+    v2l_weight: float = 1.0
+    mask_ratio_a: float = 0.75
+    mask_ratio_v: float = 0.75
+    mask_mode: str = "unstructured"   # unstructured | time | freq | tf (audio only)
+
+
+@dataclass
+class OptimConfig:
+    """CAV-MAE: torch.optim.Adam(lr, weight_decay=5e-7, betas=(0.95, 0.999)); DETECLAP: lr 5e-5."""
+    lr: float = 5e-5
+    weight_decay: float = 5e-7
+    betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 1000          # CAV-MAE warms up linearly over its first 1000 steps
+    decay_start_step: int = 0         # 0 = no step decay; else lr *= decay_rate every decay_every
+    decay_every: int = 0
+    decay_rate: float = 0.5
+    grad_clip: float = 0.0            # 0 = off (CAV-MAE does not clip)
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    precision: str = "bf16"           # bf16 | fp16 | fp32
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class EvalConfig:
+    per_class: int = 5                # retrieval subset: this many clips per class (0 = all)
+    batch_size: int = 64
+    recall_at: tuple[int, ...] = (1, 5, 10)
+
+
+@dataclass
+class FinetuneConfig:
+    task: str = ""                    # "" (pretraining) | single_label | multi_label
+    pretrained: str = ""              # pretraining checkpoint to start from
+    head_lr_scale: float = 100.0      # CAV-MAE's fine-tuning: new head at 100x the encoder lr
+    mode: str = "multimodal"          # multimodal | audioonly | videoonly
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"
+    max_steps: int = 1000
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    source: str = ""                  # the file this config came from (set by load_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+_CHOICES = {
+    ("data", "loader"): ("auto", "dali", "reference"),
+    ("data", "dali_device"): ("auto", "gpu", "cpu"),
+    ("data", "frame_dtype"): ("float32", "float16"),
+    ("data", "on_error"): ("raise", "skip"),
+    ("labels", "variant"): VARIANTS,
+    ("loss", "mask_mode"): ("unstructured", "time", "freq", "tf"),
+    ("deepspeed", "precision"): ("bf16", "fp16", "fp32"),
+    ("deepspeed", "zero_stage"): (0, 1, 2, 3),
+    ("finetune", "task"): ("", "single_label", "multi_label"),
+    ("finetune", "mode"): ("multimodal", "audioonly", "videoonly"),
+    ("run", "device"): ("auto", "cpu", "cuda"),
+}
+
+
+def _read_json(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file and merge it over the file it `extends` (recursively)."""
+    if not path.is_file():
+        where = f" (extended from {seen[-1]})" if seen else ""
+        raise ConfigError(f"{path}: config file not found{where}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a JSON object")
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base = _read_json(path.parent / base_name, seen + (path.resolve(),))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = {**base[section], **values}
+        else:
+            base[section] = values
+    return base
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint; return it converted (lists -> tuples, int -> float)."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) == len(value):
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    type_name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{where}: expected {type_name}, got {json.dumps(value)}")
+
+
+def _build(raw: dict[str, Any], source: str) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section `{name}` (known: {', '.join(sections)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section `{name}` must be a JSON object")
+        cls = sections[name].default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        parsed = {}
+        for key, value in values.items():
+            where = f"{source}: {name}.{key}"
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key `{name}.{key}` (known: {', '.join(sorted(known))})")
+            parsed[key] = _coerce(value, hints[key], where)
+            choices = _CHOICES.get((name, key))
+            if choices is not None and parsed[key] not in choices:
+                raise ConfigError(f"{where}: {json.dumps(value)} is not one of {list(choices)}")
+        kwargs[name] = cls(**parsed)
+    return Config(**kwargs, source=source)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value); value is JSON if it parses, else a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    dotted, value_text = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = json.loads(value_text)
+    except json.JSONDecodeError:
+        value = value_text
+    return section, key, value
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Load a JSON config (following `extends`) and apply `section.key=value` overrides.
+
+    Raises ConfigError naming the file and key for unknown keys, wrong types, bad choices or a
+    missing file.
+    """
+    path = Path(path)
+    raw = _read_json(path)
+    source = str(path)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{source}: section `{section}` must be a JSON object")
+        raw[section][key] = value
+    if overrides:
+        source = f"{path} (with --set overrides)"
+    return _build(raw, source)
+
+
+def add_config_args(parser: Any, required: bool = True) -> None:
+    """Add `--config` and repeatable `--set section.key=value` to an argparse parser."""
+    parser.add_argument("--config", required=required, help="JSON config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")

@@ -1,0 +1,34 @@
+"""deteclap: DETECLAP (CAV-MAE + audio-visual object labels) with a fast DALI data path."""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "dali": ["nvidia-dali-cuda120>=1.40"],
+    "train": ["deepspeed>=0.14", "tensorboard>=2.10"],
+    "labels": ["ultralytics>=8.1", "msclap>=1.3"],
+    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19"],
+}
+EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels") for req in EXTRAS[name]})
+
+setup(
+    name="deteclap",
+    version="0.1.0",
+    description="DETECLAP: audio-visual representation learning with object labels (CAV-MAE + label heads)",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*",
+                                    "benchmarks", "benchmarks.*"]),
+    package_data={"deteclap": ["assets/*"]},
+    install_requires=[
+        "torch>=2.1,<2.16",
+        "numpy>=1.24",
+        "timm>=0.9",
+        "av>=11",
+        "soundfile>=0.12",
+        "webdataset>=0.2.80",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["deteclap=deteclap.__main__:main"]},
+)
