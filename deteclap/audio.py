@@ -1,0 +1,200 @@
+"""The audio contract: CAV-MAE's Kaldi log-mel fbank as batched torch ops on any device.
+
+CAV-MAE (src/dataloader.py) computes, per clip,
+`torchaudio.compliance.kaldi.fbank(wav - wav.mean(), htk_compat=True, sample_frequency=sr,
+use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)`,
+zero-pads / cuts it to 1024 frames, applies SpecAugment (fine-tuning), normalises with
+(x - (-5.081)) / 4.4849 and, in pretraining, adds noise and rolls along time. This module owns
+those steps for a whole batch at once (no Python loop over samples), so both loaders (DALI and the
+reference PyTorch loader) share one implementation:
+
+- `kaldi_fbank(waves)`: equal-length batch -> [B, frames, bins] (mean removal included).
+- `fbank_batch(waves, lengths)`: zero-padded batch of variable-length waves -> the whole contract
+  (per-sample mean removal and frame count, zero padding / cutting, normalisation).
+- `pad_or_cut`, `normalize_fbank`, `spec_augment`, `add_noise_and_roll`: the single steps.
+
+Kaldi steps reproduced (torchaudio's implementation): framing with snip_edges (25 ms window,
+10 ms shift), per-frame DC removal, pre-emphasis 0.97 (first sample against itself), symmetric
+Hann window, zero padding to the next power of two (512), |rfft|^2, torchaudio's Kaldi mel banks
+(with 128 bins at 16 kHz bin 3 is empty and gives log(eps)), log with an eps floor.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from deteclap.config import FBANK_NORM_MEAN, FBANK_NORM_STD
+
+SAMPLE_RATE = 16000
+NUM_MEL_BINS = 128
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+PREEMPHASIS = 0.97
+MEL_HIGH_FREQ_FACTOR = 1127.0     # Kaldi mel scale: 1127 ln(1 + f / 700)
+MEL_BREAK_FREQ = 700.0
+LOW_FREQ = 20.0                   # Kaldi's default low-freq; high-freq 0 means Nyquist
+EPSILON = torch.finfo(torch.float32).eps
+NOISE_SCALE = 10.0                # CAV-MAE: fbank + rand * U(0, 1) / 10
+
+
+def _window_sizes(sample_rate: int) -> tuple[int, int, int]:
+    """(window size, shift, FFT size) in samples, as torchaudio derives them."""
+    size = int(sample_rate * FRAME_LENGTH_MS / 1000)
+    shift = int(sample_rate * FRAME_SHIFT_MS / 1000)
+    fft_size = 1 << (size - 1).bit_length()
+    return size, shift, fft_size
+
+
+def num_frames(num_samples: int | Tensor, sample_rate: int = SAMPLE_RATE) -> int | Tensor:
+    """Frames Kaldi's snip_edges framing gives for `num_samples` (0 when shorter than a window)."""
+    size, shift, _ = _window_sizes(sample_rate)
+    if isinstance(num_samples, Tensor):
+        return torch.where(num_samples >= size, 1 + (num_samples - size).div(shift, rounding_mode="floor"), 0)
+    return 0 if num_samples < size else 1 + (num_samples - size) // shift
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_banks_cpu(num_bins: int, fft_size: int, sample_rate: int) -> Tensor:
+    """Kaldi mel filter bank [num_bins, fft_size // 2 + 1] computed with torchaudio's float32 ops."""
+    def mel(freq):
+        return MEL_HIGH_FREQ_FACTOR * (1.0 + freq / MEL_BREAK_FREQ).log()
+
+    mel_low = MEL_HIGH_FREQ_FACTOR * math.log(1.0 + LOW_FREQ / MEL_BREAK_FREQ)
+    mel_high = MEL_HIGH_FREQ_FACTOR * math.log(1.0 + 0.5 * sample_rate / MEL_BREAK_FREQ)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    index = torch.arange(num_bins).unsqueeze(1)
+    left = mel_low + index * delta
+    centre = mel_low + (index + 1.0) * delta
+    right = mel_low + (index + 2.0) * delta
+    fft_mel = mel(sample_rate / fft_size * torch.arange(fft_size // 2)).unsqueeze(0)
+    up = (fft_mel - left) / (centre - left)
+    down = (right - fft_mel) / (right - centre)
+    banks = torch.clamp(torch.minimum(up, down), min=0.0)
+    return torch.nn.functional.pad(banks, (0, 1))  # the Nyquist bin gets no weight
+
+
+def mel_banks(num_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """Kaldi (torchaudio) mel filter bank [num_bins, 257] at 16 kHz, on `device`."""
+    _, _, fft_size = _window_sizes(sample_rate)
+    return _mel_banks_cpu(num_bins, fft_size, sample_rate).to(device=device, dtype=dtype)
+
+
+def _frames_to_fbank(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
+    """[B, T, window] raw frames -> [B, T, num_bins] log-mel energies (Kaldi per-frame steps)."""
+    size, _, fft_size = _window_sizes(sample_rate)
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
+    frames = frames - PREEMPHASIS * previous
+    window = torch.hann_window(size, periodic=False, device=frames.device, dtype=frames.dtype)
+    frames = torch.nn.functional.pad(frames * window, (0, fft_size - size))
+    power = torch.fft.rfft(frames).abs().pow(2.0)
+    energies = power @ mel_banks(num_bins, sample_rate, frames.device, frames.dtype).T
+    return energies.clamp(min=EPSILON).log()
+
+
+def kaldi_fbank(waves: Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS) -> Tensor:
+    """CAV-MAE's Kaldi fbank of an equal-length batch, mean removal included.
+
+    Args:
+        waves: float [B, S] (or [S]) waveforms in [-1, 1], any device.
+    Returns:
+        [B, frames, num_mel_bins] log-mel fbank before padding and normalisation, with
+        frames = 1 + (S - 400) // 160 at 16 kHz.
+    Raises:
+        ValueError: waves shorter than one 25 ms window.
+    """
+    if waves.dim() == 1:
+        waves = waves.unsqueeze(0)
+    if waves.dim() != 2:
+        raise ValueError(f"kaldi_fbank expects waves [B, samples], got shape {tuple(waves.shape)}")
+    size, shift, _ = _window_sizes(sample_rate)
+    if waves.shape[1] < size:
+        raise ValueError(f"waves of {waves.shape[1]} samples are shorter than one window ({size})")
+    waves = waves - waves.mean(dim=1, keepdim=True)
+    return _frames_to_fbank(waves.unfold(1, size, shift), sample_rate, num_mel_bins)
+
+
+def pad_or_cut(fbank: Tensor, target_length: int) -> Tensor:
+    """Zero-pad at the end or cut [B, T, F] to [B, target_length, F] (CAV-MAE's ZeroPad2d / slice)."""
+    frames = fbank.shape[-2]
+    if frames >= target_length:
+        return fbank[..., :target_length, :]
+    return torch.nn.functional.pad(fbank, (0, 0, 0, target_length - frames))
+
+
+def normalize_fbank(fbank: Tensor) -> Tensor:
+    """(fbank - mean) / std with CAV-MAE's dataset statistics (-5.081, 4.4849)."""
+    return (fbank - FBANK_NORM_MEAN) / FBANK_NORM_STD
+
+
+def fbank_batch(waves: Tensor, lengths: Tensor, target_length: int, sample_rate: int = SAMPLE_RATE,
+                normalize: bool = True) -> Tensor:
+    """The whole CAV-MAE audio contract for a zero-padded batch of variable-length waves.
+
+    Each row equals the per-sample call on the unpadded wave: mean removal over its own samples,
+    its own frame count, zero frames after it (before normalisation, as CAV-MAE pads), then
+    cut / padded to `target_length` and normalised.
+
+    Args:
+        waves: float [B, S] padded waveforms; lengths: int [B] valid samples per row.
+    Returns:
+        float [B, target_length, 128].
+    Raises:
+        ValueError: a length shorter than one window or longer than S.
+    """
+    size, shift, _ = _window_sizes(sample_rate)
+    lengths = lengths.to(device=waves.device, dtype=torch.long)
+    if waves.shape[1] < size or bool((lengths < size).any()) or bool((lengths > waves.shape[1]).any()):
+        raise ValueError(f"wave lengths {lengths.tolist()} must lie in [{size}, {waves.shape[1]}] samples")
+    positions = torch.arange(waves.shape[1], device=waves.device)
+    valid = positions.unsqueeze(0) < lengths.unsqueeze(1)
+    means = (waves * valid).sum(dim=1, keepdim=True) / lengths.unsqueeze(1).to(waves.dtype)
+    frames = (waves - means).unfold(1, size, shift)[:, :target_length]
+    fbank = _frames_to_fbank(frames, sample_rate, NUM_MEL_BINS)
+    counts = num_frames(lengths, sample_rate)
+    frame_valid = torch.arange(fbank.shape[1], device=waves.device).unsqueeze(0) < counts.unsqueeze(1)
+    fbank = pad_or_cut(fbank * frame_valid.unsqueeze(-1), target_length)
+    return normalize_fbank(fbank) if normalize else fbank
+
+
+def _mask_along(fbank: Tensor, mask_param: int, axis: int, generator: torch.Generator | None) -> Tensor:
+    """One mask per sample along `axis` (1 = time, 2 = freq), torchaudio's iid masking rule."""
+    if mask_param < 1:
+        return fbank
+    batch, size = fbank.shape[0], fbank.shape[axis]
+    value = torch.rand(batch, generator=generator) * mask_param
+    start = torch.rand(batch, generator=generator) * (size - value)
+    begin = start.long()
+    end = begin + value.long()
+    index = torch.arange(size)
+    mask = (index.unsqueeze(0) >= begin.unsqueeze(1)) & (index.unsqueeze(0) < end.unsqueeze(1))
+    shape = [batch, 1, 1]
+    shape[axis] = size
+    return fbank.masked_fill(mask.view(shape).to(fbank.device), 0.0)
+
+
+def spec_augment(fbank: Tensor, freqm: int, timem: int, generator: torch.Generator | None = None) -> Tensor:
+    """SpecAugment as CAV-MAE applies it (torchaudio FrequencyMasking / TimeMasking, value 0).
+
+    CAV-MAE masks the padded, not yet normalised fbank. fbank: [B, T, F] -> [B, T, F].
+    """
+    fbank = _mask_along(fbank, freqm, 2, generator)
+    return _mask_along(fbank, timem, 1, generator)
+
+
+def add_noise_and_roll(fbank: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """CAV-MAE's pretraining noise: fbank + rand * U(0,1) / 10, then a roll along time by a
+    per-sample shift in [-T, T). Applied to the normalised fbank [B, T, F] -> [B, T, F]."""
+    batch, frames, bins = fbank.shape
+    scale = torch.rand(batch, 1, 1, generator=generator) / NOISE_SCALE
+    noise = torch.rand(batch, frames, bins, generator=generator) * scale
+    fbank = fbank + noise.to(device=fbank.device, dtype=fbank.dtype)
+    shift = torch.randint(-frames, frames, (batch, 1), generator=generator)
+    source = (torch.arange(frames).unsqueeze(0) - shift) % frames
+    index = source.to(fbank.device).unsqueeze(-1).expand(batch, frames, bins)
+    return torch.gather(fbank, 1, index)
