@@ -14,7 +14,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 # CAV-MAE's dataset statistics for the normalised fbank (src/run_cavmae_pretrain.py defaults).
 FBANK_NORM_MEAN = -5.081

@@ -1,0 +1,217 @@
+"""Evaluation as the paper reports it: audio<->visual retrieval and fine-tuned classification.
+
+    python -m deteclap.evaluate --config configs/or.json --checkpoint runs/or [--json OUT]
+
+Retrieval follows CAV-MAE's src/retrieval.py: embeddings from the joint layer with the modality
+norms (`model.embed_audio` / `model.embed_video`: mean-pooled, no masking, evaluation frame 5),
+L2-normalised, cosine similarity (one matrix product instead of its Python double loop), and for
+each query the rank of its own pair; R@1/5/10, median rank, on `eval.per_class` clips per class
+(CAV-MAE: 5). sumR = the six recalls (R@1/5/10, both directions) added, as a percentage sum.
+a2v: audio queries retrieve visual items; v2a: the reverse. With a fine-tuning config
+(`finetune.task`) it reports accuracy (single-label, VGGSound) or mAP (multi-label, AudioSet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from deteclap.config import Config, add_config_args, load_config
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics (pure functions)
+def ranks_of_pairs(sim: torch.Tensor) -> torch.Tensor:
+    """sim [N, N] (query i, item j) -> 0-based rank of item i among query i's items [N].
+
+    The rank counts the items scored strictly higher than the true pair (ties favour the pair).
+    """
+    diagonal = sim.diagonal().unsqueeze(1)
+    return (sim > diagonal).sum(dim=1)
+
+
+def recall_metrics(sim: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@k in percent and the median rank (1-based) of the true pairs of a similarity matrix."""
+    ranks = ranks_of_pairs(sim).double()
+    out = {f"r{k}": float((ranks < k).double().mean() * 100) for k in ks}
+    out["median_rank"] = float(ranks.median() + 1)
+    return out
+
+
+def retrieval_metrics(audio: torch.Tensor, visual: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, Any]:
+    """audio [N, D], visual [N, D] embeddings of the same N clips -> a2v, v2a metrics and sumR."""
+    ks = tuple(ks)
+    audio = torch.nn.functional.normalize(audio.double(), dim=-1)
+    visual = torch.nn.functional.normalize(visual.double(), dim=-1)
+    sim = audio @ visual.T
+    a2v, v2a = recall_metrics(sim, ks), recall_metrics(sim.T, ks)
+    sum_r = sum(a2v[f"r{k}"] + v2a[f"r{k}"] for k in ks)
+    return {"a2v": a2v, "v2a": v2a, "sumR": sum_r, "num_clips": int(audio.shape[0])}
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision of one class: scores [N], binary labels [N] (as sklearn computes it)."""
+    order = np.argsort(-scores, kind="stable")
+    labels = labels[order].astype(np.float64)
+    if labels.sum() == 0:
+        return float("nan")
+    scores = scores[order]
+    # group tied scores: precision / recall are evaluated at the last item of each tie group
+    last_of_group = np.r_[scores[1:] != scores[:-1], True]
+    hits = np.cumsum(labels)[last_of_group]
+    seen = (np.arange(len(labels)) + 1)[last_of_group]
+    precision, recall = hits / seen, hits / labels.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """mAP over the classes that have at least one positive: scores, labels [N, C]."""
+    aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
+    aps = [ap for ap in aps if not np.isnan(ap)]
+    return float(np.mean(aps) * 100) if aps else float("nan")
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Single-label top-1 accuracy in percent: logits, multi-hot labels [N, C]."""
+    return float((logits.argmax(1) == labels.argmax(1)).mean() * 100)
+
+
+def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first `per_class` clips of each class (in loader order); all when 0.
+
+    classes [N, C] multi-hot; a clip counts for its first class.
+    """
+    if per_class <= 0:
+        return np.arange(len(classes))
+    first = classes.argmax(1)
+    chosen, counts = [], {}
+    for index, cls in enumerate(first):
+        if counts.get(cls, 0) < per_class:
+            counts[cls] = counts.get(cls, 0) + 1
+            chosen.append(index)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# running a checkpoint
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model.pt file, a checkpoint folder holding one, or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path / "model.pt",):
+        if candidate.is_file():
+            return candidate
+    latest = path / "checkpoints" / "latest"
+    if latest.is_file():
+        return path / "checkpoints" / latest.read_text().strip() / "model.pt"
+    raise FileNotFoundError(f"{path}: no model.pt, checkpoint folder or run folder with checkpoints/latest")
+
+
+def pick_device(pref: str) -> torch.device:
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def collect(cfg: Config, model: torch.nn.Module, device: torch.device, finetune: bool) -> dict[str, Any]:
+    """Run the evaluation loader once; return embeddings (or logits), classes and keys."""
+    from deteclap.data import build
+
+    loader = build(cfg, train=False)
+    audio, visual, logits, classes, keys = [], [], [], [], []
+    model.eval()
+    for batch in loader:
+        fbank = batch["fbank"].to(device).float()
+        frames = batch["frames"].to(device).float()
+        if finetune:
+            logits.append(model(fbank, frames, cfg.finetune.mode).float().cpu())
+        else:
+            audio.append(model.embed_audio(fbank).float().cpu())
+            visual.append(model.embed_video(frames).float().cpu())
+        classes.append(batch["classes"].float().cpu())
+        keys.extend(batch["keys"])
+    out: dict[str, Any] = {"classes": torch.cat(classes).numpy(), "keys": keys,
+                           "skipped": dict(getattr(loader, "skipped", {}) or {})}
+    if finetune:
+        out["logits"] = torch.cat(logits).numpy()
+    else:
+        out["audio"], out["visual"] = torch.cat(audio), torch.cat(visual)
+    return out
+
+
+def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
+    """Metrics of a checkpoint on `data.eval_shards` (retrieval, or classification when fine-tuning)."""
+    from deteclap.model import build_finetune_model, build_model, load_checkpoint
+    from deteclap.train import dataset_info
+
+    info = dataset_info(cfg.data.eval_shards)
+    path = resolve_checkpoint(checkpoint)
+    device = pick_device(cfg.run.device)
+    finetune = bool(cfg.finetune.task)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if finetune:
+        model = build_finetune_model(cfg.model, len(info["classes"]))
+    else:
+        heads = state.get("label_head_a.weight")
+        model = build_model(cfg.model, 0 if heads is None else int(heads.shape[0]))
+    report = load_checkpoint(model, state)
+    model.to(device)
+    data = collect(cfg, model, device, finetune)
+    result: dict[str, Any] = {"checkpoint": str(path), "eval_shards": cfg.data.eval_shards,
+                              "load_report": {"missing": list(report.missing), "unexpected": list(report.unexpected)},
+                              "skipped_samples": data["skipped"]}
+    if finetune:
+        probs = data["logits"]
+        if cfg.finetune.task == "single_label":
+            result["accuracy"] = accuracy(probs, data["classes"])
+        else:
+            result["mAP"] = mean_average_precision(probs, data["classes"])
+        result["num_clips"] = int(len(probs))
+        return result
+    subset = torch.from_numpy(per_class_subset(data["classes"], cfg.eval.per_class))
+    result.update(retrieval_metrics(data["audio"][subset], data["visual"][subset], cfg.eval.recall_at))
+    return result
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Rows name -> retrieval result, as the paper's Table I (R@1/5/10 a->v and v->a)."""
+    head = f"{'model':<14} | {'a->v R@1':>8} {'R@5':>6} {'R@10':>6} | {'v->a R@1':>8} {'R@5':>6} {'R@10':>6} | {'sumR':>6}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        a, v = r["a2v"], r["v2a"]
+        lines.append(f"{name:<14} | {a['r1']:8.1f} {a['r5']:6.1f} {a['r10']:6.1f} | "
+                     f"{v['r1']:8.1f} {v['r5']:6.1f} {v['r10']:6.1f} | {r['sumR']:6.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deteclap.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--checkpoint", required=True,
+                        help="model.pt, a checkpoint folder, or a run folder (uses checkpoints/latest)")
+    parser.add_argument("--json", help="write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    result = evaluate(cfg, args.checkpoint)
+    if "a2v" in result:
+        print(format_table({Path(cfg.source.split(" ")[0]).stem: result}))
+    else:
+        print(json.dumps({k: v for k, v in result.items() if k in ("accuracy", "mAP", "num_clips")}))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""Training application: CAV-MAE / DETECLAP pretraining (and fine-tuning) with DeepSpeed ZeRO.
+
+    deepspeed deteclap/train.py --config configs/or.json          # any number of GPUs / nodes
+    torchrun --nproc-per-node 8 deteclap/train.py --config configs/or.json
+    python deteclap/train.py --config configs/tiny.json --set run.max_steps=20   # one process, CPU ok
+
+Writes under `run.out_dir`: config.json (the resolved config), metrics.jsonl (one object per logged
+step with `step`, `lr`, `samples_per_s` and every loss term), tb/ (TensorBoard scalars),
+checkpoints/step_XXXXXXXX/ (DeepSpeed state + model.pt, a plain state dict) with
+checkpoints/latest naming the newest complete one, and summary.json at the end.
+`--resume` continues from checkpoints/latest with the same optimiser, lr schedule, step, data
+position and random stream, so a killed run resumed reaches the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (deepspeed / torchrun launch a file path)
+    _here = str(Path(__file__).resolve().parent)
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
+
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from typing import Any
+from collections.abc import Iterator
+
+import torch
+
+from deteclap.config import Config, add_config_args, load_config
+
+LATEST = "latest"
+SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN / inf; the run stops and keeps its last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed set-up
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed through DeepSpeed; one process without a launcher works too.
+
+    Returns (rank, world_size, device). NCCL on CUDA, gloo on the CPU.
+    """
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python deteclap/train.py`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    use_cuda = torch.cuda.is_available() and device_pref != "cpu"
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is 'cuda' but no CUDA device is visible")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        device = torch.device("cpu")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+# ----------------------------------------------------------------------------------------------
+# the run folder
+class RunDir:
+    """Paths of one run and its append-only metrics log."""
+
+    def __init__(self, out_dir: str | Path):
+        self.root = Path(out_dir)
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / "metrics.jsonl"
+
+    def latest_tag(self) -> str | None:
+        pointer = self.checkpoints / LATEST
+        return pointer.read_text().strip() if pointer.is_file() else None
+
+    def set_latest(self, tag: str) -> None:
+        tmp = self.checkpoints / f".{LATEST}.tmp"
+        tmp.write_text(tag + "\n")
+        os.replace(tmp, self.checkpoints / LATEST)
+
+    def prune(self, keep: int) -> None:
+        """Delete all but the newest `keep` complete checkpoints (never the one `latest` names)."""
+        latest = self.latest_tag()
+        tags = sorted(p.name for p in self.checkpoints.glob("step_*") if p.is_dir())
+        for tag in tags[:-keep] if keep > 0 else []:
+            if tag != latest:
+                shutil.rmtree(self.checkpoints / tag, ignore_errors=True)
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop logged lines past the checkpoint so the log reads as one run."""
+        if not self.metrics.is_file():
+            return
+        kept = [line for line in self.metrics.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= after_step]
+        self.metrics.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.metrics.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# model, data, objective
+def dataset_info(shards: str) -> dict[str, Any]:
+    """dataset.json of a shard folder (the class and label vocabularies live there)."""
+    path = Path(shards) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset.json; is {shards!r} a folder written by "
+                                f"`python -m deteclap.shard`?")
+    return json.loads(path.read_text())
+
+
+def build_objective(cfg: Config, info: dict[str, Any]) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    """The nn.Module DeepSpeed trains (model + loss) and its optimiser parameter groups."""
+    from deteclap.model import build_finetune_model, build_model, load_checkpoint
+    from deteclap.model.losses import FinetuneObjective, PretrainObjective
+
+    if cfg.finetune.task:
+        model = build_finetune_model(cfg.model, len(info["classes"]))
+        if cfg.finetune.pretrained:
+            print(f"fine-tuning from {cfg.finetune.pretrained}: {load_checkpoint(model, cfg.finetune.pretrained)}")
+        objective = FinetuneObjective(model, cfg.finetune.task, cfg.finetune.mode)
+        head = [p for n, p in model.named_parameters() if n.startswith("mlp_head")]
+        body = [p for n, p in model.named_parameters() if not n.startswith("mlp_head")]
+        groups = [{"params": body}, {"params": head, "lr": cfg.optim.lr * cfg.finetune.head_lr_scale}]
+        return objective, groups
+    from deteclap.data.targets import required_labellers
+
+    num_labels = len(info["label_vocabulary"]) if required_labellers(cfg.labels) else 0
+    model = build_model(cfg.model, num_labels)
+    if cfg.model.init_checkpoint:
+        print(f"initialised from {cfg.model.init_checkpoint}: {load_checkpoint(model, cfg.model.init_checkpoint)}")
+    objective = PretrainObjective(model, cfg.loss)
+    return objective, [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
+def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
+                     ) -> Iterator[tuple[int, int, dict[str, Any], Any]]:
+    """Endless (epoch, index in epoch, batch, loader); resumes at batch `skip` of `epoch`.
+
+    Each epoch builds the loader for that epoch (its shuffle is seeded by seed and epoch), so the
+    batches after a resume are the ones the uninterrupted run saw.
+    """
+    from deteclap.data import build
+
+    while True:
+        loader = build(cfg, train=True, rank=rank, world_size=world, epoch=epoch)
+        produced = False
+        for index, batch in enumerate(loader):
+            produced = True
+            if index >= skip:
+                yield epoch, index, batch, loader
+        if not produced:
+            raise RuntimeError(f"{cfg.data.train_shards}: the training loader produced no batch "
+                               f"(fewer samples than data.batch_size={cfg.data.batch_size} per rank?)")
+        skip = 0
+        epoch += 1
+
+
+def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    """Move tensors (and the targets dict) to the device; cast float inputs for fp16 engines."""
+    def move(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            x = x.to(device, non_blocking=True)
+            return x.to(dtype) if dtype is not None and x.is_floating_point() else x
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        return x
+    return {k: move(v) for k, v in batch.items()}
+
+
+def model_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """A full fp32 state dict of the wrapped model (gathers ZeRO-3 partitions); rank 0 gets it."""
+    import deepspeed
+
+    model = engine.module.model
+    params = list(model.parameters())
+    if engine.zero_optimization_stage() == 3:
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save(engine: Any, run: RunDir, step: int, client_state: dict[str, Any], rank: int, keep: int) -> str:
+    """Save DeepSpeed state + model.pt under checkpoints/step_N, then point `latest` at it.
+
+    `latest` moves (atomically) only after every rank has finished writing, so a kill while
+    saving leaves the previous checkpoint as the one a resume uses.
+    """
+    from deteclap.model.checkpoint import save_state_dict
+
+    tag = f"step_{step:08d}"
+    engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state=client_state, save_latest=False)
+    state = model_state_dict(engine)
+    if rank == 0:
+        save_state_dict(state, run.checkpoints / tag / "model.pt")
+    torch.distributed.barrier()
+    if rank == 0:
+        run.set_latest(tag)
+        run.prune(keep)
+    torch.distributed.barrier()
+    return tag
+
+
+def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar logs over ranks."""
+    names = sorted(values)
+    t = torch.tensor([values[n] for n in names], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    t /= torch.distributed.get_world_size()
+    return dict(zip(names, t.tolist()))
+
+
+# ----------------------------------------------------------------------------------------------
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Run training as configured; returns the run summary (also written to summary.json)."""
+    import deepspeed
+
+    from deteclap.optim import build_optimizer, build_scheduler, deepspeed_config
+
+    rank, world, device = setup_distributed(cfg.run.device)
+    run = RunDir(cfg.run.out_dir)
+    if rank == 0:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        (run.root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    info = dataset_info(cfg.data.train_shards)
+    objective, groups = build_objective(cfg, info)
+    optimizer = build_optimizer(groups, cfg.optim, device)
+    scheduler = build_scheduler(optimizer, cfg.optim)
+    engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg))
+    input_dtype = torch.float16 if cfg.deepspeed.precision == "fp16" else None
+
+    step, epoch, skip = 0, 0, 0
+    tag = run.latest_tag() if resume else None
+    if resume and tag is None and rank == 0:
+        print(f"--resume: no checkpoint under {run.checkpoints}, starting from step 0")
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
+        if client is None:
+            raise RuntimeError(f"{run.checkpoints / tag}: could not load the checkpoint")
+        step, epoch, skip = client["step"], client["epoch"], client["batch_in_epoch"]
+        if rank == 0:
+            run.truncate_metrics(step)
+            print(f"resumed from {run.checkpoints / tag} at step {step}")
+    elif rank == 0 and run.metrics.exists():
+        run.metrics.unlink()
+
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(run.root / "tb"))
+        except ImportError:
+            print("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+
+    from tqdm import tqdm
+
+    accum = cfg.deepspeed.grad_accum_steps
+    progress = tqdm(total=cfg.run.max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
+    batches = training_batches(cfg, rank, world, epoch, skip)
+    start_time, last_time, samples_since_log = time.time(), time.time(), 0
+    samples_total, last_losses, loader = 0, {}, None
+    engine.train()
+    while step < cfg.run.max_steps:
+        sums: dict[str, float] = {}
+        for micro in range(accum):
+            epoch, index, batch, loader = next(batches)
+            torch.manual_seed((cfg.run.seed * SEED_STRIDE + step) * world * accum + rank * accum + micro)
+            batch = to_device(batch, engine.device, input_dtype)
+            targets = batch["classes"] if cfg.finetune.task else batch["targets"]
+            losses = engine(batch["fbank"], batch["frames"], targets)
+            finite = torch.tensor(float(torch.isfinite(losses["total"]).item()), device=device)
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            if finite.item() == 0:
+                terms = {k: float(v) for k, v in losses.items()}
+                raise NonFiniteLoss(f"non-finite loss at step {step + 1} (terms {terms}); stopping. The last good "
+                                    f"checkpoint is {run.checkpoints / (run.latest_tag() or 'none')}")
+            engine.backward(losses["total"])
+            engine.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / accum
+            samples_since_log += batch["fbank"].shape[0] * world
+        step += 1
+        samples_total += cfg.data.batch_size * world * accum
+        last_losses = sums
+        progress.update(1)
+        if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
+            logged = reduce_mean(sums, device)
+            now = time.time()
+            record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                      "samples_per_s": samples_since_log / max(now - last_time, 1e-9), **logged}
+            last_time, samples_since_log = now, 0
+            if rank == 0:
+                run.log(record)
+                progress.set_postfix(loss=f"{logged['total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+                if writer is not None:
+                    for k, v in record.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
+            client = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
+            save(engine, run, step, client, rank, cfg.run.keep_checkpoints)
+    progress.close()
+    elapsed = time.time() - start_time
+    summary = {"steps": step, "samples": samples_total, "seconds": elapsed,
+               "samples_per_s": samples_total / max(elapsed, 1e-9), "world_size": world,
+               "final": {k: v for k, v in last_losses.items() if math.isfinite(v)},
+               "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
+               "skipped_samples": dict(getattr(loader, "skipped", {}) or {})}
+    if rank == 0:
+        (run.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if writer is not None:
+            writer.close()
+        print(f"done: {step} steps, {summary['samples_per_s']:.1f} samples/s, final loss "
+              f"{summary['final'].get('total', float('nan')):.4f}, skipped samples: {summary['skipped_samples'] or 0}; "
+              f"checkpoint {summary['checkpoint']}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="deteclap/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/latest if it exists")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed launcher (LOCAL_RANK is used)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    try:
+        train(cfg, resume=args.resume)
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
