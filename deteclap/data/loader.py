@@ -1,0 +1,332 @@
+"""Reference PyTorch loader: shard tars -> the batch dict of docs/INTERNALS.md, no DALI needed.
+
+Owns the shard listing shared with dali_pipes (`resolve_shards`, `scan_samples`, `DataError`) and
+`build_loader(cfg, train, rank, world_size, epoch)`. Per sample (in DataLoader workers): the tar
+is read with python's tarfile (members grouped by key as webdataset does: key = name up to the
+first dot), the frame decoded with PyAV (deteclap.data.decode), resized on a PIL image exactly like
+CAV-MAE (T.Resize(224, BICUBIC) + CenterCrop + ToTensor + Normalize), the FLAC decoded with
+soundfile. Per batch (main process): the Kaldi fbank of deteclap.audio on the padded waves,
+SpecAugment / noise in training, targets from deteclap.data.targets.
+
+Sharding: tars are split per rank (after a seeded per-epoch shuffle in training), then per
+DataLoader worker, so every sample is read exactly once per epoch across ranks. Training batches
+are capped to the same count on every rank (`len(loader)`); evaluation keeps partial batches and
+reads in a fixed order. Bad samples raise `DataError` naming the shard and key
+(`data.on_error=raise`) or are skipped and counted by reason in `loader.skipped`.
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deteclap import audio
+from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
+
+VIDEO_EXT = "mp4"
+AUDIO_EXT = "flac"
+META_EXT = "json"
+CLASSES_EXT = "cls"
+SCORE_SUFFIX = ".f16"
+INDEX_VERSION = "v1.2"
+
+
+class DataError(RuntimeError):
+    """A bad sample (corrupt or missing member) with on_error=raise; names the shard and key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# shard listing (shared with dali_pipes)
+def resolve_shards(spec: str, split: str) -> list[Path]:
+    """Tars of one split: `spec` is a shard folder (its `{split}-*.tar`) or a glob / list of tars.
+
+    Raises:
+        FileNotFoundError: nothing matches (the message says what was looked for).
+    """
+    if not spec:
+        raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
+    root = Path(spec)
+    if root.is_dir():
+        tars = sorted(root.glob(f"{split}-*.tar"))
+        if not tars:
+            raise FileNotFoundError(f"{root}: no `{split}-*.tar` shards (split `{split}`); "
+                                    f"found {sorted(p.name for p in root.glob('*.tar'))[:5]}")
+        return tars
+    tars = sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
+    if not tars:
+        raise FileNotFoundError(f"{spec}: no tar file matches")
+    return tars
+
+
+def index_path(tar: Path) -> Path:
+    """The DALI wds2idx index file that belongs beside a tar."""
+    return tar.with_suffix(".idx")
+
+
+def scan_samples(tar: Path) -> dict[str, set[str]]:
+    """{key: member extensions} of a tar, in tar order; read from its .idx when present."""
+    samples: dict[str, set[str]] = {}
+    idx = index_path(tar)
+    if idx.is_file():
+        lines = idx.read_text().splitlines()
+        if not lines or not lines[0].startswith(INDEX_VERSION):
+            raise DataError(f"{idx}: not a {INDEX_VERSION} wds2idx index")
+        for line in lines[1:]:
+            fields = line.split()
+            for name in fields[3::4]:
+                key, ext = name.split(".", 1)
+                samples.setdefault(key, set()).add(ext)
+        return samples
+    with tarfile.open(tar) as archive:
+        for member in archive:
+            if member.isfile() and "." in Path(member.name).name:
+                key, ext = Path(member.name).name.split(".", 1)
+                samples.setdefault(key, set()).add(ext)
+    return samples
+
+
+def required_members(cfg: Config) -> list[str]:
+    """Member extensions every sample must hold for this config (label scores included)."""
+    from deteclap.data.targets import required_labellers
+
+    if cfg.finetune.task:
+        labellers: list[str] = []
+    else:
+        labellers = list(required_labellers(cfg.labels))
+    return [VIDEO_EXT, AUDIO_EXT, META_EXT, CLASSES_EXT] + [name + SCORE_SUFFIX for name in labellers]
+
+
+def split_for_rank(tars: list[Path], train: bool, rank: int, world_size: int, seed: int, epoch: int
+                   ) -> list[Path]:
+    """This rank's tars: every `world_size`-th after a per-epoch seeded shuffle (training)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    order = list(tars)
+    if train:
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order[rank::world_size]
+
+
+# ----------------------------------------------------------------------------------------------
+# per-sample work (DataLoader workers)
+@dataclass
+class Skipped:
+    """A sample left out: its shard, key and reason (travels from the workers to `skipped`)."""
+    shard: str
+    key: str
+    reason: str
+
+
+def frame_transform(img_size: int) -> Any:
+    """CAV-MAE's image preprocessing on a PIL image (src/dataloader.py)."""
+    import PIL.Image
+    import torchvision.transforms as T
+
+    return T.Compose([T.Resize(img_size, interpolation=PIL.Image.BICUBIC), T.CenterCrop(img_size),
+                      T.ToTensor(), T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
+
+
+def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for consecutive members sharing a key, in tar order (streamed)."""
+    key, members = None, {}
+    with tarfile.open(tar, mode="r|") as archive:
+        for member in archive:
+            name = Path(member.name).name
+            if not member.isfile() or "." not in name:
+                continue
+            this_key, ext = name.split(".", 1)
+            if this_key != key and key is not None:
+                yield key, members
+                members = {}
+            key = this_key
+            members[ext] = archive.extractfile(member).read()
+    if key is not None:
+        yield key, members
+
+
+class ShardSamples(torch.utils.data.IterableDataset):
+    """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
+
+    def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int) -> None:
+        self.tars, self.cfg, self.train, self.seed = tars, cfg, train, seed
+        self.exts = required_members(cfg)
+
+    def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
+               transform: Any) -> dict[str, Any]:
+        """One sample's tensors. Raises DataError(reason) for a bad sample."""
+        import PIL.Image
+
+        from deteclap.data.decode import DecodeError, decode_audio, decode_video_frames
+
+        missing = [ext for ext in self.exts if ext not in members]
+        if missing:
+            raise DataError("missing_member", f"missing members {missing}")
+        data = self.cfg.data
+        frame_index = rng.randrange(data.num_frames) if self.train else data.eval_frame
+        try:
+            frame = decode_video_frames(members[VIDEO_EXT], [frame_index])[0]
+        except DecodeError as err:
+            raise DataError("corrupt_mp4", str(err)) from err
+        try:
+            wave, rate = decode_audio(members[AUDIO_EXT])
+        except DecodeError as err:
+            raise DataError("corrupt_flac", str(err)) from err
+        if rate != audio.SAMPLE_RATE or audio.num_frames(len(wave)) == 0:
+            raise DataError("bad_audio", f"{len(wave)} samples at {rate} Hz (need >= 1 window at 16 kHz)")
+        scores = {}
+        for ext in self.exts[4:]:
+            scores[ext[: -len(SCORE_SUFFIX)]] = torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
+        return {"key": key, "frame": transform(PIL.Image.fromarray(frame)), "wave": torch.from_numpy(wave),
+                "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
+                "scores": scores}
+
+    def __iter__(self) -> Iterator[Any]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        rng = random.Random(self.seed * 1_000_003 + worker)
+        transform = frame_transform(self.cfg.model.img_size)
+        buffer: list[Any] = []
+        size = self.cfg.data.shuffle_buffer if self.train else 0
+        for tar in self.tars[worker::workers]:
+            for key, members in iter_tar_samples(tar):
+                try:
+                    item: Any = self.decode(tar, key, members, rng, transform)
+                except DataError as err:
+                    reason, detail = err.args
+                    if self.cfg.data.on_error == "raise":
+                        raise DataError(f"{tar}: sample {key}: {reason}: {detail}") from None
+                    item = Skipped(str(tar), key, reason)
+                if size <= 1:
+                    yield item
+                    continue
+                buffer.append(item)
+                if len(buffer) >= size:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+def collate(items: list[Any]) -> dict[str, Any]:
+    """Stack decoded samples; pad waves with their lengths; keep `Skipped` markers aside."""
+    skipped = [item for item in items if isinstance(item, Skipped)]
+    good = [item for item in items if not isinstance(item, Skipped)]
+    out: dict[str, Any] = {"skipped": skipped, "keys": [item["key"] for item in good]}
+    if not good:
+        return out
+    lengths = torch.tensor([item["wave"].numel() for item in good])
+    waves = torch.zeros(len(good), int(lengths.max()))
+    for i, item in enumerate(good):
+        waves[i, : lengths[i]] = item["wave"]
+    out.update(frames=torch.stack([item["frame"] for item in good]), waves=waves, lengths=lengths,
+               classes=torch.stack([item["classes"] for item in good]),
+               scores={name: torch.stack([item["scores"][name] for item in good]) for name in good[0]["scores"]})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# per-batch work (main process; shared with the DALI iterator)
+def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor,
+                 lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
+                 device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Decoded batch -> the batch dict: fbank contract (+ SpecAugment / noise in training),
+    frame dtype, targets built from the label scores. waves [B, S] padded, lengths [B]."""
+    from deteclap.data.targets import build_targets
+
+    data = cfg.data
+    fbank = audio.fbank_batch(waves.to(device), lengths, cfg.model.audio_length, normalize=False)
+    if train and (data.freqm or data.timem):
+        fbank = audio.spec_augment(fbank, data.freqm, data.timem)
+    fbank = audio.normalize_fbank(fbank)
+    if train and data.noise:
+        fbank = audio.add_noise_and_roll(fbank)
+    dtype = torch.float16 if data.frame_dtype == "float16" else torch.float32
+    scores = {name: value.to(device) for name, value in scores.items()}   # float16: targets threshold in it
+    targets = build_targets(scores, cfg.labels) if scores else {}
+    return {"fbank": fbank, "frames": frames.to(device=device, dtype=dtype), "targets": targets,
+            "classes": classes.to(device=device, dtype=torch.float32), "keys": list(keys)}
+
+
+def tar_sample_count(tar: Path) -> int:
+    """Samples in a tar (from its index when present)."""
+    idx = index_path(tar)
+    if idx.is_file():
+        first = idx.read_text().split("\n", 1)[0].split()
+        if len(first) == 2 and first[0] == INDEX_VERSION:
+            return int(first[1])
+    return len(scan_samples(tar))
+
+
+class ReferenceLoader:
+    """Iterable of batch dicts for one rank and epoch; `skipped` counts left-out samples by reason.
+
+    `start_batch` skips the first batches of the epoch (resume); training yields `len(self)`
+    batches on every rank (the smallest rank's count), evaluation every sample once.
+    """
+
+    def __init__(self, cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 start_batch: int = 0) -> None:
+        data = cfg.data
+        self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
+        spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
+        all_tars = resolve_shards(spec, split)
+        self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)
+        self.skipped: Counter[str] = Counter()
+        self.skipped_samples: list[Skipped] = []
+        self.batches_consumed = 0
+        self.length: int | None = None
+        if train:
+            counts = {tar: tar_sample_count(tar) for tar in all_tars}
+            per_rank = [split_for_rank(all_tars, True, r, world_size, data.seed, epoch) for r in range(world_size)]
+            self.length = min(self._train_batches(counts, tars) for tars in per_rank)
+
+    def _train_batches(self, counts: dict[Path, int], tars: list[Path]) -> int:
+        """Full batches a rank yields: each worker batches its own tars and drops its remainder."""
+        workers = max(self.cfg.data.num_workers, 1)
+        return sum(sum(counts[t] for t in tars[w::workers]) // self.cfg.data.batch_size for w in range(workers))
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("the evaluation loader has no fixed length")
+        return self.length
+
+    def state_dict(self) -> dict[str, int]:
+        """Data position for resuming: the epoch and the batches consumed in it."""
+        return {"epoch": self.epoch, "batches_consumed": self.batches_consumed}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        data = self.cfg.data
+        dataset = ShardSamples(self.tars, self.cfg, self.train, seed=data.seed * 1009 + self.epoch)
+        workers = min(data.num_workers, len(self.tars))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=data.batch_size, num_workers=workers, collate_fn=collate,
+            drop_last=self.train, persistent_workers=False)
+        device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
+        self.batches_consumed = 0
+        for raw in loader:
+            for item in raw["skipped"]:
+                self.skipped[item.reason] += 1
+                self.skipped_samples.append(item)
+            if not raw["keys"]:
+                continue
+            if self.length is not None and self.batches_consumed >= self.length:
+                break
+            self.batches_consumed += 1
+            if self.batches_consumed <= self.start_batch:
+                continue
+            yield finish_batch(self.cfg, self.train, raw["keys"], raw["frames"], raw["waves"], raw["lengths"],
+                               raw["classes"], raw["scores"], device)
+
+
+def build_loader(cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 start_batch: int = 0) -> ReferenceLoader:
+    """The reference PyTorch loader (see the module docstring)."""
+    return ReferenceLoader(cfg, train, rank, world_size, epoch, start_batch)
