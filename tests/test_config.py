@@ -1,0 +1,69 @@
+"""Typed configs: extends, overrides, and errors that name the file and the key."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deteclap.config import VARIANTS, ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_the_public_keys(path):
+    cfg = load_config(path)
+    assert cfg.run.max_steps > 0 and cfg.run.out_dir
+    assert isinstance(cfg.data.train_shards, str) and isinstance(cfg.data.eval_shards, str)
+
+
+def test_one_config_per_variant_and_variants_are_small_files():
+    for variant in VARIANTS:
+        path = CONFIGS / f"{variant}.json"
+        assert load_config(path).labels.variant == variant
+        assert len(path.read_text().splitlines()) <= 6, "a variant file only states what differs from base"
+
+
+def test_extends_merges_sections_key_by_key(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps({"optim": {"lr": 0.1, "warmup_steps": 7}}))
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "base.json", "optim": {"lr": 0.2}}))
+    cfg = load_config(tmp_path / "child.json")
+    assert (cfg.optim.lr, cfg.optim.warmup_steps) == (0.2, 7)
+
+
+def test_overrides_parse_json_values_and_strings():
+    cfg = load_config(CONFIGS / "tiny.json", ["run.max_steps=3", "optim.betas=[0.9,0.99]",
+                                              "data.train_shards=/some/where", "loss.bidirectional=true"])
+    assert cfg.run.max_steps == 3 and cfg.optim.betas == (0.9, 0.99)
+    assert cfg.data.train_shards == "/some/where" and cfg.loss.bidirectional is True
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("run.maxsteps=3", "unknown key `run.maxsteps`"),
+    ("runs.max_steps=3", "unknown section `runs`"),
+    ("run.max_steps=three", "run.max_steps: expected int"),
+    ("labels.variant=xor", "labels.variant: \"xor\" is not one of"),
+    ("deepspeed.zero_stage=4", "deepspeed.zero_stage: 4 is not one of"),
+    ("run.max_steps", "expected section.key=value"),
+])
+def test_bad_values_name_the_key_and_the_file(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny.json", [override])
+    assert fragment in str(err.value)
+    if "section.key" not in fragment:
+        assert "tiny.json" in str(err.value)
+
+
+def test_unknown_key_in_a_file_names_that_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"extends": str(CONFIGS / "base.json"), "loss": {"mae_wieght": 1.0}}))
+    with pytest.raises(ConfigError, match=r"bad\.json: unknown key `loss\.mae_wieght`"):
+        load_config(path)
+
+
+def test_missing_file_and_missing_base_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.json: config file not found"):
+        load_config(tmp_path / "nope.json")
+    (tmp_path / "child.json").write_text(json.dumps({"extends": "gone.json"}))
+    with pytest.raises(ConfigError, match=r"gone\.json: config file not found \(extended from .*child\.json\)"):
+        load_config(tmp_path / "child.json")
