@@ -184,7 +184,8 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """Rows name -> retrieval result, as the paper's Table I (R@1/5/10 a->v and v->a)."""
-    head = f"{'model':<14} | {'a->v R@1':>8} {'R@5':>6} {'R@10':>6} | {'v->a R@1':>8} {'R@5':>6} {'R@10':>6} | {'sumR':>6}"
+    recalls = f"{'R@1':>8} {'R@5':>6} {'R@10':>6}"
+    head = f"{'model':<14} | {'a->v':<4}{recalls[4:]} | {'v->a':<4}{recalls[4:]} | {'sumR':>6}"
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         a, v = r["a2v"], r["v2a"]

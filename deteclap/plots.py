@@ -97,8 +97,10 @@ def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, confi
         for query, top in zip(ex["queries"], ex["top"]):
             query_key = ex["keys"][query]
             cells = [(query_key, f"{variant}: audio of\n{query_key}", "black")]
-            cells += [(ex["keys"][i], f"#{r + 1} {'right' if i == query else 'wrong'}", "green" if i == query else "red")
-                      for r, i in enumerate(top)]
+            for rank, item in enumerate(top):
+                right = item == query
+                verdict, colour = ("right", "green") if right else ("wrong", "red")
+                cells.append((ex["keys"][item], f"#{rank + 1} {verdict}", colour))
             for col, (key, title, colour) in enumerate(cells):
                 ax = fig.add_subplot(grid[row, col])
                 if key in frames:
