@@ -1,0 +1,248 @@
+"""Run the dali_pipes pipelines as a PyTorch iterable of batch dicts (docs/INTERNALS.md).
+
+`build_dali_loader(cfg, train, rank, world_size, epoch, start_batch, device)`: a `DaliLoader`
+wrapping `DALIGenericIterator` (reader_name drives the epoch size; training drops the partial
+batch, LastBatchPolicy.DROP; evaluation keeps it, LastBatchPolicy.PARTIAL). Right after the
+pipeline the padded waves go through deteclap.audio's Kaldi fbank (on the GPU in GPU mode), and
+the label scores through deteclap.data.targets.build_targets (shared with the reference loader via
+deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sample's mp4 member
+("TAR:OFFSET:KEY.mp4"), so no JSON is parsed.
+
+Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
+whole pipeline ("Current pipeline object is no longer valid"). DALI's error text names the member
+("TAR:OFFSET:KEY.ext"), and for a missing member at build time only the tar ("Underful sample").
+- data.on_error=raise: `DataError` naming the shard and key (for a missing member the tar is
+  scanned to find the key).
+- data.on_error=skip: samples missing a member are left out of the (filtered) index files given
+  to the reader, counted once (by rank 0) as `missing_member`; a sample that fails to decode is
+  counted (`corrupt_mp4`, `corrupt_flac`, ...), its key is removed from the index and the pipeline
+  is rebuilt, replaying the batches already yielded in this epoch without yielding them again.
+  Limits: the replay is exact for evaluation (no shuffle, one rank); in training and with several
+  ranks, removing a sample changes the shuffle / shard boundaries of the rest of that epoch.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
+from deteclap.config import Config
+from deteclap.data.loader import (INDEX_VERSION, SCORE_SUFFIX, DataError, Skipped, finish_batch, index_path,
+                                  required_members, resolve_shards)
+
+SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
+UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
+REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
+THREADS = 2
+Entry = tuple[str, int, int, str]          # (ext, data offset, size, member name)
+
+
+def index_entries(tar: Path) -> dict[str, list[Entry]]:
+    """{key: [(ext, offset, size, name)]} of a tar in tar order (its .idx, else its headers)."""
+    import tarfile
+
+    samples: dict[str, list[Entry]] = {}
+    idx = index_path(tar)
+    if idx.is_file():
+        for line in idx.read_text().splitlines()[1:]:
+            fields = line.split()
+            for ext, offset, size, name in zip(*[iter(fields)] * 4):
+                samples.setdefault(name.split(".", 1)[0], []).append((ext, int(offset), int(size), name))
+        return samples
+    with tarfile.open(tar) as archive:
+        for member in archive:
+            name = Path(member.name).name
+            if member.isfile() and "." in name:
+                key, ext = name.split(".", 1)
+                samples.setdefault(key, []).append((ext, member.offset_data, member.size, name))
+    return samples
+
+
+def write_index(entries: dict[str, list[Entry]], path: Path) -> None:
+    """Write a wds2idx (v1.2) index holding these samples."""
+    lines = [f"{INDEX_VERSION} {len(entries)}"]
+    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in members) for members in entries.values()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def parse_bad_member(message: str) -> tuple[str, str, str] | None:
+    """(tar, key, reason) of the member a DALI error names, or None."""
+    match = SOURCE_RE.search(message)
+    if match is None:
+        return None
+    ext = match["ext"]
+    return match["tar"], match["key"], REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
+
+
+def _dali_error_text(err: BaseException) -> str:
+    """The useful lines of a DALI error (its first line and the 'encountered:' part)."""
+    text = str(err)
+    return text.split("encountered:", 1)[-1].strip().splitlines()[0] if "encountered:" in text else text
+
+
+class DaliLoader:
+    """Iterable of batch dicts from a DALI pipeline; `skipped` counts left-out samples by reason."""
+
+    def __init__(self, cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 start_batch: int = 0, device: str = "auto") -> None:
+        data = cfg.data
+        self.cfg, self.train, self.rank, self.world_size = cfg, train, rank, world_size
+        self.epoch, self.start_batch = epoch, start_batch
+        if device == "auto":
+            device = data.dali_device
+        if device == "auto":
+            device = "gpu" if torch.cuda.is_available() else "cpu"
+        self.gpu = device == "gpu"
+        spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
+        self.tars = resolve_shards(spec, split)
+        self.exts = required_members(cfg)
+        self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts[4:]]
+        self.skipped: Counter[str] = Counter()
+        self.skipped_samples: list[Skipped] = []
+        self.excluded: set[tuple[str, str]] = set()
+        self.batches_consumed = 0
+        self._index_dir: tempfile.TemporaryDirectory | None = None
+        self.entries = {str(tar): index_entries(tar) for tar in self.tars}
+        if data.on_error == "skip":
+            self._exclude_incomplete()
+
+    # -- sample bookkeeping --------------------------------------------------------------------
+    def _exclude_incomplete(self) -> None:
+        """on_error=skip: leave samples that miss a member out of the index, counted by rank 0."""
+        for tar, samples in self.entries.items():
+            for key, members in samples.items():
+                if not set(self.exts) <= {m[0] for m in members}:
+                    self.excluded.add((tar, key))
+                    if self.rank == 0:
+                        self._count(Skipped(tar, key, "missing_member"))
+
+    def _count(self, item: Skipped) -> None:
+        self.skipped[item.reason] += 1
+        self.skipped_samples.append(item)
+
+    def num_samples(self) -> int:
+        """Samples the reader sees (all ranks together), excluded ones left out."""
+        return sum(len(s) for s in self.entries.values()) - len(self.excluded)
+
+    def __len__(self) -> int:
+        """Training: full batches every rank yields (DALI's smallest shard); evaluation: this rank's."""
+        total, batch = self.num_samples(), self.cfg.data.batch_size
+        shard_sizes = [(i + 1) * total // self.world_size - i * total // self.world_size
+                       for i in range(self.world_size)]
+        if self.train:
+            return min(shard_sizes) // batch
+        return -(-shard_sizes[self.rank] // batch)
+
+    def state_dict(self) -> dict[str, int]:
+        """Data position for resuming: the epoch and the batches consumed in it."""
+        return {"epoch": self.epoch, "batches_consumed": self.batches_consumed}
+
+    # -- pipeline ------------------------------------------------------------------------------
+    def _index_paths(self) -> list[str]:
+        """The tars' own .idx files, or filtered copies once samples are excluded."""
+        if not self.excluded:
+            paths = [index_path(Path(tar)) for tar in self.entries]
+            return [str(p) for p in paths] if all(p.is_file() for p in paths) else []
+        if self._index_dir is None:
+            self._index_dir = tempfile.TemporaryDirectory(prefix="deteclap-idx-")
+        out = []
+        for i, (tar, samples) in enumerate(self.entries.items()):
+            kept = {k: m for k, m in samples.items() if (tar, k) not in self.excluded}
+            path = Path(self._index_dir.name) / f"{i:06d}.idx"
+            write_index(kept, path)
+            out.append(str(path))
+        return out
+
+    def spec(self) -> PipeSpec:
+        data = self.cfg.data
+        device_id = torch.cuda.current_device() if self.gpu else None
+        return PipeSpec(
+            tars=list(self.entries), exts=self.exts, index_paths=self._index_paths(),
+            batch_size=data.batch_size, num_threads=max(data.num_workers, THREADS), device_id=device_id,
+            shard_id=self.rank, num_shards=self.world_size, seed=data.seed * 1009 + self.epoch,
+            shuffle=self.train, initial_fill=max(data.shuffle_buffer, 1),
+            missing_component_behavior="error", img_size=self.cfg.model.img_size,
+            frame_dtype=data.frame_dtype, num_frames=data.num_frames, eval_frame=data.eval_frame,
+            pad_last_batch=not self.train)
+
+    def _iterator(self) -> Any:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        spec = self.spec()
+        pipe = train_pipeline(spec) if self.train else eval_pipeline(spec)
+        policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
+        try:
+            return DALIGenericIterator([pipe], list(OUTPUTS) + self.score_names, reader_name=READER_NAME,
+                                       last_batch_policy=policy, auto_reset=False)
+        except RuntimeError as err:
+            match = UNDERFUL_RE.search(str(err))
+            if match is None:
+                raise
+            tar = match["tar"]
+            samples = self.entries.get(tar) or index_entries(Path(tar))
+            bad = {k: sorted(set(self.exts) - {m[0] for m in ms}) for k, ms in samples.items()
+                   if not set(self.exts) <= {m[0] for m in ms}}
+            raise DataError(f"{tar}: samples with missing members (key: missing): {bad}") from err
+
+    def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
+        keys = []
+        for row in out["source"].cpu().numpy():
+            source = bytes(row).rstrip(b"\0").decode()
+            keys.append(source.rsplit(":", 1)[-1].split(".", 1)[0])
+        device = out["frames"].device
+        scores = {name: out[name] for name in self.score_names}
+        return finish_batch(self.cfg, self.train, keys, out["frames"], out["waves"], out["lengths"].view(-1),
+                            out["classes"], scores, device)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        limit = len(self) if self.train else None
+        self.batches_consumed = 0
+        while True:
+            try:
+                dali_iter, replayed = self._iterator(), 0     # builds and prefetches: may fail
+            except DataError:
+                raise
+            except RuntimeError as err:
+                self._handle(err)
+                continue
+            while limit is None or self.batches_consumed < limit:
+                try:
+                    out = next(dali_iter)[0]
+                except StopIteration:
+                    return
+                except RuntimeError as err:
+                    self._handle(err)
+                    break                    # rebuilt below, without the bad sample
+                if replayed < self.batches_consumed:
+                    replayed += 1            # yielded before the rebuild
+                    continue
+                self.batches_consumed += 1
+                replayed += 1
+                if self.batches_consumed > self.start_batch:
+                    yield self._finish(out)
+            else:
+                return
+
+    def _handle(self, err: RuntimeError) -> None:
+        """A pipeline error: raise DataError naming shard and key, or count and exclude (skip)."""
+        bad = parse_bad_member(str(err))
+        if bad is None:
+            raise err
+        tar, key, reason = bad
+        if self.cfg.data.on_error == "raise" or (tar, key) in self.excluded or tar not in self.entries:
+            raise DataError(f"{tar}: sample {key}: {reason}: {_dali_error_text(err)}") from err
+        self._count(Skipped(tar, key, reason))
+        self.excluded.add((tar, key))
+
+
+def build_dali_loader(cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                      start_batch: int = 0, device: str = "auto") -> DaliLoader:
+    """DALI loader for this rank / epoch; device "auto" follows cfg.data.dali_device (gpu if CUDA)."""
+    return DaliLoader(cfg, train, rank, world_size, epoch, start_batch, device)
