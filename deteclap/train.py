@@ -155,19 +155,18 @@ def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
                      ) -> Iterator[tuple[int, int, dict[str, Any], Any]]:
     """Endless (epoch, index in epoch, batch, loader); resumes at batch `skip` of `epoch`.
 
-    Each epoch builds the loader for that epoch (its shuffle is seeded by seed and epoch), so the
-    batches after a resume are the ones the uninterrupted run saw.
+    Each epoch builds the loader for that epoch (its shuffle is seeded by seed and epoch) and
+    starts it at batch `skip`, so the batches after a resume are the ones the uninterrupted run saw.
     """
     from deteclap.data import build
 
     while True:
-        loader = build(cfg, train=True, rank=rank, world_size=world, epoch=epoch)
+        loader = build(cfg, train=True, rank=rank, world_size=world, epoch=epoch, start_batch=skip)
         produced = False
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(loader, start=skip):
             produced = True
-            if index >= skip:
-                yield epoch, index, batch, loader
-        if not produced:
+            yield epoch, index, batch, loader
+        if not produced and skip == 0:
             raise RuntimeError(f"{cfg.data.train_shards}: the training loader produced no batch "
                                f"(fewer samples than data.batch_size={cfg.data.batch_size} per rank?)")
         skip = 0
@@ -279,11 +278,15 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     batches = training_batches(cfg, rank, world, epoch, skip)
     start_time, last_time, samples_since_log = time.time(), time.time(), 0
     samples_total, last_losses, loader = 0, {}, None
+    wait_s, busy_s = 0.0, 0.0  # time blocked on the data iterator vs the whole step
     engine.train()
     while step < cfg.run.max_steps:
         sums: dict[str, float] = {}
+        step_start = time.perf_counter()
         for micro in range(accum):
+            wait_start = time.perf_counter()
             epoch, index, batch, loader = next(batches)
+            wait_s += time.perf_counter() - wait_start
             torch.manual_seed((cfg.run.seed * SEED_STRIDE + step) * world * accum + rank * accum + micro)
             batch = to_device(batch, engine.device, input_dtype)
             targets = batch["classes"] if cfg.finetune.task else batch["targets"]
@@ -291,14 +294,15 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             finite = torch.tensor(float(torch.isfinite(losses["total"]).item()), device=device)
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
             if finite.item() == 0:
-                terms = {k: float(v) for k, v in losses.items()}
+                terms = {k: float(v.detach()) for k, v in losses.items()}
                 raise NonFiniteLoss(f"non-finite loss at step {step + 1} (terms {terms}); stopping. The last good "
                                     f"checkpoint is {run.checkpoints / (run.latest_tag() or 'none')}")
             engine.backward(losses["total"])
             engine.step()
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / accum
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
             samples_since_log += batch["fbank"].shape[0] * world
+        busy_s += time.perf_counter() - step_start
         step += 1
         samples_total += cfg.data.batch_size * world * accum
         last_losses = sums
@@ -307,8 +311,9 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             logged = reduce_mean(sums, device)
             now = time.time()
             record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": samples_since_log / max(now - last_time, 1e-9), **logged}
-            last_time, samples_since_log = now, 0
+                      "samples_per_s": samples_since_log / max(now - last_time, 1e-9),
+                      "data_wait_share": wait_s / max(busy_s, 1e-9), **logged}
+            last_time, samples_since_log, wait_s, busy_s = now, 0, 0.0, 0.0
             if rank == 0:
                 run.log(record)
                 progress.set_postfix(loss=f"{logged['total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
