@@ -38,9 +38,10 @@ def _one_direction(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def contrastive_loss(audio_rep: torch.Tensor, video_rep: torch.Tensor, tau: float = 0.05,
                      bidirectional: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """audio_rep, video_rep [B, D] -> (InfoNCE loss, c_acc), both scalars (see module doc)."""
-    a = F.normalize(audio_rep.float(), dim=-1)
-    v = F.normalize(video_rep.float(), dim=-1)
-    sim = a @ v.t() / tau
+    with torch.autocast(audio_rep.device.type, enabled=False):
+        a = F.normalize(audio_rep.float(), dim=-1)
+        v = F.normalize(video_rep.float(), dim=-1)
+        sim = a @ v.t() / tau
     nce, c_acc = _one_direction(sim)
     if bidirectional:
         nce_t, c_acc_t = _one_direction(sim.t())
