@@ -1,0 +1,251 @@
+"""deteclap.shard on real files: synthetic clips plus deliberately broken inputs, resume after a
+kill, --verify, --strict, DALI's reader on our index files.
+
+Tolerances: VP9 at crf 32 on the noisy synthetic frames keeps the mean absolute error against the
+source frame (resized the same way) under VIDEO_MAE_TOLERANCE grey levels; the audio must
+correlate with the source's first channel resampled by scipy (an independent resampler) at
+AUDIO_MIN_CORRELATION or better, with RMS error under AUDIO_RMS_TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from deteclap.data.decode import decode_audio, decode_video_frames
+from deteclap.shard import EncodeSettings, frame_instants, main, read_tar_samples, verify_shards, write_shards
+from deteclap.synth import make_broken_files
+
+VIDEO_MAE_TOLERANCE = 8.0
+AUDIO_MIN_CORRELATION = 0.99
+AUDIO_RMS_TOLERANCE = 0.01
+EXPECTED_REASON = {"truncated": "corrupt", "audio_only": "no_video", "video_only": "no_audio",
+                   "empty": "empty_file", "text": "not_media"}
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def mixed_src(synth_dir, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A folder: the 8 synthetic clips plus 5 broken files; returns (folder, {broken name: kind})."""
+    src = tmp_path_factory.mktemp("mixed")
+    for path in synth_dir.glob("*.mp4"):
+        shutil.copy(path, src / path.name)
+    broken = make_broken_files(src, synth_dir / "synth_00000.mp4", seconds=1.5, size=(64, 48))
+    return src, broken
+
+
+@pytest.fixture(scope="module")
+def mixed_out(mixed_src, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mixed_out")
+    summary = write_shards(mixed_src[0], out, samples_per_shard=4)
+    return out, summary
+
+
+def _samples(out: Path) -> dict[str, dict[str, bytes]]:
+    samples = {}
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for key, members in read_tar_samples(tar_path):
+                samples[key] = {ext: tar.extractfile(info).read() for ext, info in members.items()}
+    return samples
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_good_clips_arrive_and_bad_ones_are_reported(mixed_src, mixed_out, synth_dir):
+    src, broken = mixed_src
+    out, summary = mixed_out
+    samples = _samples(out)
+    assert set(samples) == {p.stem for p in synth_dir.glob("*.mp4")}
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert {f["source"]: f["reason"] for f in failures} == {name: EXPECTED_REASON[kind]
+                                                             for name, kind in broken.items()}
+    assert all(f["detail"] for f in failures)
+    assert summary["failed"] == len(broken) and summary["samples"] == 8
+    assert summary["reasons"] == {reason: 1 for reason in EXPECTED_REASON.values()}
+    assert verify_shards(out).ok
+
+
+def _resized(frame_rgb: np.ndarray) -> np.ndarray:
+    """A source frame resized as the shard writer resizes (bicubic, 342 x 256) -> float32 [H, W, 3]."""
+    frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+    return frame.reformat(342, 256, interpolation="BICUBIC").to_ndarray(format="rgb24").astype(np.float32)
+
+
+def test_frames_are_the_cav_mae_instants(mixed_out, synth_dir):
+    out, _ = mixed_out
+    for key, members in _samples(out).items():
+        meta = json.loads(members["json"])
+        stored = decode_video_frames(members["mp4"]).astype(np.float32)
+        assert stored.shape == (10, 256, 342, 3) and (meta["width"], meta["height"]) == (342, 256)
+        source = decode_video_frames((synth_dir / f"{key}.mp4").read_bytes())
+        instants = frame_instants(len(source))
+        assert meta["frame_indices"] == instants == [i * 30 // 10 for i in range(10)]
+
+        errors = [np.abs(stored[i] - _resized(source[idx])).mean() for i, idx in enumerate(instants)]
+        shifted = [np.abs(stored[i] - _resized(source[idx + 1])).mean() for i, idx in enumerate(instants)]
+        assert max(errors) < VIDEO_MAE_TOLERANCE, errors
+        assert np.mean(errors) < np.mean(shifted)       # the right instants, not their neighbours
+        with av.open(io.BytesIO(members["mp4"])) as container:
+            packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+            assert container.streams.video[0].codec_context.name == "vp9"
+            assert len(packets) == 10 and all(p.is_keyframe for p in packets)
+
+
+def test_audio_is_the_first_channel_at_16k(mixed_out, synth_dir):
+    out, _ = mixed_out
+    for key, members in _samples(out).items():
+        meta = json.loads(members["json"])
+        wave, rate = decode_audio(members["flac"])
+        assert rate == 16000 and len(wave) == meta["num_samples"] == 48000
+        with av.open(str(synth_dir / f"{key}.mp4")) as container:
+            source = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+        reference = [resample_poly(channel.astype(np.float64), 320, 441)[:48000] for channel in source]
+        middle = slice(1600, 46400)             # away from the resamplers' edge transients
+        first, second = reference[0][middle], reference[1][middle]
+        got = wave[middle].astype(np.float64)
+        assert np.sqrt(np.mean((got - first) ** 2)) < AUDIO_RMS_TOLERANCE
+        if np.std(first) > 0.02:
+            assert np.corrcoef(got, first)[0, 1] > AUDIO_MIN_CORRELATION
+        assert np.abs(got - first).mean() < np.abs(got - second).mean()
+
+
+def test_dataset_json_and_class_vectors(shard_dir, synth_dir):
+    meta = json.loads((shard_dir / "dataset.json").read_text())
+    truth = {json.loads(line)["id"]: json.loads(line) for line in (synth_dir / "truth.jsonl").read_text().splitlines()}
+    vocabulary = (REPO / "deteclap/assets/oiv7_classes.txt").read_text().split("\n")
+    assert meta["label_vocabulary"] == [v for v in vocabulary if v]
+    assert meta["classes"] == sorted({t["class"] for t in truth.values()})
+    assert meta["labellers"] == [] and meta["format_version"] == 1
+    assert [s["samples"] for s in meta["shards"]] == [3, 3, 2]
+    assert [s["tar"] for s in meta["shards"]] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    for key, members in _samples(shard_dir).items():
+        cls = np.frombuffer(members["cls"], np.uint8)
+        assert [meta["classes"][i] for i in np.flatnonzero(cls)] == [truth[key]["class"]]
+        assert json.loads(members["json"])["split"] == "train"
+
+
+def test_index_is_what_wds2idx_writes(shard_dir, tmp_path):
+    import wds2idx
+
+    for shard in json.loads((shard_dir / "dataset.json").read_text())["shards"]:
+        with wds2idx.IndexCreator(str(shard_dir / shard["tar"]), str(tmp_path / "x.idx"), verbose=False) as ic:
+            ic.create_index()
+        assert (tmp_path / "x.idx").read_text() == (shard_dir / shard["index"]).read_text()
+
+
+def test_dali_reads_the_shards_with_index_on_cpu(shard_dir):
+    from nvidia.dali import fn, pipeline_def, types
+
+    meta = json.loads((shard_dir / "dataset.json").read_text())
+    tars = [str(shard_dir / s["tar"]) for s in meta["shards"]]
+    indexes = [str(shard_dir / s["index"]) for s in meta["shards"]]
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+    def pipe():
+        video, audio, cls = fn.readers.webdataset(
+            paths=tars, index_paths=indexes, ext=["mp4", "flac", "cls"],
+            missing_component_behavior="error", dtypes=[types.UINT8] * 3)
+        frames = fn.decoders.video(video, device="cpu")
+        wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT)
+        return frames, wave, cls
+
+    pipeline = pipe()
+    pipeline.build()
+    frames, wave, cls = pipeline.run()
+    assert all(frames.at(i).shape == (10, 256, 342, 3) for i in range(4))
+    assert all(np.asarray(wave.at(i)).size == 48000 for i in range(4))    # [48000] or [48000, 1]
+    assert all(cls.at(i).sum() == 1 for i in range(4))
+
+
+def test_resume_after_losing_shards_is_byte_identical(shard_dir, synth_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(shard_dir, out)
+    for name in ("train-000001.tar", "train-000002.tar", "train-000002.idx"):
+        (out / name).unlink()
+    (out / ".train-000001.tar.tmp").write_bytes(b"half a tar")
+    summary = write_shards(synth_dir / "truth.jsonl", out, split="train", samples_per_shard=3)
+    assert summary["skipped_shards"] == 1 and summary["written_now"] == 5
+    assert _tree(out) == _tree(shard_dir)
+    assert not list(out.glob(".*"))
+
+
+def test_killed_run_restarts_to_identical_output(synth_dir, shard_dir, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "deteclap.shard", str(synth_dir / "truth.jsonl"), str(out), "--quiet",
+           "--split", "train", "--samples-per-shard", "3"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (out / "train-000000.tar").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main([str(synth_dir / "truth.jsonl"), str(out), "--quiet", "--split", "train",
+                 "--samples-per-shard", "3"]) == 0
+    assert _tree(out) == _tree(shard_dir)
+
+
+def test_verify_detects_a_corrupted_member(shard_dir, tmp_path):
+    out = tmp_path / "bad"
+    shutil.copytree(shard_dir, out)
+    index_line = (out / "train-000001.idx").read_text().splitlines()[2].split()
+    fields = {index_line[i]: (int(index_line[i + 1]), int(index_line[i + 2])) for i in range(0, len(index_line), 4)}
+    offset, size = fields["mp4"]
+    with open(out / "train-000001.tar", "r+b") as f:
+        f.seek(offset + size // 4)
+        f.write(b"\xff" * (size // 2))
+    report = verify_shards(out)
+    assert not report.ok and report.samples == 8
+    assert any("train-000001.tar" in e and ".mp4" in e for e in report.errors), report.errors
+    assert main(["--verify", str(out), "--quiet"]) == 1
+    assert main(["--verify", str(shard_dir), "--quiet"]) == 0
+
+
+def test_strict_exit_code_and_allow_silent(mixed_src, synth_dir, tmp_path):
+    src, _ = mixed_src
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"file": str(src / "broken_video_only.mp4"), "id": "v/only", "class": "Dog"})
+                        + "\n" + json.dumps({"file": str(synth_dir / "synth_00001.mp4")}) + "\n")
+    assert main([str(manifest), str(tmp_path / "a"), "--quiet", "--strict"]) == 1
+    assert main([str(manifest), str(tmp_path / "b"), "--quiet", "--strict", "--allow-silent"]) == 0
+    members = _samples(tmp_path / "b")["v_only"]
+    wave, _ = decode_audio(members["flac"])
+    assert json.loads(members["json"])["silent"] and wave.size == 24000 and not wave.any()
+    assert main([str(manifest), str(tmp_path / "c"), "--quiet", "--min-seconds", "5", "--allow-silent"]) == 0
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "c" / "failures.jsonl").read_text().splitlines()]
+    assert reasons == ["too_short", "too_short"]
+
+
+def test_vggsound_csv_layout(synth_dir, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(synth_dir / "synth_00002.mp4", videos / "abcdefghijk_000001.mp4")   # already cut
+    shutil.copy(synth_dir / "synth_00003.mp4", videos / "ABC-def_123.mp4")          # whole video
+    (tmp_path / "vggsound.csv").write_text("abcdefghijk,1,dog barking,train\nABC-def_123,1,\"car, engine\",test\n"
+                                           "missing0000,30,cat purring,test\n")
+    summary = write_shards(tmp_path / "vggsound.csv", tmp_path / "out", video_dir=videos,
+                           settings=EncodeSettings(min_seconds=1.0))
+    assert summary["reasons"] == {"missing_file": 1}
+    samples = _samples(tmp_path / "out")
+    assert set(samples) == {"abcdefghijk_000001", "ABC-def_123_000001"}
+    cut, whole = (json.loads(samples[k]["json"]) for k in ("abcdefghijk_000001", "ABC-def_123_000001"))
+    assert (cut["start"], cut["split"], cut["classes"]) == (0.0, "train", ["dog barking"])
+    assert (whole["start"], whole["split"], whole["classes"]) == (1.0, "test", ["car, engine"])
+    assert abs(whole["duration"] - 2.0) < 1e-6 and abs(cut["duration"] - 3.0) < 1e-6
+    assert sorted(json.loads((tmp_path / "out" / "dataset.json").read_text())["classes"]) == \
+        ["car, engine", "dog barking"]
