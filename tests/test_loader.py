@@ -1,0 +1,141 @@
+"""Reference PyTorch loader (deteclap.data.loader) on real shards: batch dict, per-rank split,
+resume, corrupt / missing members (raise naming shard and key, or skip and count); build()."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deteclap.config import Config
+from deteclap.data import build
+from deteclap.data.loader import DataError, ReferenceLoader, build_loader, scan_samples
+
+NUM_LABELS = 601
+Edit = Callable[[str, str, bytes], "bytes | None"]
+
+
+def rewrite_shards(src: Path, dst: Path, edit: Edit, add_scores: bool = False) -> Path:
+    """Copy src's train tars to dst (no .idx: the index would be stale) through `edit(key, ext, data)`
+    (None drops the member); `add_scores` adds a `KEY.truth.f16` member (seeded by the key)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for tar in sorted(src.glob("train-*.tar")):
+        with tarfile.open(tar) as source, tarfile.open(dst / tar.name, "w") as out:
+            members = [m for m in source.getmembers() if m.isfile()]
+            last_of_key = {m.name.split(".", 1)[0]: m.name for m in members}
+            for member in members:
+                key, ext = member.name.split(".", 1)
+                data = edit(key, ext, source.extractfile(member).read())
+                if data is not None:
+                    _add(out, member.name, data)
+                if add_scores and last_of_key[key] == member.name:
+                    rng = np.random.default_rng(zlib.crc32(key.encode()))
+                    _add(out, f"{key}.truth.f16", rng.random(NUM_LABELS).astype("<f2").tobytes())
+    return dst
+
+
+def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def corrupt(target_key: str, target_ext: str) -> Edit:
+    """Edit that truncates and garbles one member of one sample ("-ext": drops the member)."""
+    def edit(key: str, ext: str, data: bytes) -> bytes | None:
+        if key != target_key or ext != target_ext.lstrip("-"):
+            return data
+        if target_ext.startswith("-"):
+            return None
+        return data[: len(data) // 3] + b"\x00garbage" * 64
+    return edit
+
+
+def keep(key: str, ext: str, data: bytes) -> bytes:
+    return data
+
+
+def make_cfg(shards: Path, batch: int = 3, variant: str = "cavmae", workers: int = 0) -> Config:
+    cfg = Config()
+    cfg.data.train_shards = cfg.data.eval_shards = str(shards)
+    cfg.data.eval_split = "train"
+    cfg.data.batch_size, cfg.data.num_workers, cfg.data.shuffle_buffer = batch, workers, 4
+    cfg.labels.variant = variant
+    cfg.labels.audio_labeller = cfg.labels.visual_labeller = "truth"
+    cfg.run.device = "cpu"
+    return cfg
+
+
+def all_keys(shards: Path) -> list[str]:
+    return [k for tar in sorted(shards.glob("train-*.tar")) for k in scan_samples(tar)]
+
+
+def test_eval_batches_match_contract(shard_dir: Path, tmp_path: Path) -> None:
+    shards = rewrite_shards(shard_dir, tmp_path / "s", keep, add_scores=True)
+    cfg = make_cfg(shards, variant="or")
+    batches = list(build_loader(cfg, train=False))
+    keys = [k for b in batches for k in b["keys"]]
+    assert keys == all_keys(shards)                                  # every sample, tar order
+    first = batches[0]
+    assert first["fbank"].shape == (3, cfg.model.audio_length, 128) and first["fbank"].dtype == torch.float32
+    assert first["frames"].shape == (3, 3, 224, 224)
+    assert set(first["targets"]) == {"a2l", "v2l"} and first["targets"]["a2l"].shape == (3, NUM_LABELS)
+    assert first["classes"].shape[0] == 3 and bool(((first["classes"] == 0) | (first["classes"] == 1)).all())
+    assert [len(b["keys"]) for b in batches] == [3, 3, 2]             # partial last batch kept
+    again = list(build_loader(cfg, train=False))
+    assert [b["keys"] for b in again] == [b["keys"] for b in batches]
+    assert torch.equal(again[0]["fbank"], first["fbank"]) and torch.equal(again[0]["frames"], first["frames"])
+
+
+def test_each_sample_once_across_ranks_with_workers(shard_dir: Path) -> None:
+    cfg = make_cfg(shard_dir, batch=2, workers=2)
+    seen = []
+    for rank in range(2):
+        seen += [k for b in build_loader(cfg, train=False, rank=rank, world_size=2) for k in b["keys"]]
+    assert sorted(seen) == sorted(all_keys(shard_dir))
+    train = [build_loader(cfg, train=True, rank=r, world_size=2, epoch=1) for r in range(2)]
+    lengths = {len(loader) for loader in train}
+    assert len(lengths) == 1 and lengths.pop() > 0                  # equal batch count per rank
+    keys = [[k for b in loader for k in b["keys"]] for loader in train]
+    assert not set(keys[0]) & set(keys[1]) and all(len(k) == len(set(k)) for k in keys)
+    assert all(len(k) == 2 * len(train[0]) for k in keys)
+
+
+def test_resume_skips_batches(shard_dir: Path) -> None:
+    cfg = make_cfg(shard_dir, batch=2)
+    full = [b["keys"] for b in build_loader(cfg, train=True, epoch=3)]
+    resumed = build_loader(cfg, train=True, epoch=3, start_batch=2)
+    assert [b["keys"] for b in resumed] == full[2:]
+    assert resumed.state_dict() == {"epoch": 3, "batches_consumed": len(full)}
+    other_epoch = [b["keys"] for b in build_loader(cfg, train=True, epoch=4)]
+    assert other_epoch != full                                       # shuffled per epoch
+
+
+@pytest.mark.parametrize("ext,reason", [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member")])
+def test_bad_member_raise_or_skip(shard_dir: Path, tmp_path: Path, ext: str, reason: str) -> None:
+    bad_key = all_keys(shard_dir)[4]
+    shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(bad_key, ext))
+    cfg = make_cfg(shards)
+    with pytest.raises(DataError, match=rf"train-000001\.tar: sample {bad_key}: {reason}"):
+        list(build_loader(cfg, train=False))
+    cfg.data.on_error = "skip"
+    loader = build_loader(cfg, train=False)
+    keys = [k for b in loader for k in b["keys"]]
+    assert keys == [k for k in all_keys(shard_dir) if k != bad_key]
+    assert loader.skipped == {reason: 1}
+    assert loader.skipped_samples[0].key == bad_key
+
+
+def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:
+    cfg = make_cfg(shard_dir)
+    loader = build(cfg, train=False)
+    if not torch.cuda.is_available():
+        assert isinstance(loader, ReferenceLoader)
+    cfg.data.loader = "reference"
+    assert isinstance(build(cfg, train=False), ReferenceLoader)
