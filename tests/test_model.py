@@ -260,9 +260,9 @@ def test_tiny_model_overfits_one_batch() -> None:
         assert mean(key, slice(-5, None)) < 0.8 * mean(key, slice(0, 5)), key
 
 
-# bf16 keeps 8 mantissa bits (relative step 2**-8 ~ 0.4 %); through a few layers the losses stay
-# within 5 % of fp32 (measured: under 1 % on this model).
-BF16_RTOL = 0.05
+# bf16 keeps 8 mantissa bits (relative step 2**-8 ~ 0.4 %); the losses themselves are computed in
+# fp32, so they stay within 1 % of fp32 (measured: at most 0.15 %, the contrastive term).
+BF16_RTOL = 0.01
 
 
 def test_bf16_autocast_losses_close_to_fp32() -> None:
