@@ -1,0 +1,78 @@
+"""Shard-writer throughput: clips/s per worker count and bytes per clip (video, audio).
+
+    python benchmarks/shard.py [--clips 64] [--seconds 10] [--workers 1,2] [--json OUT]
+
+Makes synthetic 10 s clips (160x120, 10 fps, H.264 + AAC stereo 22.05 kHz) once, then shards them
+with each worker count into a fresh folder and times `write_shards` end to end (decode, resize to
+short side 256, VP9 encode, resample to 16 kHz, FLAC, tar + index). Writes
+benchmarks/results/shard.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_result  # noqa: E402
+
+
+def _member_bytes(out: Path) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for tar_path in out.glob("*.tar"):
+        with tarfile.open(tar_path) as tar:
+            for info in tar:
+                ext = info.name.partition(".")[2]
+                sizes[ext] = sizes.get(ext, 0) + info.size
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    from deteclap.shard import write_shards
+    from deteclap.synth import generate
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=64, help="synthetic clips to shard")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--json", default=None, help="result file (default benchmarks/results/shard.json)")
+    args = parser.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
+        src = Path(tmp) / "clips"
+        start = time.perf_counter()
+        generate(src, args.clips, seconds=args.seconds, workers=2)
+        synth_s = time.perf_counter() - start
+        print(f"synth: {args.clips} clips of {args.seconds:g} s in {synth_s:.1f} s (2 workers)")
+        for workers in [int(w) for w in args.workers.split(",")]:
+            out = Path(tmp) / f"out{workers}"
+            start = time.perf_counter()
+            summary = write_shards(src / "truth.jsonl", out, workers=workers, samples_per_shard=32)
+            elapsed = time.perf_counter() - start
+            sizes = _member_bytes(out)
+            n = summary["samples"]
+            result = {"name": f"shard_workers{workers}", "workers": workers, "clips": n, "seconds": elapsed,
+                      "clips_per_s": n / elapsed, "clip_seconds": args.seconds,
+                      "source": "synthetic 160x120 10 fps H.264 + AAC 22.05 kHz stereo",
+                      "short_side": 256, "codec": "vp9",
+                      "video_bytes_per_clip": sizes.get("mp4", 0) / n, "audio_bytes_per_clip": sizes.get("flac", 0) / n,
+                      "tar_bytes_per_clip": sum(p.stat().st_size for p in out.glob("*.tar")) / n,
+                      "failed": summary["failed"]}
+            print(json.dumps(result))
+            results.append(result)
+            shutil.rmtree(out)
+    path = write_result("shard", results, args.json)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
