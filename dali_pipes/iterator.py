@@ -225,8 +225,8 @@ class DaliLoader:
                     continue
                 self.batches_consumed += 1
                 replayed += 1
-                if self.batches_consumed > self.start_batch:
-                    yield self._finish(out)
+                if self.batches_consumed > self.start_batch and out["frames"].shape[0] > 0:
+                    yield self._finish(out)   # (PARTIAL can end a shard with an empty batch)
             else:
                 return
 
