@@ -21,6 +21,8 @@ from deteclap.labels.vocabulary import load_vocabulary
 
 LABELLERS = ("clap", "yolo", "truth")
 TOP_CLASSES = 10
+RANDOM_GPT2_LAYERS = 1      # --random-weights: a 1-layer, thin random GPT-2 (the scores mean nothing anyway)
+RANDOM_GPT2_INNER = 64
 FAILURES_SHOWN = 5
 _DEFAULTS = LabelsConfig()
 THRESHOLDS = {"clap": _DEFAULTS.audio_threshold, "truth_audio": _DEFAULTS.audio_threshold,
@@ -120,7 +122,10 @@ def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) ->
         embeddings = clap.load_text_embeddings(table, vocabulary)
     else:
         if args.random_weights:
-            embeddings = clap.offline_text_embeddings(vocabulary)
+            from transformers import GPT2Config
+
+            embeddings = clap.offline_text_embeddings(vocabulary, gpt2_config=GPT2Config(
+                n_layer=RANDOM_GPT2_LAYERS, n_inner=RANDOM_GPT2_INNER))
         else:
             embeddings = clap.clap_text_embeddings(args.clap_weights, vocabulary, device=device)
         clap.save_text_embeddings(table, embeddings, vocabulary, source=args.clap_weights or "random")

@@ -160,14 +160,13 @@ def shard_paths(shards_dir: str | Path) -> list[Path]:
 
 
 def write_index(tar_path: Path) -> Path:
-    """(Re)write the DALI `wds2idx` index beside a tar, atomically; returns its path."""
-    from wds2idx import IndexCreator  # ships with nvidia-dali
+    """(Re)write the DALI index beside a tar (deteclap.shard's wds2idx v1.2 writer), atomically."""
+    from deteclap.shard import index_text, read_tar_samples
 
+    entries = [[(ext, info.offset_data, info.size, info.name) for ext, info in members.items()]
+               for _, members in read_tar_samples(tar_path)]
     idx_path = tar_path.with_suffix(INDEX_SUFFIX)
-    tmp = _tmp_path(idx_path)
-    with IndexCreator(str(tar_path), str(tmp), verbose=False) as creator:
-        creator.create_index()
-    _replace_synced(tmp, idx_path)
+    write_atomic(idx_path, index_text(entries).encode())
     return idx_path
 
 
@@ -182,7 +181,7 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
     tar_path = Path(tar_path)
     ext = score_member(labeller)
     tmp = _tmp_path(tar_path)
-    with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, mode="w", format=src.format) as dst:
+    with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as dst:
         members = [info for info in src if info.isfile()]
         for pos, info in enumerate(members):
             key, member_ext = split_member_name(info.name)

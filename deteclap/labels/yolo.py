@@ -97,8 +97,7 @@ class YoloLabeller:
         if not frames_bgr:
             return []
         results = self.model.predict(frames_bgr, conf=self.conf, iou=self.iou, imgsz=self.imgsz,
-                                     device=self.device, half=self.device.startswith("cuda"),
-                                     batch=len(frames_bgr), verbose=False)
+                                     device=self.device, batch=len(frames_bgr), verbose=False)
         return [(r.boxes.cls.cpu().numpy(), r.boxes.conf.cpu().numpy()) for r in results]
 
     def __call__(self, samples: Sequence[Sample]) -> tuple[np.ndarray, list[str | None]]:
