@@ -144,7 +144,8 @@ def test_decoder_unshuffles_tokens() -> None:
     shuffled = torch.cat([latent[:, :32][:, perm_a], latent[:, 32:][:, perm_v]], dim=1)
     ident_a, ident_v = torch.arange(32).expand(2, -1), torch.arange(4).expand(2, -1)
     want = model.forward_decoder(latent, ident_a, ident_v, 32)
-    got = model.forward_decoder(shuffled, torch.argsort(perm_a).expand(2, -1), torch.argsort(perm_v).expand(2, -1), 32)
+    restore_a, restore_v = torch.argsort(perm_a).expand(2, -1), torch.argsort(perm_v).expand(2, -1)
+    got = model.forward_decoder(shuffled, restore_a, restore_v, 32)
     for w, g in zip(want, got):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
@@ -185,8 +186,8 @@ def test_embeddings_equal_official_forward_feat_by_hand() -> None:
         torch.testing.assert_close(out["a_bar"], want_a, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(out["v_bar"], want_v, rtol=1e-4, atol=1e-5)
         probs = model.predict_labels(fbank, frames)
-        torch.testing.assert_close(probs["audio"], torch.sigmoid(model.label_head_a(want_a)), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(probs["visual"], torch.sigmoid(model.label_head_v(want_v)), rtol=1e-4, atol=1e-5)
+        for key, head, rep in (("audio", model.label_head_a, want_a), ("visual", model.label_head_v, want_v)):
+            torch.testing.assert_close(probs[key], torch.sigmoid(head(rep)), rtol=1e-4, atol=1e-5)
 
 
 def test_contrastive_loss_matches_its_definition() -> None:
@@ -214,7 +215,8 @@ def test_mae_loss_only_counts_removed_patches() -> None:
     torch.testing.assert_close(mae_loss(target, pred, mask, norm_pix_loss=False), want)
     t = target[1, 3]
     normed = (t - t.mean()) / (t.var() + 1e-6) ** 0.5
-    torch.testing.assert_close(mae_loss(target, pred, mask, norm_pix_loss=True), ((pred[1, 3] - normed) ** 2).mean())
+    want = ((pred[1, 3] - normed) ** 2).mean()
+    torch.testing.assert_close(mae_loss(target, pred, mask, norm_pix_loss=True), want)
 
 
 def test_objective_weights_and_absent_targets() -> None:
@@ -316,7 +318,8 @@ def test_finetune_objective() -> None:
     torch.testing.assert_close(by_index["ce"], one_hot["ce"])
     logits = by_index["logits"]
     torch.testing.assert_close(by_index["total"], F.cross_entropy(logits, torch.tensor([2, 0])))
-    multi = FinetuneObjective(ft, "multi_label", "audioonly")(fbank, None, torch.tensor([[1.0, 0, 1], [0, 0, 0]]))
+    multi_hot = torch.tensor([[1.0, 0, 1], [0, 0, 0]])
+    multi = FinetuneObjective(ft, "multi_label", "audioonly")(fbank, None, multi_hot)
     assert set(multi) == {"total", "bce"} and torch.isfinite(multi["bce"])
     with pytest.raises(ValueError, match="task"):
         FinetuneObjective(ft, "regression")
@@ -326,5 +329,6 @@ def test_build_model_from_config() -> None:
     cfg = load_config("configs/tiny.json").model
     model = build_model(cfg, num_label_classes=11)
     assert model.label_head_v.out_features == 11 and model.norm_pix_loss == cfg.norm_pix_loss
-    assert len(model.blocks_a) == cfg.modality_specific_depth and len(model.decoder_blocks) == cfg.decoder_depth
+    assert len(model.blocks_a) == cfg.modality_specific_depth
+    assert len(model.decoder_blocks) == cfg.decoder_depth
     assert model.pos_embed_a.shape == (1, cfg.audio_length // 16 * cfg.num_mel_bins // 16, cfg.embed_dim)

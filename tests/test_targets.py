@@ -64,7 +64,8 @@ def test_required_labellers() -> None:
 
 
 def test_thresholds_come_from_config() -> None:
-    out = build_targets(_scores(), LabelsConfig(variant="separate", audio_threshold=0.65, visual_threshold=0.85))
+    cfg = LabelsConfig(variant="separate", audio_threshold=0.65, visual_threshold=0.85)
+    out = build_targets(_scores(), cfg)
     torch.testing.assert_close(out["a2l"], torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0]]))
     torch.testing.assert_close(out["v2l"], torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
 

@@ -363,7 +363,8 @@ class CAVMAE(CAVMAEEncoder):
         visible_a, visible_v = x[:, :num_keep_a], x[:, num_keep_a:]
         a_ = torch.cat([visible_a, self.mask_token.expand(b, la - num_keep_a, dim).to(x.dtype)], dim=1)
         a_ = torch.gather(a_, 1, ids_restore_a.unsqueeze(-1).expand(-1, -1, dim))
-        v_ = torch.cat([visible_v, self.mask_token.expand(b, lv - visible_v.shape[1], dim).to(x.dtype)], dim=1)
+        num_keep_v = visible_v.shape[1]
+        v_ = torch.cat([visible_v, self.mask_token.expand(b, lv - num_keep_v, dim).to(x.dtype)], dim=1)
         v_ = torch.gather(v_, 1, ids_restore_v.unsqueeze(-1).expand(-1, -1, dim))
         a_ = a_ + self.decoder_pos_embed_a + self.decoder_modality_a
         v_ = v_ + self.decoder_pos_embed_v + self.decoder_modality_v

@@ -76,7 +76,8 @@ def read_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -
     return map_official_keys(_unwrap(obj, str(path)))
 
 
-def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> LoadReport:
+def load_checkpoint(model: nn.Module,
+                    path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> LoadReport:
     """Load weights non-strictly; return the missing / unexpected keys.
 
     Accepts official CAV-MAE files, DeepSpeed module states and our own saves. Keys whose shapes

@@ -49,7 +49,8 @@ def contrastive_loss(audio_rep: torch.Tensor, video_rep: torch.Tensor, tau: floa
     return nce, c_acc
 
 
-def mae_loss(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool) -> torch.Tensor:
+def mae_loss(target: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+             norm_pix_loss: bool) -> torch.Tensor:
     """Mean squared error on removed patches.
 
     target, pred [B, L, P] (target from model.patchify_*), mask [B, L] (1 = removed) -> scalar.
@@ -94,7 +95,8 @@ class PretrainObjective(nn.Module):
         targets = targets or {}
         unknown = set(targets) - set(LABEL_TARGET_KEYS)
         if unknown:
-            raise KeyError(f"unknown target keys {sorted(unknown)}; expected a subset of {sorted(LABEL_TARGET_KEYS)}")
+            raise KeyError(f"unknown target keys {sorted(unknown)}; "
+                           f"expected a subset of {sorted(LABEL_TARGET_KEYS)}")
         if targets and model.num_label_classes <= 0:
             raise ValueError(f"targets {sorted(targets)} given but the model has no label heads")
         out = model(fbank, frames, cfg.mask_ratio_a, cfg.mask_ratio_v, cfg.mask_mode,
