@@ -284,10 +284,12 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         sums: dict[str, float] = {}
         step_start = time.perf_counter()
         for micro in range(accum):
+            # one random stream per (seed, step, rank, micro-step): batch augmentation and masking
+            # draw the same numbers whether or not the run was resumed
+            torch.manual_seed((cfg.run.seed * SEED_STRIDE + step) * world * accum + rank * accum + micro)
             wait_start = time.perf_counter()
             epoch, index, batch, loader = next(batches)
             wait_s += time.perf_counter() - wait_start
-            torch.manual_seed((cfg.run.seed * SEED_STRIDE + step) * world * accum + rank * accum + micro)
             batch = to_device(batch, engine.device, input_dtype)
             targets = batch["classes"] if cfg.finetune.task else batch["targets"]
             losses = engine(batch["fbank"], batch["frames"], targets)

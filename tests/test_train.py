@@ -1,0 +1,139 @@
+"""End-to-end training on the CPU: the real deteclap/train.py, DeepSpeed and the launcher.
+
+A tiny model on the synthetic shards: one process; the deepspeed launcher with 2 processes (gloo)
+under ZeRO-2 and ZeRO-3; a run killed with SIGKILL and resumed reaches the losses of the
+uninterrupted run; a NaN stops the run and keeps the last good checkpoint; evaluation reads the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "deteclap" / "train.py")
+TERMS = ("total", "contrastive", "mae_audio", "mae_visual", "a2l", "v2l")
+
+
+@pytest.fixture(scope="module")
+def labelled_shards(shard_dir, synth_dir, tmp_path_factory):
+    """The synthetic shards with ground-truth label scores (a private copy: labelling rewrites tars)."""
+    from deteclap import label
+
+    out = tmp_path_factory.mktemp("train_shards") / "shards"
+    shutil.copytree(shard_dir, out)
+    assert label.main([str(out), "--labellers", "truth", "--truth", str(Path(synth_dir) / "truth.jsonl")]) == 0
+    return out
+
+
+def overrides(shards: Path, out_dir: Path, **extra: object) -> list[str]:
+    values = {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.batch_size": 2,
+              "data.num_workers": 0, "run.out_dir": str(out_dir),
+              "run.log_every": 1, "run.checkpoint_every": 2, "run.max_steps": 4, "deepspeed.precision": "fp32",
+              "data.train_split": "train", "data.eval_split": "train", **extra}
+    args = []
+    for key, value in values.items():
+        if value is not None:
+            args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    out.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return out
+
+
+def run_train(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [TRAIN, "--config", str(REPO / "configs" / "tiny.json"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_one_process_logs_every_term_checkpoints_and_evaluates(labelled_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(overrides(labelled_shards, run_dir))
+    log = metrics(run_dir)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    for record in log:
+        assert all(term in record for term in TERMS)
+        assert record["a2l"] > 0 and record["v2l"] > 0  # OR variant: both label heads train
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert (run_dir / "checkpoints" / "step_00000004" / "model.pt").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["samples"] == 8
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "-m", "deteclap.evaluate", "--config", str(REPO / "configs" / "tiny.json"),
+                           "--checkpoint", str(run_dir), "--json", str(out), *overrides(labelled_shards, run_dir)],
+                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for direction in ("a2v", "v2a"):
+        assert set(result[direction]) >= {"r1", "r5", "r10", "median_rank"}
+        assert 0 <= result[direction]["r1"] <= result[direction]["r5"] <= result[direction]["r10"] <= 100
+    assert result["num_clips"] > 0
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_launcher_two_processes(labelled_shards, tmp_path, stage):
+    run_dir = tmp_path / f"zero{stage}"
+    launcher = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(29500 + stage)]
+    run_train(overrides(labelled_shards, run_dir, **{"deepspeed.zero_stage": stage, "data.batch_size": 1,
+                                                      "run.max_steps": 2}), launcher=launcher)
+    log = metrics(run_dir)
+    assert [r["step"] for r in log] == [1, 2]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["samples"] == 4
+    files = os.listdir(run_dir / "checkpoints" / "step_00000002")
+    assert sum("optim_states" in f for f in files) == 2, files  # ZeRO: one optimiser partition per rank
+
+
+def test_killed_run_resumes_to_the_same_losses(labelled_shards, tmp_path):
+    steps = {"run.max_steps": 6, "run.checkpoint_every": 2}
+    straight = tmp_path / "straight"
+    run_train(overrides(labelled_shards, straight, **steps))
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, TRAIN, "--config", str(REPO / "configs" / "tiny.json"),
+           *overrides(labelled_shards, killed, **steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=REPO)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not latest.is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file(), "the run ended before its first checkpoint"
+    resumed_from = latest.read_text().strip()
+    assert resumed_from != "step_00000006", "killed too late to test a resume"
+    run_train(overrides(labelled_shards, killed, **steps) + ["--resume"])
+    a, b = metrics(straight), metrics(killed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for ra, rb in zip(a, b):
+        for term in TERMS:
+            assert rb[term] == pytest.approx(ra[term], rel=1e-5, abs=1e-6), (ra["step"], term, resumed_from)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(labelled_shards, tmp_path):
+    run_dir = tmp_path / "nan"
+    run_train(overrides(labelled_shards, run_dir, **{"run.max_steps": 2}))
+    proc = run_train(overrides(labelled_shards, run_dir, **{"run.max_steps": 4, "loss.mae_weight": "NaN"})
+                     + ["--resume"], check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "non-finite loss at step 3" in proc.stderr and "step_00000002" in proc.stderr
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert not (run_dir / "checkpoints" / "step_00000004").exists()
