@@ -308,7 +308,8 @@ class ReferenceLoader:
         workers = min(data.num_workers, len(self.tars))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=data.batch_size, num_workers=workers, collate_fn=collate,
-            drop_last=self.train, persistent_workers=False)
+            drop_last=self.train, persistent_workers=False,
+            generator=torch.Generator().manual_seed(data.seed))  # leaves the global RNG alone (resume)
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         self.batches_consumed = 0
         for raw in loader:
