@@ -37,6 +37,7 @@ def test_default_model_is_the_official_size() -> None:
     assert not model.pos_embed_a.requires_grad and not model.decoder_pos_embed_v.requires_grad
     assert model.pos_embed_a.shape == (1, 512, 768) and model.pos_embed_v.shape == (1, 196, 768)
     assert (len(model.blocks_a), len(model.blocks_v), len(model.blocks_u)) == (11, 11, 1)
+    assert all(blk.attn.fused_attn for blk in model.modules() if hasattr(blk, "attn"))   # timm SDPA path
     with_heads = build_model(ModelConfig(), num_label_classes=601)
     extra = sum(p.numel() for p in with_heads.parameters()) - OFFICIAL_PARAMETERS
     assert extra == 2 * (768 * 601 + 601)
