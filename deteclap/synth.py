@@ -232,10 +232,10 @@ def _events(n: int, sample_rate: int, onsets: np.ndarray, length_s: float,
     shape = np.minimum(local / max(attack_s, 1e-4), 1.0)
     shape *= np.exp(-decay * local) if decay > 0 else np.minimum((length_s - local) / 0.02, 1.0)
     for onset in onsets:
-        start = int(onset * sample_rate)
-        stop = min(start + length, n)
-        if start < n:
-            env[start:stop] = np.maximum(env[start:stop], shape[: stop - start])
+        start = int(onset * sample_rate)  # jitter can put an onset before 0: keep the note's tail
+        lo, hi = max(start, 0), min(start + length, n)
+        if lo < hi:
+            env[lo:hi] = np.maximum(env[lo:hi], shape[lo - start: hi - start])
     return env
 
 
