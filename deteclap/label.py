@@ -137,6 +137,8 @@ def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) ->
 def random_yolo(nc: int = 0) -> object:
     """A random-weight YOLOv8n with the Open Images V7 class names (offline; tests and benchmarks)."""
     import yaml
+
+    yolo.import_ultralytics()
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import ROOT

@@ -34,6 +34,17 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def import_ultralytics() -> Any:
+    """`import ultralytics` keeping torch's CPU thread count (ultralytics lowers it to cpu_count - 1)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    import ultralytics
+
+    torch.set_num_threads(threads)
+    return ultralytics
+
+
 def load_yolo(weights: str | Path) -> Any:
     """An ultralytics YOLO model from a local file (never downloads: the file must exist).
 
@@ -43,9 +54,7 @@ def load_yolo(weights: str | Path) -> Any:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"YOLO weights not found: {path} (download yolov8x-oiv7.pt, see --help)")
-    from ultralytics import YOLO
-
-    return YOLO(str(path))
+    return import_ultralytics().YOLO(str(path))
 
 
 def class_map(model_names: dict[int, str], vocabulary: Sequence[str]) -> np.ndarray:
