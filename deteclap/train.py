@@ -37,6 +37,7 @@ from deteclap.config import Config, add_config_args, load_config
 
 LATEST = "latest"
 SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
+FINETUNE_HEAD = "mlp_head"  # the new fine-tuning layer (lr x finetune.head_lr_scale)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,6 +128,23 @@ def dataset_info(shards: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def load_pretrained(model: torch.nn.Module, pretrained: str) -> None:
+    """Load a pretraining checkpoint (model.pt, checkpoint or run folder, official CAV-MAE file) into
+    a CAVMAEFT; raise when it leaves encoder weights missing (only the new head may be missing)."""
+    from deteclap.evaluate import resolve_checkpoint
+    from deteclap.model import load_checkpoint
+
+    path = resolve_checkpoint(pretrained)
+    report = load_checkpoint(model, path)
+    missing = [k for k in report.missing if not k.startswith(FINETUNE_HEAD)]
+    if missing:
+        raise RuntimeError(f"{path}: not a pretraining checkpoint of this model shape; missing encoder "
+                           f"weights {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    loaded = len(model.state_dict()) - len(report.missing)
+    print(f"fine-tuning from {path}: {loaded} tensors loaded, new head {report.missing}, "
+          f"{len(report.unexpected)} unused (decoder / label heads)")
+
+
 def build_objective(cfg: Config, info: dict[str, Any]) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     """The nn.Module DeepSpeed trains (model + loss) and its optimiser parameter groups."""
     from deteclap.model import build_finetune_model, build_model, load_checkpoint
@@ -135,14 +153,17 @@ def build_objective(cfg: Config, info: dict[str, Any]) -> tuple[torch.nn.Module,
     if cfg.finetune.task:
         model = build_finetune_model(cfg.model, len(info["classes"]))
         if cfg.finetune.pretrained:
-            print(f"fine-tuning from {cfg.finetune.pretrained}: {load_checkpoint(model, cfg.finetune.pretrained)}")
+            load_pretrained(model, cfg.finetune.pretrained)
         objective = FinetuneObjective(model, cfg.finetune.task, cfg.finetune.mode)
-        head = [p for n, p in model.named_parameters() if n.startswith("mlp_head")]
-        body = [p for n, p in model.named_parameters() if not n.startswith("mlp_head")]
+        head = [p for n, p in model.named_parameters() if n.startswith(FINETUNE_HEAD)]
+        body = [p for n, p in model.named_parameters() if not n.startswith(FINETUNE_HEAD)]
         groups = [{"params": body}, {"params": head, "lr": cfg.optim.lr * cfg.finetune.head_lr_scale}]
         return objective, groups
     from deteclap.data.targets import required_labellers
 
+    if cfg.data.mixup > 0:
+        raise ValueError(f"data.mixup={cfg.data.mixup}: mixup is a fine-tuning augmentation (it mixes "
+                         f"`classes`, not label-score targets); set finetune.task or data.mixup=0")
     num_labels = len(info["label_vocabulary"]) if required_labellers(cfg.labels) else 0
     model = build_model(cfg.model, num_labels)
     if cfg.model.init_checkpoint:

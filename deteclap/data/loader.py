@@ -237,12 +237,17 @@ def collate(items: list[Any]) -> dict[str, Any]:
 def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor,
                  lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
                  device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Decoded batch -> the batch dict: fbank contract (+ SpecAugment / noise in training),
+    """Decoded batch -> the batch dict: fbank contract (+ mixup, SpecAugment, noise in training),
     frame dtype, targets built from the label scores. waves [B, S] padded, lengths [B]."""
     from deteclap.data.targets import build_targets
 
     data = cfg.data
-    fbank = audio.fbank_batch(waves.to(device), lengths, cfg.model.audio_length, normalize=False)
+    waves, frames, classes = waves.to(device), frames.to(device), classes.to(device=device, dtype=torch.float32)
+    if train and data.mixup > 0:
+        from deteclap.data.mixup import mixup_batch
+
+        waves, frames, classes = mixup_batch(waves, lengths, frames.float(), classes, data.mixup)
+    fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=False)
     if train and (data.freqm or data.timem):
         fbank = audio.spec_augment(fbank, data.freqm, data.timem)
     fbank = audio.normalize_fbank(fbank)
