@@ -105,8 +105,12 @@ class YoloLabeller:
         """Run the model on frames (uint8 [H, W, 3] BGR) -> per frame (class ids [D], confidences [D])."""
         if not frames_bgr:
             return []
+        import torch
+
+        threads = torch.get_num_threads()       # ultralytics' device setup sets cpu_count - 1 on the CPU
         results = self.model.predict(frames_bgr, conf=self.conf, iou=self.iou, imgsz=self.imgsz,
                                      device=self.device, batch=len(frames_bgr), verbose=False)
+        torch.set_num_threads(threads)
         return [(r.boxes.cls.cpu().numpy(), r.boxes.conf.cpu().numpy()) for r in results]
 
     def __call__(self, samples: Sequence[Sample]) -> tuple[np.ndarray, list[str | None]]:
