@@ -2,6 +2,7 @@
 
 `synth_dir`: 8 synthetic clips of 3 s (64x48 pixels, 10 fps, seed 0) plus truth.jsonl.
 `shard_dir`: those clips sharded with split "train", 3 samples per shard (3 tars), default encoding.
+`labelled_shards`: a copy of shard_dir with ground-truth label scores (`truth_audio`, `truth_visual`).
 Both are built once per session; tests must not modify them (copy first).
 Also sets YOLO_OFFLINE=1 and YOLO_CONFIG_DIR to a temporary folder for every test.
 """
@@ -46,4 +47,17 @@ def shard_dir(synth_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
     summary = write_shards(synth_dir / "truth.jsonl", out, split="train", samples_per_shard=SAMPLES_PER_SHARD)
     assert summary["failed"] == 0, summary
+    return out
+
+
+@pytest.fixture(scope="session")
+def labelled_shards(shard_dir, synth_dir, tmp_path_factory) -> Path:
+    """The synthetic shards with ground-truth label scores (a private copy: labelling rewrites tars)."""
+    import shutil
+
+    from deteclap import label
+
+    out = tmp_path_factory.mktemp("labelled_shards") / "shards"
+    shutil.copytree(shard_dir, out)
+    assert label.main([str(out), "--labellers", "truth", "--truth", str(Path(synth_dir) / "truth.jsonl")]) == 0
     return out

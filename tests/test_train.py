@@ -24,17 +24,6 @@ TRAIN = str(REPO / "deteclap" / "train.py")
 TERMS = ("total", "contrastive", "mae_audio", "mae_visual", "a2l", "v2l")
 
 
-@pytest.fixture(scope="module")
-def labelled_shards(shard_dir, synth_dir, tmp_path_factory):
-    """The synthetic shards with ground-truth label scores (a private copy: labelling rewrites tars)."""
-    from deteclap import label
-
-    out = tmp_path_factory.mktemp("train_shards") / "shards"
-    shutil.copytree(shard_dir, out)
-    assert label.main([str(out), "--labellers", "truth", "--truth", str(Path(synth_dir) / "truth.jsonl")]) == 0
-    return out
-
-
 def overrides(shards: Path, out_dir: Path, **extra: object) -> list[str]:
     values = {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.batch_size": 2,
               "data.num_workers": 0, "run.out_dir": str(out_dir),
