@@ -198,8 +198,11 @@ class DaliLoader:
             keys.append(source.rsplit(":", 1)[-1].split(".", 1)[0])
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
-        return finish_batch(self.cfg, self.train, keys, out["frames"], out["waves"], out["lengths"].view(-1),
-                            out["classes"], scores, device)
+        batch = finish_batch(self.cfg, self.train, keys, out["frames"], out["waves"], out["lengths"].view(-1),
+                             out["classes"], scores, device)
+        for key in batch.pop("label_failed"):
+            self._count(Skipped("", key, "label_failed"))
+        return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         limit = len(self) if self.train else None
@@ -226,7 +229,9 @@ class DaliLoader:
                 self.batches_consumed += 1
                 replayed += 1
                 if self.batches_consumed > self.start_batch and out["frames"].shape[0] > 0:
-                    yield self._finish(out)   # (PARTIAL can end a shard with an empty batch)
+                    batch = self._finish(out)  # (PARTIAL can end a shard with an empty batch)
+                    if batch["keys"]:          # (every sample's labels failed: nothing left)
+                        yield batch
             else:
                 return
 

@@ -242,6 +242,15 @@ def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor
     from deteclap.data.targets import build_targets
 
     data = cfg.data
+    failed = [keys[i] for i in failed_label_rows(scores)]
+    if failed and data.on_error == "raise":
+        raise DataError(f"samples {failed}: label scores are NaN (their labelling failed, see dataset.json "
+                        f"label_failures); relabel them or set data.on_error=skip")
+    if failed:
+        keep = torch.tensor([k not in failed for k in keys])
+        keys = [k for k in keys if k not in failed]
+        frames, waves, lengths, classes = frames[keep], waves[keep], lengths[keep], classes[keep]
+        scores = {name: value[keep] for name, value in scores.items()}
     waves, frames, classes = waves.to(device), frames.to(device), classes.to(device=device, dtype=torch.float32)
     if train and data.mixup > 0:
         from deteclap.data.mixup import mixup_batch
@@ -257,7 +266,15 @@ def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor
     scores = {name: value.to(device) for name, value in scores.items()}   # float16: targets threshold in it
     targets = build_targets(scores, cfg.labels) if scores else {}
     return {"fbank": fbank, "frames": frames.to(device=device, dtype=dtype), "targets": targets,
-            "classes": classes.to(device=device, dtype=torch.float32), "keys": list(keys)}
+            "classes": classes.to(device=device, dtype=torch.float32), "keys": list(keys), "label_failed": failed}
+
+
+def failed_label_rows(scores: dict[str, torch.Tensor]) -> list[int]:
+    """Rows whose stored label scores are NaN: the labeller failed on that sample (labels.store)."""
+    bad = torch.zeros(len(next(iter(scores.values()))) if scores else 0, dtype=torch.bool)
+    for value in scores.values():
+        bad |= torch.isnan(value.float()).any(dim=1).cpu()
+    return torch.nonzero(bad).flatten().tolist()
 
 
 def tar_sample_count(tar: Path) -> int:
@@ -328,8 +345,13 @@ class ReferenceLoader:
             self.batches_consumed += 1
             if self.batches_consumed <= self.start_batch:
                 continue
-            yield finish_batch(self.cfg, self.train, raw["keys"], raw["frames"], raw["waves"], raw["lengths"],
-                               raw["classes"], raw["scores"], device)
+            batch = finish_batch(self.cfg, self.train, raw["keys"], raw["frames"], raw["waves"], raw["lengths"],
+                                 raw["classes"], raw["scores"], device)
+            for key in batch.pop("label_failed"):
+                self.skipped["label_failed"] += 1
+                self.skipped_samples.append(Skipped("", key, "label_failed"))
+            if batch["keys"]:
+                yield batch
 
 
 def build_loader(cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
