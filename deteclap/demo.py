@@ -26,6 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.json"
 VARIANTS = ("cavmae", "or")
+SAMPLES_PER_SHARD = 30  # several tars, so that every loader worker has its own
 
 
 def _step(title: str) -> float:
@@ -44,8 +45,8 @@ def make_data(out: Path, train_clips: int, test_clips: int, seconds: float, work
             synth.main([str(clip_dir), "--clips", str(clips), "--seconds", str(seconds), "--seed", str(seed),
                         "--workers", str(workers)])
         if not (shard_dir / "dataset.json").is_file():
-            code = shard.main([str(clip_dir / "truth.jsonl"), str(shard_dir), "--split", split,
-                               "--workers", str(workers), "--strict"])
+            code = shard.main([str(clip_dir / "truth.jsonl"), str(shard_dir), "--split", split, "--workers",
+                               str(workers), "--samples-per-shard", str(SAMPLES_PER_SHARD), "--strict"])
             if code:
                 raise SystemExit(f"sharding {clip_dir} failed (exit {code}); see {shard_dir / 'failures.jsonl'}")
         label.main([str(shard_dir), "--labellers", "truth", "--truth", str(clip_dir / "truth.jsonl")])
