@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -46,5 +47,7 @@ def write_result(name: str, results: list[dict], path: str | Path | None = None)
     """Write {"benchmark", "machine", "results"} JSON to `path` (default results/NAME.json)."""
     out = Path(path) if path else RESULTS_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": name, "machine": machine_info(), "results": results}, indent=2) + "\n")
+    record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": machine_info(), "results": results}
+    out.write_text(json.dumps(record, indent=2) + "\n")
     return out
