@@ -39,6 +39,7 @@ MEL_BREAK_FREQ = 700.0
 LOW_FREQ = 20.0                   # Kaldi's default low-freq; high-freq 0 means Nyquist
 EPSILON = torch.finfo(torch.float32).eps
 NOISE_SCALE = 10.0                # CAV-MAE: fbank + rand * U(0, 1) / 10
+CPU_CHUNK_FRAMES = 256            # fbank frames per chunk on the CPU (FFT buffers stay in cache)
 
 
 def _window_sizes(sample_rate: int) -> tuple[int, int, int]:
@@ -85,7 +86,24 @@ def mel_banks(num_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE,
 
 
 def _frames_to_fbank(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
-    """[B, T, window] raw frames -> [B, T, num_bins] log-mel energies (Kaldi per-frame steps)."""
+    """[B, T, window] raw frames -> [B, T, num_bins] log-mel energies (Kaldi per-frame steps).
+
+    On the CPU the frames go through in chunks of CPU_CHUNK_FRAMES of one row: the whole batch's
+    [B * T, 512] FFT buffers do not fit in the cache and made the batched call ~4x slower than the
+    same ops per chunk (the results are bitwise the same). Other devices take the batch at once.
+    """
+    if frames.device.type != "cpu":
+        return _frames_to_fbank_chunk(frames, sample_rate, num_bins)
+    out = frames.new_empty(*frames.shape[:-1], num_bins)
+    for row in range(frames.shape[0]):
+        for start in range(0, frames.shape[1], CPU_CHUNK_FRAMES):
+            chunk = slice(start, start + CPU_CHUNK_FRAMES)
+            out[row, chunk] = _frames_to_fbank_chunk(frames[row, chunk], sample_rate, num_bins)
+    return out
+
+
+def _frames_to_fbank_chunk(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
+    """[..., T, window] raw frames -> [..., T, num_bins], torchaudio's op order (bitwise equal)."""
     size, _, fft_size = _window_sizes(sample_rate)
     frames = frames - frames.mean(dim=-1, keepdim=True)
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
