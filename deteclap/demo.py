@@ -54,11 +54,12 @@ def make_data(out: Path, train_clips: int, test_clips: int, seconds: float, work
     return paths
 
 
-def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Path, steps: int) -> Path:
+def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Path, steps: int,
+                  extra: list[str]) -> Path:
     """Train one variant through the real application (a subprocess, as a user runs it)."""
     overrides = [f"labels.variant={variant}", f"run.seed={seed}", f"data.seed={seed}",
                  f"data.train_shards={shards['train']}", f"data.eval_shards={shards['test']}",
-                 f"run.out_dir={run_dir}"]
+                 f"run.out_dir={run_dir}", *extra]
     if steps:
         overrides.append(f"run.max_steps={steps}")
     if (run_dir / "summary.json").is_file():
@@ -71,12 +72,13 @@ def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Pat
     return run_dir
 
 
-def evaluate_run(variant: str, seed: int, shards: dict[str, Path], run_dir: Path) -> dict[str, Any]:
+def evaluate_run(variant: str, seed: int, shards: dict[str, Path], run_dir: Path,
+                 extra: list[str]) -> dict[str, Any]:
     from deteclap.config import load_config
     from deteclap.evaluate import evaluate
 
     cfg = load_config(DEMO_CONFIG, [f"labels.variant={variant}", f"data.train_shards={shards['train']}",
-                                    f"data.eval_shards={shards['test']}", f"run.seed={seed}"])
+                                    f"data.eval_shards={shards['test']}", f"run.seed={seed}", *extra])
     result = evaluate(cfg, run_dir)
     (run_dir / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-clips", type=int, default=60)
     parser.add_argument("--seconds", type=float, default=4.0, help="clip length of the synthetic set")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a value of configs/demo.json for every run (repeatable)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in VARIANTS:
             _step(f"train {variant} (seed {seed})")
-            run_dir = train_variant(variant, seed, shards, out / "runs" / f"{variant}_seed{seed}", args.steps)
-            per_seed[variant].append(evaluate_run(variant, seed, shards, run_dir))
+            run_dir = out / "runs" / f"{variant}_seed{seed}"
+            train_variant(variant, seed, shards, run_dir, args.steps, args.overrides)
+            per_seed[variant].append(evaluate_run(variant, seed, shards, run_dir, args.overrides))
             runs.setdefault(variant, []).append(run_dir)
     results = summarise(per_seed)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
     from deteclap.plots import demo_figure
 
-    demo_figure(out, runs, shards["test"], DEMO_CONFIG)
+    demo_figure(out, runs, shards["test"], DEMO_CONFIG, args.overrides)
     print("\n" + table + "\n" + verdict)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.png'} in {info['seconds'] / 60:.1f} min")
     return 0

@@ -34,14 +34,15 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: str) -> dict[str, Any]:
+def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: str,
+                       overrides: list[str]) -> dict[str, Any]:
     """Audio queries of the test set and the keys of their top-k visual items under one model."""
     from deteclap.config import load_config
     from deteclap.evaluate import collect, pick_device, resolve_checkpoint
     from deteclap.model import build_model, load_checkpoint
 
     cfg = load_config(config, [f"labels.variant={variant}", f"data.eval_shards={test_shards}",
-                               f"data.train_shards={test_shards}"])
+                               f"data.train_shards={test_shards}", *overrides])
     state = torch.load(resolve_checkpoint(run_dir), map_location="cpu", weights_only=True)
     heads = state.get("label_head_a.weight")
     model = build_model(cfg.model, 0 if heads is None else int(heads.shape[0]))
@@ -55,7 +56,8 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     return {"keys": data["keys"], "queries": queries.tolist(), "top": top[queries].tolist()}
 
 
-def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, config: Path) -> Path:
+def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, config: Path,
+                overrides: list[str] = ()) -> Path:
     """DIR/results.png: loss curves, R@k bars per direction, and retrieved examples of each variant."""
     import matplotlib
 
@@ -66,7 +68,7 @@ def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, confi
 
     results = json.loads((out / "results.json").read_text())
     variants = list(runs)
-    examples = {v: retrieved_examples(runs[v][0], config, test_shards, v) for v in variants}
+    examples = {v: retrieved_examples(runs[v][0], config, test_shards, v, list(overrides)) for v in variants}
     keys = {examples[v]["keys"][i] for v in variants for q, t in zip(examples[v]["queries"], examples[v]["top"])
             for i in [q, *t]}
     frames = {k: decode_video_frames(data, [5])[0] for k, data in read_members(test_shards, keys, "mp4").items()}
