@@ -85,32 +85,40 @@ def mel_banks(num_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE,
     return _mel_banks_cpu(num_bins, fft_size, sample_rate).to(device=device, dtype=dtype)
 
 
-def _frames_to_fbank(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
-    """[B, T, window] raw frames -> [B, T, num_bins] log-mel energies (Kaldi per-frame steps).
+def _fbank_rows(waves: Tensor, means: Tensor, counts: list[int], out_frames: int, sample_rate: int,
+                num_bins: int) -> Tensor:
+    """Fbank of each row's first counts[i] frames of (waves - means), zero frames after them.
 
-    On the CPU the frames go through in chunks of CPU_CHUNK_FRAMES of one row: the whole batch's
-    [B * T, 512] FFT buffers do not fit in the cache and made the batched call ~4x slower than the
-    same ops per chunk (the results are bitwise the same). Other devices take the batch at once.
+    waves [B, S], means [B, 1] -> [B, out_frames, num_bins]. On the CPU each row goes through in
+    chunks of CPU_CHUNK_FRAMES frames: the whole batch's [B * T, 512] FFT buffers do not fit in the
+    cache, which made one batched call ~4x slower than the same ops per chunk (the same
+    results), and frames past a row's count are not computed. Other devices take the batch at once.
     """
-    if frames.device.type != "cpu":
-        return _frames_to_fbank_chunk(frames, sample_rate, num_bins)
-    out = frames.new_empty(*frames.shape[:-1], num_bins)
-    for row in range(frames.shape[0]):
-        for start in range(0, frames.shape[1], CPU_CHUNK_FRAMES):
-            chunk = slice(start, start + CPU_CHUNK_FRAMES)
-            out[row, chunk] = _frames_to_fbank_chunk(frames[row, chunk], sample_rate, num_bins)
+    size, shift, _ = _window_sizes(sample_rate)
+    frames = waves.unfold(1, size, shift)[:, :out_frames]                      # a view, no copy
+    if waves.device.type != "cpu":
+        fbank = _frames_to_fbank(frames - means.unsqueeze(-1), sample_rate, num_bins)
+        valid = torch.arange(frames.shape[1], device=waves.device) < torch.tensor(counts, device=waves.device)[:, None]
+        return pad_or_cut(fbank * valid.unsqueeze(-1), out_frames)
+    out = waves.new_zeros(waves.shape[0], out_frames, num_bins)
+    for row, count in enumerate(counts):
+        for start in range(0, min(count, out_frames), CPU_CHUNK_FRAMES):
+            chunk = slice(start, min(start + CPU_CHUNK_FRAMES, count, out_frames))
+            out[row, chunk] = _frames_to_fbank(frames[row, chunk] - means[row], sample_rate, num_bins)
     return out
 
 
-def _frames_to_fbank_chunk(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
-    """[..., T, window] raw frames -> [..., T, num_bins], torchaudio's op order (bitwise equal)."""
+def _frames_to_fbank(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
+    """[..., T, window] raw frames -> [..., T, num_bins], torchaudio's op order (|X|^2 as re^2 + im^2:
+    within 3e-7 relative of torchaudio's abs().pow(2))."""
     size, _, fft_size = _window_sizes(sample_rate)
     frames = frames - frames.mean(dim=-1, keepdim=True)
     previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = frames - PREEMPHASIS * previous
     window = torch.hann_window(size, periodic=False, device=frames.device, dtype=frames.dtype)
     frames = torch.nn.functional.pad(frames * window, (0, fft_size - size))
-    power = torch.fft.rfft(frames).abs().pow(2.0)
+    spectrum = torch.fft.rfft(frames)
+    power = spectrum.real.square() + spectrum.imag.square()   # |X|^2 without complex abs's hypot (~4x faster)
     energies = power @ mel_banks(num_bins, sample_rate, frames.device, frames.dtype).T
     return energies.clamp(min=EPSILON).log()
 
@@ -133,8 +141,9 @@ def kaldi_fbank(waves: Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int
     size, shift, _ = _window_sizes(sample_rate)
     if waves.shape[1] < size:
         raise ValueError(f"waves of {waves.shape[1]} samples are shorter than one window ({size})")
-    waves = waves - waves.mean(dim=1, keepdim=True)
-    return _frames_to_fbank(waves.unfold(1, size, shift), sample_rate, num_mel_bins)
+    frames = int(num_frames(waves.shape[1], sample_rate))
+    return _fbank_rows(waves, waves.mean(dim=1, keepdim=True), [frames] * waves.shape[0], frames, sample_rate,
+                       num_mel_bins)
 
 
 def pad_or_cut(fbank: Tensor, target_length: int) -> Tensor:
@@ -169,14 +178,10 @@ def fbank_batch(waves: Tensor, lengths: Tensor, target_length: int, sample_rate:
     lengths = lengths.to(device=waves.device, dtype=torch.long)
     if waves.shape[1] < size or bool((lengths < size).any()) or bool((lengths > waves.shape[1]).any()):
         raise ValueError(f"wave lengths {lengths.tolist()} must lie in [{size}, {waves.shape[1]}] samples")
-    positions = torch.arange(waves.shape[1], device=waves.device)
-    valid = positions.unsqueeze(0) < lengths.unsqueeze(1)
-    means = (waves * valid).sum(dim=1, keepdim=True) / lengths.unsqueeze(1).to(waves.dtype)
-    frames = (waves - means).unfold(1, size, shift)[:, :target_length]
-    fbank = _frames_to_fbank(frames, sample_rate, NUM_MEL_BINS)
-    counts = num_frames(lengths, sample_rate)
-    frame_valid = torch.arange(fbank.shape[1], device=waves.device).unsqueeze(0) < counts.unsqueeze(1)
-    fbank = pad_or_cut(fbank * frame_valid.unsqueeze(-1), target_length)
+    sizes = lengths.tolist()
+    means = torch.stack([waves[row, :length].mean() for row, length in enumerate(sizes)]).unsqueeze(1)
+    counts = [int(num_frames(length, sample_rate)) for length in sizes]
+    fbank = _fbank_rows(waves, means, counts, target_length, sample_rate, NUM_MEL_BINS)
     return normalize_fbank(fbank) if normalize else fbank
 
 

@@ -15,7 +15,9 @@ import torch
 
 from deteclap.config import Config
 from deteclap.data import build
-from deteclap.data.loader import DataError, ReferenceLoader, build_loader, scan_samples
+from deteclap.data.decode import DecodeError, decode_video_frames
+from deteclap.data.loader import (DataError, ReferenceLoader, build_loader, decode_frame, iter_tar_samples,
+                                  scan_samples)
 
 NUM_LABELS = 601
 Edit = Callable[[str, str, bytes], "bytes | None"]
@@ -139,3 +141,26 @@ def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:
         assert isinstance(loader, ReferenceLoader)
     cfg.data.loader = "reference"
     assert isinstance(build(cfg, train=False), ReferenceLoader)
+
+
+def test_decode_frame_decodes_the_same_frame(shard_dir: Path) -> None:
+    """The one-packet decode gives exactly the frame that decoding the whole video gives."""
+    tar = sorted(shard_dir.glob("train-*.tar"))[0]
+    _, members = next(iter_tar_samples(tar))
+    frames = decode_video_frames(members["mp4"])
+    for index in range(len(frames)):
+        assert np.array_equal(np.asarray(decode_frame(members["mp4"], index)), frames[index]), index
+    with pytest.raises(DecodeError, match="out of range"):
+        decode_frame(members["mp4"], len(frames))
+    with pytest.raises(DecodeError, match="corrupt"):
+        decode_frame(members["mp4"][: len(members["mp4"]) // 3], 5)
+
+
+def test_fbank_in_workers_equals_main_process(shard_dir: Path) -> None:
+    """Workers compute the fbank on the CPU (no waves shipped); the batch is the same as without workers."""
+    in_main = {k: f for b in build_loader(make_cfg(shard_dir, workers=0), train=False)
+               for k, f in zip(b["keys"], b["fbank"])}
+    in_workers = {k: f for b in build_loader(make_cfg(shard_dir, workers=2), train=False)
+                  for k, f in zip(b["keys"], b["fbank"])}
+    assert in_main.keys() == in_workers.keys()
+    assert all(torch.equal(in_main[k], in_workers[k]) for k in in_main)
