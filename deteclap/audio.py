@@ -218,6 +218,5 @@ def add_noise_and_roll(fbank: Tensor, generator: torch.Generator | None = None) 
     noise = torch.rand(batch, frames, bins, generator=generator) * scale
     fbank = fbank + noise.to(device=fbank.device, dtype=fbank.dtype)
     shift = torch.randint(-frames, frames, (batch, 1), generator=generator)
-    source = (torch.arange(frames).unsqueeze(0) - shift) % frames
-    index = source.to(fbank.device).unsqueeze(-1).expand(batch, frames, bins)
-    return torch.gather(fbank, 1, index)
+    source = ((torch.arange(frames).unsqueeze(0) - shift) % frames).to(fbank.device)
+    return fbank[torch.arange(batch, device=fbank.device).unsqueeze(1), source]   # whole rows: no [B, T, F] index
