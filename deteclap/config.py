@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_shards: str = ""            # folder of shards (with dataset.json) or a glob of tars
+    train_shards: str = ""            # shard folder written by `python -m deteclap.shard` (with dataset.json)
     eval_shards: str = ""
     train_split: str = "train"
     eval_split: str = "test"

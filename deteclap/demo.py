@@ -42,14 +42,18 @@ def make_data(out: Path, train_clips: int, test_clips: int, seconds: float, work
     for split, clips, seed in (("train", train_clips, 1), ("test", test_clips, 2)):
         clip_dir, shard_dir = out / "data" / split, out / "shards" / split
         if not (clip_dir / "truth.jsonl").is_file():
-            synth.main([str(clip_dir), "--clips", str(clips), "--seconds", str(seconds), "--seed", str(seed),
-                        "--workers", str(workers)])
+            code = synth.main([str(clip_dir), "--clips", str(clips), "--seconds", str(seconds), "--seed", str(seed),
+                               "--workers", str(workers)])
+            if code:
+                raise SystemExit(f"generating {clip_dir} failed (exit {code})")
         if not (shard_dir / "dataset.json").is_file():
             code = shard.main([str(clip_dir / "truth.jsonl"), str(shard_dir), "--split", split, "--workers",
                                str(workers), "--samples-per-shard", str(SAMPLES_PER_SHARD), "--strict"])
             if code:
                 raise SystemExit(f"sharding {clip_dir} failed (exit {code}); see {shard_dir / 'failures.jsonl'}")
-        label.main([str(shard_dir), "--labellers", "truth", "--truth", str(clip_dir / "truth.jsonl")])
+        code = label.main([str(shard_dir), "--labellers", "truth", "--truth", str(clip_dir / "truth.jsonl")])
+        if code:
+            raise SystemExit(f"labelling {shard_dir} failed (exit {code})")
         paths[split] = shard_dir
     return paths
 

@@ -90,6 +90,9 @@ def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
     """
     if per_class <= 0:
         return np.arange(len(classes))
+    if classes.shape[1] == 0:
+        raise ValueError("eval.per_class needs class labels, and these shards have none (sharded from a plain "
+                         "folder?): set eval.per_class=0 to evaluate on every clip")
     first = classes.argmax(1)
     chosen, counts = [], {}
     for index, cls in enumerate(first):
@@ -152,13 +155,14 @@ def collect(cfg: Config, model: torch.nn.Module, device: torch.device, finetune:
 def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Metrics of a checkpoint on `data.eval_shards` (retrieval, or classification when fine-tuning)."""
     from deteclap.model import build_finetune_model, build_model, load_checkpoint
+    from deteclap.model.checkpoint import read_state_dict
     from deteclap.train import dataset_info
 
     info = dataset_info(cfg.data.eval_shards)
     path = resolve_checkpoint(checkpoint)
     device = pick_device(cfg.run.device)
     finetune = bool(cfg.finetune.task)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path)
     if finetune:
         model = build_finetune_model(cfg.model, len(info["classes"]))
     else:

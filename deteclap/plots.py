@@ -40,10 +40,11 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     from deteclap.config import load_config
     from deteclap.evaluate import collect, pick_device, resolve_checkpoint
     from deteclap.model import build_model, load_checkpoint
+    from deteclap.model.checkpoint import read_state_dict
 
     cfg = load_config(config, [f"labels.variant={variant}", f"data.eval_shards={test_shards}",
                                f"data.train_shards={test_shards}", *overrides])
-    state = torch.load(resolve_checkpoint(run_dir), map_location="cpu", weights_only=True)
+    state = read_state_dict(resolve_checkpoint(run_dir))
     heads = state.get("label_head_a.weight")
     model = build_model(cfg.model, 0 if heads is None else int(heads.shape[0]))
     load_checkpoint(model, state)

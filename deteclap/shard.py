@@ -55,7 +55,6 @@ JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", 
 TEXT_SNIFF_BYTES = 512
 MAX_KEY_LENGTH = 80
 KEY_HASH_CHARS = 12
-VOCABULARY_PATH = Path(__file__).parent / "assets" / "oiv7_classes.txt"
 
 REASONS = {
     "missing_file": "the manifest names a file that does not exist",
@@ -504,8 +503,14 @@ def _index_from_tar(path: Path) -> str:
     return index_text(entries)
 
 
-def load_vocabulary() -> list[str]:
-    return [line.strip() for line in VOCABULARY_PATH.read_text().splitlines() if line.strip()]
+def _check_membership(tar_path: Path, items: list[ClipInput], failures: list[dict]) -> None:
+    """A finished shard kept on resume must hold exactly the inputs the plan gives it now."""
+    planned = {item.key for item in items}
+    stored = {key for key, _ in read_tar_samples(tar_path)}
+    failed = {row.get("key") for row in failures if row.get("shard") == tar_path.stem}
+    if not stored <= planned or not planned - stored <= failed:
+        raise ShardError(f"{tar_path} holds other clips than the inputs now planned for it (the input list "
+                         f"changed since it was written): use an empty OUT, or the same SRC to resume")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -558,9 +563,13 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
             if row.get("shard") in planned_names and (out / f"{row['shard']}.tar").exists():
                 failures.append(row)
 
+    from deteclap.labels.vocabulary import load_vocabulary
+
     base = {"format_version": FORMAT_VERSION, "classes": classes, "label_vocabulary": load_vocabulary(),
             "labellers": labellers, "encoding": encoding}
-    _atomic_write(dataset_path, json.dumps({**base, "shards": other_shards}, indent=1).encode())
+    # keep what labelling recorded (labelled_shards, label_failures, labeller_settings, ...)
+    kept = {k: v for k, v in (previous or {}).items() if k not in base and k != "shards"}
+    _atomic_write(dataset_path, json.dumps({**kept, **base, "shards": other_shards}, indent=1).encode())
 
     pending: list[tuple[str, list[ClipInput]]] = []
     skipped = 0
@@ -569,6 +578,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
             name = shard_name(split_name, i)
             tar_path = out / f"{name}.tar"
             if tar_path.exists():
+                _check_membership(tar_path, items, failures)
                 skipped += 1
                 if not (out / f"{name}.idx").exists():
                     _atomic_write(out / f"{name}.idx", _index_from_tar(tar_path).encode())
@@ -603,7 +613,12 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                 continue      # every input of this shard failed: the tar stays as a resume marker
             shard_rows.append({"split": split_name, "tar": f"{name}.tar", "index": f"{name}.idx", "samples": count})
     all_shards = sorted(other_shards + shard_rows, key=lambda s: s["tar"])
-    _atomic_write(dataset_path, json.dumps({**base, "shards": all_shards}, indent=1).encode())
+    if pending and labellers:
+        # the new shards carry no label scores yet: `python -m deteclap.label` labels just those
+        print(f"note: {len(pending)} new shard(s) have no label scores for {labellers}; run "
+              f"`python -m deteclap.label {out} --labellers ...` again (it resumes)", file=sys.stderr)
+        base["labellers"] = []
+    _atomic_write(dataset_path, json.dumps({**kept, **base, "shards": all_shards}, indent=1).encode())
     _write_failures(out, failures)
     reasons = Counter(r["reason"] for r in failures)
     return {"inputs": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),

@@ -249,3 +249,39 @@ def test_vggsound_csv_layout(synth_dir, tmp_path):
     assert abs(whole["duration"] - 2.0) < 1e-6 and abs(cut["duration"] - 3.0) < 1e-6
     assert sorted(json.loads((tmp_path / "out" / "dataset.json").read_text())["classes"]) == \
         ["car, engine", "dog barking"]
+
+
+def _manifest(synth_dir: Path, rows: slice, path: Path) -> Path:
+    """A manifest of some truth.jsonl rows, with absolute paths and one class for all (so that the
+    class vocabulary stays the same whatever rows are taken)."""
+    lines = (Path(synth_dir) / "truth.jsonl").read_text().splitlines()[rows]
+    out = []
+    for line in lines:
+        row = json.loads(line)
+        row["file"], row["class"] = str(Path(synth_dir) / row["file"]), "synthetic"
+        out.append(json.dumps(row))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_resharding_keeps_labelling_state_and_refuses_changed_shards(synth_dir, tmp_path):
+    from deteclap import label
+    from deteclap.labels import read_scores
+    from deteclap.shard import ShardError
+
+    out, truth = tmp_path / "out", str(Path(synth_dir) / "truth.jsonl")
+    write_shards(_manifest(synth_dir, slice(0, 6), tmp_path / "a.jsonl"), out, samples_per_shard=3, progress=False)
+    assert label.main([str(out), "--labellers", "truth", "--truth", truth, "--no-progress"]) == 0
+    labelled = json.loads((out / "dataset.json").read_text())
+    assert labelled["labellers"] and labelled["labelled_shards"]
+    # two more clips: the two finished shards are kept, a third is written without label scores
+    write_shards(_manifest(synth_dir, slice(0, 8), tmp_path / "b.jsonl"), out, samples_per_shard=3, progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labelled_shards"] == labelled["labelled_shards"]
+    assert meta["labellers"] == [] and len(meta["shards"]) == 3
+    assert label.main([str(out), "--labellers", "truth", "--truth", truth, "--no-progress"]) == 0
+    assert json.loads((out / "dataset.json").read_text())["labellers"] == labelled["labellers"]
+    assert len(read_scores(out)) == 8
+    # a different input list would put other clips under the existing shard names: refused
+    with pytest.raises(ShardError, match="other clips than the inputs now planned"):
+        write_shards(_manifest(synth_dir, slice(2, 8), tmp_path / "c.jsonl"), out, samples_per_shard=3, progress=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.labels.store import Sample
+from deteclap.shard import make_key
 
 MODALITY_FIELDS = {"audio": "heard", "visual": "seen"}   # modality -> truth.jsonl list
 LABELLER_PREFIX = "truth"
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,6 @@ def parse_noise(overrides: Sequence[str], base: dict[str, ModalityNoise] | None 
     return noise
 
 
-def sample_key(text: str) -> str:
-    """A clip id or file stem -> its shard key (every character outside [A-Za-z0-9_-] -> `_`)."""
-    return _KEY_UNSAFE.sub("_", text)
-
-
 def load_truth(path: str | Path) -> dict[str, dict]:
     """truth.jsonl -> {shard key: row}; rows are keyed by their `id` (else the `file` stem)."""
     rows = {}
@@ -76,10 +70,10 @@ def load_truth(path: str | Path) -> dict[str, dict]:
         if not line.strip():
             continue
         row = json.loads(line)
-        ident = row.get("id") or Path(row.get("file", "")).stem
+        ident = row.get("id") or Path(row.get("file", "")).with_suffix("").as_posix()  # the shard's id rule
         if not ident:
             raise ValueError(f"{path}:{number}: a truth row needs `id` or `file`")
-        rows[sample_key(ident)] = row
+        rows[make_key(ident)] = row
     return rows
 
 
