@@ -1,26 +1,34 @@
 """Loader benchmark: clips/s and MB/s of finished training batches from the same shards.
 
-    python benchmarks/loader.py --shards DIR [--batch 32] [--workers 2] [--batches N] [--json OUT]
-                                [--official-layout] [--profile]
+    python benchmarks/loader.py --shards DIR [--batch 32] [--workers 2] [--batches 24] [--warmup 2]
+                                [--repeats 3] [--json OUT] [--official-layout] [--profile]
 
-Loaders: `reference` (deteclap.data.loader: PyAV + soundfile + PIL in DataLoader workers, batched
-torch fbank), `dali_cpu` (dali_pipes with device_id=None), `dali_gpu` (NVDEC + fbank on the GPU;
-only when CUDA exists) and, with --official-layout, `official_layout`: the same clips exported to
-CAV-MAE's own layout (10 JPEG frames per clip at short side 224 + a 16 kHz wav), read per sample
-the way its src/dataloader.py does (PIL open + Resize/CenterCrop/ToTensor/Normalize; the wav read
-with soundfile, as torchaudio.load needs torchcodec in torchaudio 2.11; then
-torchaudio.compliance.kaldi.fbank, padding, normalisation, noise), same batch size and workers.
-Training mode (random frame, noise). The first `--warmup` batches (worker start-up, pipeline
-build) are excluded. MB/s counts the bytes of the finished fbank + frames tensors. Results:
-benchmarks/results/loader.json (benchmarks.common schema) and loader.png; --profile prints a
-cProfile summary of the reference and dali_cpu paths (main process only).
+Loaders: `reference` (deteclap.data.loader: PyAV + soundfile + PIL + the fbank in DataLoader
+workers), `dali_cpu` (dali_pipes with device_id=None; fbank in the main process), `dali_gpu`
+(NVDEC + fbank on the GPU; only when CUDA exists) and, with --official-layout, `official_layout`:
+the same clips exported to CAV-MAE's own layout (10 JPEG frames per clip at short side 224 + a
+16 kHz wav), read per sample the way its src/dataloader.py does (PIL open + Resize(224, bicubic) /
+CenterCrop / ToTensor / Normalize; the wav read with soundfile, as torchaudio.load needs
+torchcodec in torchaudio 2.11; then torchaudio.compliance.kaldi.fbank, padding, normalisation,
+noise and roll), a random one of the 10 frames, same batch size and workers (written anew here,
+not copied). Training mode; our loaders use a shuffle buffer of SHUFFLE_BUFFER samples (see
+there). Every loader gets the same treatment: denormals flushed in the main process (as
+deteclap/train.py does) and in every DataLoader worker (worker_init_fn); a fresh loader per
+epoch, as the trainers build them (so epoch starts are inside the timed batches).
+
+Each loader is timed `--repeats` times over `--batches` batches after `--warmup` untimed ones
+(worker start-up, pipeline build); the result keeps the median run and every run's clips/s.
+MB/s counts the bytes of the finished fbank + frames tensors. `--profile` adds, per loader, the
+top own-time costs in ms per batch from cProfile of the same loader run in one process (no
+workers: the per-sample work shows; for dali_cpu the DALI threads' work shows as the wait for
+the pipeline's outputs). Results: benchmarks/results/loader.json (benchmarks.common schema) and
+loader.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import pstats
 import sys
 import time
@@ -36,13 +44,21 @@ from benchmarks.common import RESULTS_DIR, write_result  # noqa: E402
 MB = 1e6
 JPEG_QUALITY = 95
 OFFICIAL_FRAMES = 10
-PROFILE_LINES = 12
+PROFILE_TOP = 8                 # costs kept per loader in the JSON `profile` field
+PROFILE_BATCHES = 4
+# Samples per shuffle buffer. The training default (1000) holds a whole small benchmark set: each
+# worker would decode its entire epoch before yielding its first batch, so that the per-sample work
+# lands in the warm-up batches; on a real data set the buffer fills once. A buffer of two batches
+# spreads the decoding over the epoch as in a long run.
+SHUFFLE_BUFFER = 64
 
 
-def make_cfg(shards: str, batch: int, workers: int, loader: str, device: str = "auto") -> Any:
+def make_cfg(shards: str, batch: int, workers: int, loader: str, device: str = "auto",
+             shuffle_buffer: int = SHUFFLE_BUFFER) -> Any:
     from deteclap.config import Config
 
     cfg = Config()
+    cfg.data.shuffle_buffer = shuffle_buffer
     cfg.data.train_shards = shards
     cfg.data.batch_size, cfg.data.num_workers, cfg.data.loader = batch, workers, loader
     cfg.data.dali_device = device
@@ -63,25 +79,39 @@ def endless(make: Callable[[int], Iterable[dict]]) -> Iterator[dict]:
         epoch += 1
 
 
-def time_loader(name: str, batches: Iterator[dict], warmup: int, count: int) -> dict[str, Any]:
-    """Consume warmup + count batches; clips/s and MB/s over the timed ones."""
+def flush_denormals(_worker_id: int = 0) -> None:
+    """Flush denormal floats to zero (main process and DataLoader workers alike)."""
     import torch
 
-    for _ in range(warmup):
-        next(batches)
-    clips, nbytes = 0, 0
-    start = time.perf_counter()
-    for _ in range(count):
-        batch = next(batches)
-        if batch["fbank"].is_cuda:
-            torch.cuda.synchronize()
-        clips += batch["fbank"].shape[0]
-        nbytes += sum(batch[k].element_size() * batch[k].nelement() for k in ("fbank", "frames"))
-    seconds = time.perf_counter() - start
-    result = {"name": name, "clips_per_s": clips / seconds, "mb_per_s": nbytes / MB / seconds,
-              "clips": clips, "seconds": seconds}
+    torch.set_flush_denormal(True)
+
+
+def time_loader(name: str, make: Callable[[], Iterator[dict]], warmup: int, count: int, repeats: int
+                ) -> dict[str, Any]:
+    """`repeats` runs of warmup + count batches from a fresh `make()`; the median run's clips/s and MB/s."""
+    import torch
+
+    runs = []
+    for _ in range(repeats):
+        batches = make()
+        for _ in range(warmup):
+            next(batches)
+        clips, nbytes = 0, 0
+        start = time.perf_counter()
+        for _ in range(count):
+            batch = next(batches)
+            if batch["fbank"].is_cuda:
+                torch.cuda.synchronize()
+            clips += batch["fbank"].shape[0]
+            nbytes += sum(batch[k].element_size() * batch[k].nelement() for k in ("fbank", "frames"))
+        seconds = time.perf_counter() - start
+        runs.append({"clips_per_s": clips / seconds, "mb_per_s": nbytes / MB / seconds, "clips": clips,
+                     "seconds": seconds})
+    median = sorted(runs, key=lambda r: r["clips_per_s"])[len(runs) // 2]
+    result = {"name": name, **median, "batch_ms": 1000 * median["seconds"] / count, "batches_timed": count,
+              "warmup_batches": warmup, "runs_clips_per_s": [round(r["clips_per_s"], 1) for r in runs]}
     print(f"{name:>16}: {result['clips_per_s']:8.1f} clips/s  {result['mb_per_s']:8.1f} MB/s  "
-          f"({clips} clips in {seconds:.2f} s)", flush=True)
+          f"({count} batches, runs {result['runs_clips_per_s']})", flush=True)
     return result
 
 
@@ -100,6 +130,10 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
     tars = resolve_shards(shards, "train")
     for tar in tqdm(tars, desc="export CAV-MAE layout"):
         for key, members in iter_tar_samples(tar):
+            keys.append(key)
+            last_frame = out / f"frame_{OFFICIAL_FRAMES - 1}" / f"{key}.jpg"
+            if (out / "audio" / f"{key}.wav").is_file() and last_frame.is_file():
+                continue                   # exported by an earlier run
             frames = decode_video_frames(members["mp4"])
             for i in range(OFFICIAL_FRAMES):
                 image = PIL.Image.fromarray(frames[min(i, len(frames) - 1)])
@@ -111,7 +145,6 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
             wave, rate = decode_audio(members["flac"])
             (out / "audio").mkdir(parents=True, exist_ok=True)
             soundfile.write(out / "audio" / f"{key}.wav", wave, rate)
-            keys.append(key)
     return keys
 
 
@@ -134,11 +167,14 @@ class OfficialLayoutDataset:
         import torch
         import torchaudio
 
-        from deteclap.config import FBANK_NORM_MEAN, FBANK_NORM_STD
-        from deteclap.data.loader import frame_transform
+        import torchvision.transforms as T
+
+        from deteclap.config import FBANK_NORM_MEAN, FBANK_NORM_STD, IMAGE_MEAN, IMAGE_STD
 
         if self.transform is None:
-            self.transform = frame_transform(self.img_size)
+            self.transform = T.Compose([T.Resize(self.img_size, interpolation=T.InterpolationMode.BICUBIC),
+                                        T.CenterCrop(self.img_size), T.ToTensor(),
+                                        T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
         key = self.keys[index]
         # torchaudio.load needs torchcodec in torchaudio 2.11; soundfile returns the same samples
         wave, rate = soundfile.read(str(self.root / "audio" / f"{key}.wav"), dtype="float32", always_2d=True)
@@ -158,29 +194,43 @@ class OfficialLayoutDataset:
 
 
 def official_batches(root: Path, keys: list[str], cfg: Any) -> Iterator[dict]:
+    """Endless batches of the official-layout loader (a fresh DataLoader per epoch, as CAV-MAE's loop)."""
     import torch
 
     dataset = OfficialLayoutDataset(root, keys, cfg.model.img_size, cfg.model.audio_length)
+    workers = cfg.data.num_workers
 
     def epoch(_: int) -> Iterable[dict]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True,
-                                             num_workers=cfg.data.num_workers, drop_last=True)
+                                             num_workers=workers, drop_last=True,
+                                             worker_init_fn=flush_denormals if workers else None)
         return ({"fbank": fbank, "frames": frames} for fbank, frames in loader)
 
     return endless(epoch)
 
 
 # ----------------------------------------------------------------------------------------------
-def profile(name: str, batches: Iterator[dict], count: int) -> str:
-    """cProfile of `count` batches (main process), top functions by cumulative time."""
+def profile(make: Callable[[], Iterator[dict]], count: int) -> dict[str, Any]:
+    """Top own-time costs (cProfile, ms per batch) of `count` batches after one warm-up batch, on one
+    torch thread like a DataLoader worker (two threads on a busy 2-core machine measure OpenMP waits)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    batches = make()
+    next(batches)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(count):
         next(batches)
     profiler.disable()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(PROFILE_LINES)
-    return f"== profile {name} ({count} batches, sorted by own time)\n{text.getvalue()}"
+    torch.set_num_threads(threads)
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:PROFILE_TOP]
+    top = [{"function": f"{Path(file).name}:{line}({func})" if line else func,
+            "ms_per_batch": round(1000 * own / count, 1), "calls_per_batch": round(calls / count, 1)}
+           for (file, line, func), (_, calls, own, _, _) in rows]
+    return {"total_ms_per_batch": round(1000 * stats.total_tt / count, 1), "batches": count, "top": top}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -202,13 +252,41 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def loader_maker(name: str, args: argparse.Namespace, workers: int) -> Callable[[], Iterator[dict]] | None:
+    """A function returning endless training batches of loader `name`, or None when it cannot run here."""
+    import torch
+
+    from deteclap.data import build, dali_available
+
+    if name.startswith("dali") and not dali_available():
+        print(f"{name}: skipped (nvidia.dali not importable)")
+        return None
+    if name == "dali_gpu" and not torch.cuda.is_available():
+        print("dali_gpu: skipped (no CUDA device)")
+        return None
+    if name == "official_layout":
+        try:
+            import torchaudio  # noqa: F401
+        except ImportError:
+            print("official_layout: skipped (torchaudio not importable)")
+            return None
+        cfg = make_cfg(args.shards, args.batch, workers, "reference")
+        root = Path(args.official_dir)
+        keys = export_official_layout(args.shards, root, cfg.model.img_size)
+        return lambda: official_batches(root, keys, cfg)
+    cfg = make_cfg(args.shards, args.batch, workers, "reference" if name == "reference" else "dali",
+                   device=name.removeprefix("dali_"))
+    return lambda: endless(lambda epoch: build(cfg, train=True, epoch=epoch))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="shard folder (train-*.tar) made by deteclap.shard")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads")
-    parser.add_argument("--batches", type=int, default=6, help="timed batches per loader")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first")
+    parser.add_argument("--batches", type=int, default=24, help="timed batches per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (start-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per loader (the median is kept)")
     parser.add_argument("--json", default=str(RESULTS_DIR / "loader.json"))
     parser.add_argument("--plot", default=str(RESULTS_DIR / "loader.png"))
     parser.add_argument("--loaders", default="reference,dali_cpu,dali_gpu",
@@ -216,43 +294,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--official-layout", action="store_true",
                         help="also time CAV-MAE's per-sample JPEG + wav loader on an export of the clips")
     parser.add_argument("--official-dir", default=str(RESULTS_DIR / ".data" / "official_layout"))
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of reference and dali_cpu")
+    parser.add_argument("--profile", action="store_true",
+                        help="add each loader's top costs (ms per batch, one process) to its result")
     args = parser.parse_args(argv)
     if not Path(args.shards).is_dir():
         parser.error(f"--shards {args.shards}: not a folder")
+    if min(args.batches, args.repeats) < 1 or args.warmup < 0:
+        parser.error("--batches and --repeats must be >= 1, --warmup >= 0")
 
-    import torch
-
-    from deteclap.data import build, dali_available
-
-    wanted = [n for n in args.loaders.split(",") if n]
+    flush_denormals()                      # as deteclap/train.py does in its main process
+    names = [n for n in args.loaders.split(",") if n] + (["official_layout"] if args.official_layout else [])
     results = []
-    for name in wanted:
-        if name.startswith("dali") and not dali_available():
-            print(f"{name}: skipped (nvidia.dali not importable)")
+    for name in names:
+        make = loader_maker(name, args, args.workers)
+        if make is None:
             continue
-        if name == "dali_gpu" and not torch.cuda.is_available():
-            print("dali_gpu: skipped (no CUDA device)")
-            continue
-        loader = "reference" if name == "reference" else "dali"
-        cfg = make_cfg(args.shards, args.batch, args.workers, loader, device=name.removeprefix("dali_"))
-        make = (lambda c: lambda epoch: build(c, train=True, epoch=epoch))(cfg)
-        results.append(time_loader(name, endless(make), args.warmup, args.batches))
-        if args.profile and name in ("reference", "dali_cpu"):
-            print(profile(name, endless(make), args.batches))
-    if args.official_layout:
-        try:
-            import torchaudio  # noqa: F401
-        except ImportError:
-            print("official_layout: skipped (torchaudio not importable)")
-        else:
-            cfg = make_cfg(args.shards, args.batch, args.workers, "reference")
-            root = Path(args.official_dir)
-            keys = export_official_layout(args.shards, root, cfg.model.img_size)
-            results.append(time_loader("official_layout", official_batches(root, keys, cfg),
-                                       args.warmup, args.batches))
+        result = time_loader(name, make, args.warmup, args.batches, args.repeats)
+        if args.profile:
+            in_process = make if name.startswith("dali") else loader_maker(name, args, 0)
+            result["profile"] = profile(in_process, PROFILE_BATCHES)
+            print(f"{'':>18}{result['profile']['total_ms_per_batch']:8.1f} ms/batch in all (one process)")
+            for row in result["profile"]["top"]:
+                print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
+        results.append(result)
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     for r in results:
-        r.update(batch=args.batch, workers=args.workers)
+        r.update(batch=args.batch, workers=args.workers, load_average_after=[float(x) for x in load])
     out = write_result("loader", results, args.json)
     if results:
         plot(results, Path(args.plot))

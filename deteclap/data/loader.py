@@ -178,6 +178,17 @@ def decode_frame(data: bytes, index: int) -> Any:
         raise DecodeError(f"corrupt video data: {type(err).__name__}: {err}") from err
 
 
+def preload_decoders() -> None:
+    """Import the per-sample libraries in the main process before the DataLoader forks its workers.
+
+    Each epoch starts fresh workers; importing torchvision there took ~1 s per worker per epoch
+    (3.5 s to the first batch of an epoch on 2 cores, then 0.9 s for its 8 batches of 32)."""
+    import av  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import soundfile  # noqa: F401
+    import torchvision.transforms  # noqa: F401
+
+
 def worker_init(worker_id: int) -> None:
     """DataLoader worker start: flush denormal floats to zero (workers do not inherit the main
     process's setting; denormals made the fbank's CPU ops ~2x slower)."""
@@ -419,6 +430,7 @@ class ReferenceLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         data = self.cfg.data
+        preload_decoders()
         dataset = ShardSamples(self.tars, self.cfg, self.train, seed=data.seed * 1009 + self.epoch)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
