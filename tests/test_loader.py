@@ -16,6 +16,7 @@ import torch
 from deteclap.config import Config
 from deteclap.data import build
 from deteclap.data.decode import DecodeError, decode_video_frames
+from deteclap.data.mp4 import Mp4LayoutError, find_sample
 from deteclap.data.loader import (DataError, ReferenceLoader, build_loader, decode_frame, iter_tar_samples,
                                   scan_samples)
 
@@ -152,6 +153,12 @@ def test_decode_frame_decodes_the_same_frame(shard_dir: Path) -> None:
         assert np.array_equal(np.asarray(decode_frame(members["mp4"], index)), frames[index]), index
     with pytest.raises(DecodeError, match="out of range"):
         decode_frame(members["mp4"], len(frames))
+    sample = find_sample(members["mp4"], 3)                          # the sample table, read directly
+    assert sample.codec == "vp9" and sample.keyframe and sample.size > 0
+    with pytest.raises(Mp4LayoutError, match="out of range"):
+        find_sample(members["mp4"], len(frames))
+    with pytest.raises(Mp4LayoutError):
+        find_sample(members["flac"], 0)
     with pytest.raises(DecodeError, match="corrupt"):
         decode_frame(members["mp4"][: len(members["mp4"]) // 3], 5)
 

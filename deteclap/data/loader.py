@@ -20,8 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
-import io
-import itertools
+import os
 import random
 import tarfile
 from collections import Counter
@@ -42,7 +41,6 @@ META_EXT = "json"
 CLASSES_EXT = "cls"
 SCORE_SUFFIX = ".f16"
 INDEX_VERSION = "v1.2"
-VIDEO_FORMAT = "mp4"                      # container of the video member (skips format probing)
 
 
 class DataError(RuntimeError):
@@ -140,42 +138,45 @@ def frame_transform(img_size: int) -> Any:
                       T.ToTensor(), T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
 
 
+@functools.lru_cache(maxsize=4)
+def _frame_decoder(codec: str, process: int) -> Any:
+    """A single-threaded decoder reused for every frame of this process (keyed by pid: not across a fork)."""
+    import av
+
+    context = av.CodecContext.create(codec, "r")
+    context.thread_type, context.thread_count = "SLICE", 1   # one frame: frame threads only add start-up
+    return context
+
+
 def decode_frame(data: bytes, index: int) -> Any:
     """Frame `index` (decoding order) of an in-memory video as a PIL RGB image, decoding ONLY that frame.
 
-    The shards store every frame as a key frame (shards/FORMAT.md), so the packet `index` decodes
-    on its own: the container is demuxed up to it (no decoding of earlier frames) and a
-    single-threaded decoder decodes that packet (frame threading only adds start-up cost for one
-    frame). Equals `decode_video_frames(data, [index])[0]`, which is used when the packet is not a
-    key frame. Raises DecodeError on bad data or an index past the last frame.
+    The shards store every frame as a key frame (shards/FORMAT.md), so sample `index` decodes on
+    its own: its bytes are found in the mp4's sample table (deteclap.data.mp4) and go to a decoder
+    reused across samples. Anything else (another layout, a non-key frame, a decoder error) takes
+    `decode_video_frames(data, [index])[0]`, which decodes from the start and raises DecodeError
+    on bad data or an index past the last frame. Both give the same pixels.
     """
     import av
     import PIL.Image
 
     from deteclap.data.decode import DecodeError, decode_video_frames
+    from deteclap.data.mp4 import Mp4LayoutError, find_sample
 
     if not data:
         raise DecodeError("empty video data (0 bytes)")
-    if index < 0:
-        raise DecodeError(f"negative frame index {index}")
     try:
-        with av.open(io.BytesIO(data), mode="r", format=VIDEO_FORMAT) as container:
-            if not container.streams.video:
-                raise DecodeError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type, stream.thread_count = "SLICE", 1
-            packets = (packet for packet in container.demux(stream) if packet.size)
-            packet = next(itertools.islice(packets, index, None), None)
-            if packet is None or not packet.is_keyframe:
-                return PIL.Image.fromarray(decode_video_frames(data, [index])[0])
-            decoded = stream.decode(packet) or stream.decode(None)
-            if not decoded:
-                raise DecodeError(f"frame {index}: its packet decoded to no frame")
-            return decoded[0].to_image()
-    except DecodeError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise DecodeError(f"corrupt video data: {type(err).__name__}: {err}") from err
+        sample = find_sample(data, index)
+        if sample.keyframe:
+            decoder = _frame_decoder(sample.codec, os.getpid())
+            frames = decoder.decode(av.Packet(data[sample.offset: sample.offset + sample.size]))
+            if frames:
+                return frames[0].to_image()
+    except Mp4LayoutError:
+        pass                                  # the full decode below says what is wrong, if anything
+    except av.FFmpegError:
+        _frame_decoder.cache_clear()          # a fresh decoder next time; the full decode reports
+    return PIL.Image.fromarray(decode_video_frames(data, [index])[0])
 
 
 def preload_decoders() -> None:
