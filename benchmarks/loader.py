@@ -18,7 +18,9 @@ epoch, as the trainers build them (so epoch starts are inside the timed batches)
 
 Each loader is timed `--repeats` times over `--batches` batches after `--warmup` untimed ones
 (worker start-up, pipeline build); the result keeps the median run and every run's clips/s.
-MB/s counts the bytes of the finished fbank + frames tensors. `--profile` adds, per loader, the
+MB/s counts the bytes of the finished fbank + frames tensors; `epoch_first_batch_ms` /
+`other_batch_ms` are the mean waits for an epoch's first batch (loader start-up, shuffle-buffer
+fill, prefetch) and for the others. `--profile` adds, per loader, the
 top own-time costs in ms per batch from cProfile of the same loader run in one process (no
 workers: the per-sample work shows; for dali_cpu the DALI threads' work shows as the wait for
 the pipeline's outputs). Results: benchmarks/results/loader.json (benchmarks.common schema) and
@@ -51,6 +53,7 @@ PROFILE_BATCHES = 4
 # lands in the warm-up batches; on a real data set the buffer fills once. A buffer of two batches
 # spreads the decoding over the epoch as in a long run.
 SHUFFLE_BUFFER = 64
+EPOCH_START = "_epoch_start"   # benchmark-only marker on the first batch of each epoch
 
 
 def make_cfg(shards: str, batch: int, workers: int, loader: str, device: str = "auto",
@@ -72,6 +75,7 @@ def endless(make: Callable[[int], Iterable[dict]]) -> Iterator[dict]:
     while True:
         produced = False
         for batch in make(epoch):
+            batch[EPOCH_START] = not produced
             produced = True
             yield batch
         if not produced:
@@ -86,6 +90,10 @@ def flush_denormals(_worker_id: int = 0) -> None:
     torch.set_flush_denormal(True)
 
 
+def _mean_ms(seconds: list[float]) -> float | None:
+    return round(1000 * sum(seconds) / len(seconds), 1) if seconds else None
+
+
 def time_loader(name: str, make: Callable[[], Iterator[dict]], warmup: int, count: int, repeats: int
                 ) -> dict[str, Any]:
     """`repeats` runs of warmup + count batches from a fresh `make()`; the median run's clips/s and MB/s."""
@@ -96,17 +104,20 @@ def time_loader(name: str, make: Callable[[], Iterator[dict]], warmup: int, coun
         batches = make()
         for _ in range(warmup):
             next(batches)
-        clips, nbytes = 0, 0
+        clips, nbytes, waits = 0, 0, {True: [], False: []}
         start = time.perf_counter()
         for _ in range(count):
+            before = time.perf_counter()
             batch = next(batches)
             if batch["fbank"].is_cuda:
                 torch.cuda.synchronize()
+            waits[batch[EPOCH_START]].append(time.perf_counter() - before)
             clips += batch["fbank"].shape[0]
             nbytes += sum(batch[k].element_size() * batch[k].nelement() for k in ("fbank", "frames"))
         seconds = time.perf_counter() - start
         runs.append({"clips_per_s": clips / seconds, "mb_per_s": nbytes / MB / seconds, "clips": clips,
-                     "seconds": seconds})
+                     "seconds": seconds, "epoch_first_batch_ms": _mean_ms(waits[True]),
+                     "other_batch_ms": _mean_ms(waits[False]), "epoch_starts_timed": len(waits[True])})
     median = sorted(runs, key=lambda r: r["clips_per_s"])[len(runs) // 2]
     result = {"name": name, **median, "batch_ms": 1000 * median["seconds"] / count, "batches_timed": count,
               "warmup_batches": warmup, "runs_clips_per_s": [round(r["clips_per_s"], 1) for r in runs]}
