@@ -3,10 +3,13 @@
 Owns the shard listing shared with dali_pipes (`resolve_shards`, `scan_samples`, `DataError`) and
 `build_loader(cfg, train, rank, world_size, epoch)`. Per sample (in DataLoader workers): the tar
 is read with python's tarfile (members grouped by key as webdataset does: key = name up to the
-first dot), the frame decoded with PyAV (deteclap.data.decode), resized on a PIL image exactly like
-CAV-MAE (T.Resize(224, BICUBIC) + CenterCrop + ToTensor + Normalize), the FLAC decoded with
-soundfile. Per batch (main process): the Kaldi fbank of deteclap.audio on the padded waves,
-SpecAugment / noise in training, targets from deteclap.data.targets.
+first dot), ONLY the sampled frame decoded (its bytes found in the mp4 sample table,
+deteclap.data.mp4, and decoded by a reused decoder), resized on a PIL image exactly like CAV-MAE
+(T.Resize(224, BICUBIC) + CenterCrop + ToTensor + Normalize), the FLAC decoded with soundfile.
+Per batch: the Kaldi fbank of deteclap.audio on the padded waves (in the workers on the CPU, in
+the main process on a GPU or with mixup), SpecAugment / noise in training, targets from
+deteclap.data.targets. Workers flush denormals; the main process finishes a batch on one torch
+thread on the CPU (`single_cpu_thread`).
 
 Sharding: tars are split per rank (after a seeded per-epoch shuffle in training), then per
 DataLoader worker, so every sample is read exactly once per epoch across ranks. Training batches
