@@ -408,7 +408,7 @@ def _encode_video(frames, settings: EncodeSettings) -> tuple[bytes, int, int]:
         stream.options = dict(VPX_OPTIONS)
         for i, frame in enumerate(frames):
             out = frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
-            out.pts = i
+            out.pts, out.time_base = i, stream.time_base  # frame i at i seconds (1 fps)
             container.mux(stream.encode(out))
         container.mux(stream.encode())
     return buf.getvalue(), width, height
