@@ -98,3 +98,17 @@ def test_build_picks_dali(shard_dir: Path) -> None:
     cfg = make_cfg(shard_dir)
     cfg.data.loader, cfg.data.dali_device = "dali", "cpu"
     assert isinstance(build(cfg, train=False), DaliLoader)
+
+
+def test_empty_marker_shard_is_left_out(shard_dir: Path, tmp_path: Path) -> None:
+    """A shard whose every input failed stays as an empty tar (a resume marker) that dataset.json does
+    not list: both loaders read the listed shards only (DALI refuses a 0-sample index)."""
+    import shutil
+
+    shards = tmp_path / "s"
+    shutil.copytree(shard_dir, shards)
+    (shards / "train-000009.tar").write_bytes(b"\0" * 1024)  # an empty tar archive
+    (shards / "train-000009.idx").write_text("v1.2 0\n")
+    cfg = make_cfg(shards, batch=2)
+    for loader in (build_loader(cfg, train=False), build_dali_loader(cfg, train=False, device="cpu")):
+        assert sorted(k for b in loader for k in b["keys"]) == sorted(all_keys(shard_dir))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import json
 import os
 import random
 import tarfile
@@ -62,7 +63,12 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
         raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
     root = Path(spec)
     if root.is_dir():
-        tars = sorted(root.glob(f"{split}-*.tar"))
+        meta = root / "dataset.json"
+        if meta.is_file():  # its shard list leaves out tars whose every input failed (empty markers)
+            listed = json.loads(meta.read_text()).get("shards", [])
+            tars = sorted(root / row["tar"] for row in listed if row["split"] == split)
+        else:
+            tars = sorted(root.glob(f"{split}-*.tar"))
         if not tars:
             raise FileNotFoundError(f"{root}: no `{split}-*.tar` shards (split `{split}`); "
                                     f"found {sorted(p.name for p in root.glob('*.tar'))[:5]}")
