@@ -39,7 +39,9 @@ from typing import Any
 from collections.abc import Callable, Iterable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from deteclap.device import flush_denormals  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, write_result  # noqa: E402
 
@@ -81,13 +83,6 @@ def endless(make: Callable[[int], Iterable[dict]]) -> Iterator[dict]:
         if not produced:
             raise RuntimeError("the loader produced no batch (fewer clips than --batch?)")
         epoch += 1
-
-
-def flush_denormals(_worker_id: int = 0) -> None:
-    """Flush denormal floats to zero (main process and DataLoader workers alike)."""
-    import torch
-
-    torch.set_flush_denormal(True)
 
 
 def _mean_ms(seconds: list[float]) -> float | None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from deteclap.config import Config, add_config_args, load_config
+from deteclap.device import pick_device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,13 +117,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if latest.is_file():
         return path / "checkpoints" / latest.read_text().strip() / "model.pt"
     raise FileNotFoundError(f"{path}: no model.pt, checkpoint folder or run folder with checkpoints/latest")
-
-
-def pick_device(pref: str) -> torch.device:
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    torch.set_flush_denormal(True)  # see deteclap.train.setup_distributed
-    return torch.device("cpu")
 
 
 @torch.no_grad()
