@@ -41,6 +41,7 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     from deteclap.evaluate import collect, pick_device, resolve_checkpoint
     from deteclap.model import build_model, load_checkpoint
     from deteclap.model.checkpoint import read_state_dict
+    from deteclap.train import dataset_info
 
     cfg = load_config(config, [f"labels.variant={variant}", f"data.eval_shards={test_shards}",
                                f"data.train_shards={test_shards}", *overrides])
@@ -54,7 +55,9 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     visual = torch.nn.functional.normalize(data["visual"], dim=-1)
     top = (audio @ visual.T).topk(TOP_K, dim=1).indices.numpy()
     queries = np.linspace(0, len(data["keys"]) - 1, EXAMPLE_QUERIES).astype(int)
-    return {"keys": data["keys"], "queries": queries.tolist(), "top": top[queries].tolist()}
+    names = dataset_info(str(test_shards))["classes"]
+    classes = [names[c] for c in data["classes"].argmax(1)] if names else [""] * len(data["keys"])
+    return {"keys": data["keys"], "classes": classes, "queries": queries.tolist(), "top": top[queries].tolist()}
 
 
 def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, config: Path,
@@ -99,11 +102,11 @@ def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, confi
         ex = examples[variant]
         for query, top in zip(ex["queries"], ex["top"]):
             query_key = ex["keys"][query]
-            cells = [(query_key, f"{variant}: audio of\n{query_key}", "black")]
+            cells = [(query_key, f"{variant}: audio of {query_key}\n({ex['classes'][query]})", "black")]
             for rank, item in enumerate(top):
                 right = item == query
                 verdict, colour = ("right", "green") if right else ("wrong", "red")
-                cells.append((ex["keys"][item], f"#{rank + 1} {verdict}", colour))
+                cells.append((ex["keys"][item], f"#{rank + 1} {verdict} ({ex['classes'][item]})", colour))
             for col, (key, title, colour) in enumerate(cells):
                 ax = fig.add_subplot(grid[row, col])
                 if key in frames:
@@ -117,7 +120,7 @@ def demo_figure(out: Path, runs: dict[str, list[Path]], test_shards: Path, confi
             row += 1
     fig.suptitle("deteclap demo: CAV-MAE vs DETECLAP (OR) on synthetic fine-grained clips\n"
                  "examples: an audio query, its clip's frame, and the top visual items retrieved", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = out / "results.png"
     fig.savefig(path, dpi=80)
     plt.close(fig)
