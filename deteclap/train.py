@@ -300,6 +300,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     start_time, last_time, samples_since_log = time.time(), time.time(), 0
     samples_total, last_losses, loader = 0, {}, None
     wait_s, busy_s = 0.0, 0.0  # time blocked on the data iterator vs the whole step
+    total_wait_s, total_busy_s = 0.0, 0.0
     engine.train()
     while step < cfg.run.max_steps:
         sums: dict[str, float] = {}
@@ -325,17 +326,18 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
             samples_since_log += batch["fbank"].shape[0] * world
+            samples_total += batch["fbank"].shape[0] * world
         busy_s += time.perf_counter() - step_start
         step += 1
-        samples_total += cfg.data.batch_size * world * accum
-        last_losses = sums
         progress.update(1)
         if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
             logged = reduce_mean(sums, device)
+            last_losses = logged  # averaged over ranks; the last step is always logged
             now = time.time()
             record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                       "samples_per_s": samples_since_log / max(now - last_time, 1e-9),
                       "data_wait_share": wait_s / max(busy_s, 1e-9), **logged}
+            total_wait_s, total_busy_s = total_wait_s + wait_s, total_busy_s + busy_s
             last_time, samples_since_log, wait_s, busy_s = now, 0, 0.0, 0.0
             if rank == 0:
                 run.log(record)
@@ -351,6 +353,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     elapsed = time.time() - start_time
     summary = {"steps": step, "samples": samples_total, "seconds": elapsed,
                "samples_per_s": samples_total / max(elapsed, 1e-9), "world_size": world,
+               "data_wait_share": total_wait_s / max(total_busy_s, 1e-9),
                "final": {k: v for k, v in last_losses.items() if math.isfinite(v)},
                "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
                "skipped_samples": dict(getattr(loader, "skipped", {}) or {})}
