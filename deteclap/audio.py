@@ -179,7 +179,8 @@ def fbank_batch(waves: Tensor, lengths: Tensor, target_length: int, sample_rate:
     if waves.shape[1] < size or bool((lengths < size).any()) or bool((lengths > waves.shape[1]).any()):
         raise ValueError(f"wave lengths {lengths.tolist()} must lie in [{size}, {waves.shape[1]}] samples")
     sizes = lengths.tolist()
-    means = torch.stack([waves[row, :length].mean() for row, length in enumerate(sizes)]).unsqueeze(1)
+    valid = torch.arange(waves.shape[1], device=waves.device) < lengths.unsqueeze(1)
+    means = ((waves * valid).sum(dim=1) / lengths).unsqueeze(1)   # each row's mean over its own samples
     counts = [int(num_frames(length, sample_rate)) for length in sizes]
     fbank = _fbank_rows(waves, means, counts, target_length, sample_rate, NUM_MEL_BINS)
     return normalize_fbank(fbank) if normalize else fbank
