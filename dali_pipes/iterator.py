@@ -34,42 +34,19 @@ import torch
 
 from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
-from deteclap.data.loader import (INDEX_VERSION, SCORE_SUFFIX, DataError, Skipped, finish_batch, index_path,
-                                  required_members, resolve_shards)
+from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, finish_batch, index_entries,
+                                  index_path, required_members, resolve_shards)
+from deteclap.shard import index_text
 
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
 REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
 THREADS = 2
-Entry = tuple[str, int, int, str]          # (ext, data offset, size, member name)
-
-
-def index_entries(tar: Path) -> dict[str, list[Entry]]:
-    """{key: [(ext, offset, size, name)]} of a tar in tar order (its .idx, else its headers)."""
-    import tarfile
-
-    samples: dict[str, list[Entry]] = {}
-    idx = index_path(tar)
-    if idx.is_file():
-        for line in idx.read_text().splitlines()[1:]:
-            fields = line.split()
-            for ext, offset, size, name in zip(*[iter(fields)] * 4):
-                samples.setdefault(name.split(".", 1)[0], []).append((ext, int(offset), int(size), name))
-        return samples
-    with tarfile.open(tar) as archive:
-        for member in archive:
-            name = Path(member.name).name
-            if member.isfile() and "." in name:
-                key, ext = name.split(".", 1)
-                samples.setdefault(key, []).append((ext, member.offset_data, member.size, name))
-    return samples
 
 
 def write_index(entries: dict[str, list[Entry]], path: Path) -> None:
     """Write a wds2idx (v1.2) index holding these samples."""
-    lines = [f"{INDEX_VERSION} {len(entries)}"]
-    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in members) for members in entries.values()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(index_text(list(entries.values())))
 
 
 def parse_bad_member(message: str) -> tuple[str, str, str] | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -151,11 +150,10 @@ def random_yolo(nc: int = 0) -> object:
 
 
 def count_samples(tars: Sequence[Path]) -> int:
-    keys = set()
-    for tar_path in tars:
-        with tarfile.open(tar_path) as tar:
-            keys.update((tar_path.name, store.split_member_name(m.name)[0]) for m in tar if m.isfile())
-    return len(keys)
+    """Samples in these tars (read from their index files when present)."""
+    from deteclap.data.loader import tar_sample_count
+
+    return sum(tar_sample_count(Path(tar)) for tar in tars)
 
 
 def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[str]) -> str:

@@ -86,9 +86,12 @@ def index_path(tar: Path) -> Path:
     return tar.with_suffix(".idx")
 
 
-def scan_samples(tar: Path) -> dict[str, set[str]]:
-    """{key: member extensions} of a tar, in tar order; read from its .idx when present."""
-    samples: dict[str, set[str]] = {}
+Entry = tuple[str, int, int, str]   # (ext, offset, size, member name): one wds2idx field group
+
+
+def index_entries(tar: Path) -> dict[str, list[Entry]]:
+    """{key: [(ext, offset, size, name)]} of a tar in tar order (its .idx, else its headers)."""
+    samples: dict[str, list[Entry]] = {}
     idx = index_path(tar)
     if idx.is_file():
         lines = idx.read_text().splitlines()
@@ -96,17 +99,21 @@ def scan_samples(tar: Path) -> dict[str, set[str]]:
             raise DataError(f"{idx}: not a {INDEX_VERSION} wds2idx index")
         for line in lines[1:]:
             fields = line.split()
-            for name in fields[3::4]:
-                key, ext = name.split(".", 1)
-                samples.setdefault(key, set()).add(ext)
+            for ext, offset, size, name in zip(*[iter(fields)] * 4):
+                samples.setdefault(name.split(".", 1)[0], []).append((ext, int(offset), int(size), name))
         return samples
     with tarfile.open(tar) as archive:
         for member in archive:
-            if member.isfile() and "." in Path(member.name).name:
-                key, ext = Path(member.name).name.split(".", 1)
-                samples.setdefault(key, set()).add(ext)
+            name = Path(member.name).name
+            if member.isfile() and "." in name:
+                key, ext = name.split(".", 1)
+                samples.setdefault(key, []).append((ext, member.offset_data, member.size, name))
     return samples
 
+
+def scan_samples(tar: Path) -> dict[str, set[str]]:
+    """{key: member extensions} of a tar, in tar order; read from its .idx when present."""
+    return {key: {entry[0] for entry in entries} for key, entries in index_entries(tar).items()}
 
 def required_members(cfg: Config) -> list[str]:
     """Member extensions every sample must hold for this config (label scores included)."""

@@ -86,21 +86,10 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 def iter_samples(tar_path: str | Path) -> Iterator[Sample]:
     """Yield the samples of a WebDataset tar as {"__key__", ext: bytes} (members of a key are consecutive)."""
-    current: Sample | None = None
-    with tarfile.open(tar_path, "r") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, ext = split_member_name(info.name)
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key}
-            handle = tar.extractfile(info)
-            current[ext] = handle.read() if handle is not None else b""
-    if current is not None:
-        yield current
+    from deteclap.data.loader import iter_tar_samples
 
+    for key, members in iter_tar_samples(Path(tar_path)):
+        yield {"__key__": key, **members}
 
 def load_dataset_json(shards_dir: str | Path) -> dict[str, Any]:
     path = Path(shards_dir) / DATASET_JSON
