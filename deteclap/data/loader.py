@@ -36,10 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deteclap.device import flush_denormals
-
 from deteclap import audio
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
+from deteclap.device import flush_denormals
 
 VIDEO_EXT = "mp4"
 AUDIO_EXT = "flac"
@@ -56,7 +55,8 @@ class DataError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # shard listing (shared with dali_pipes)
 def resolve_shards(spec: str, split: str) -> list[Path]:
-    """Tars of one split: `spec` is a shard folder (its `{split}-*.tar`) or a glob / list of tars.
+    """Tars of one split: `spec` is a shard folder (the tars its dataset.json lists for the split, else
+    its `{split}-*.tar`) or a glob of tars.
 
     Raises:
         FileNotFoundError: nothing matches (the message says what was looked for).
