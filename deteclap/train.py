@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import time
+from collections import Counter
 from typing import Any
 from collections.abc import Iterator
 
@@ -298,7 +299,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     progress = tqdm(total=cfg.run.max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
     batches = training_batches(cfg, rank, world, epoch, skip)
     start_time, last_time, samples_since_log = time.time(), time.time(), 0
-    samples_total, last_losses, loader = 0, {}, None
+    samples_total, last_losses, loader, counted = 0, {}, None, None
+    skipped: Counter[str] = Counter()  # skipped samples by reason, over every epoch's loader
     wait_s, busy_s = 0.0, 0.0  # time blocked on the data iterator vs the whole step
     total_wait_s, total_busy_s = 0.0, 0.0
     engine.train()
@@ -312,6 +314,9 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             wait_start = time.perf_counter()
             epoch, index, batch, loader = next(batches)
             wait_s += time.perf_counter() - wait_start
+            if loader is not counted:  # a new epoch's loader: bank the finished one's skips
+                skipped.update(getattr(counted, "skipped", {}) or {})
+                counted = loader
             batch = to_device(batch, engine.device, input_dtype)
             targets = batch["classes"] if cfg.finetune.task else batch["targets"]
             losses = engine(batch["fbank"], batch["frames"], targets)
@@ -351,12 +356,16 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             save(engine, run, step, client, rank, cfg.run.keep_checkpoints)
     progress.close()
     elapsed = time.time() - start_time
+    skipped.update(getattr(counted, "skipped", {}) or {})
+    per_rank: list[Any] = [None] * world
+    torch.distributed.all_gather_object(per_rank, dict(skipped))
+    skipped = sum((Counter(c) for c in per_rank), Counter())
     summary = {"steps": step, "samples": samples_total, "seconds": elapsed,
                "samples_per_s": samples_total / max(elapsed, 1e-9), "world_size": world,
                "data_wait_share": total_wait_s / max(total_busy_s, 1e-9),
                "final": {k: v for k, v in last_losses.items() if math.isfinite(v)},
                "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
-               "skipped_samples": dict(getattr(loader, "skipped", {}) or {})}
+               "skipped_samples": dict(skipped)}
     if rank == 0:
         (run.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if writer is not None:

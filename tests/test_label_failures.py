@@ -60,3 +60,28 @@ def test_dali_cpu_loader_skips_and_counts_it(one_failed):
     keys = [k for batch in loader for k in batch["keys"]]
     assert bad_key not in keys and len(keys) == total - 1
     assert loader.skipped["label_failed"] == 1
+
+
+def test_training_counts_skips_over_every_epoch(one_failed, tmp_path):
+    """The run summary adds up the skipped samples of all epochs (not just the last loader's)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    shards, _, total = one_failed
+    run = tmp_path / "run"
+    steps = 2 * ((total + 1) // 2)   # two epochs of batch 2 (one sample per epoch is left out)
+    sets = [f"data.train_shards={shards}", f"data.eval_shards={shards}", "data.num_workers=0", "data.batch_size=2",
+            "data.on_error=skip", "deepspeed.precision=fp32", f"run.out_dir={run}", f"run.max_steps={steps}",
+            "run.log_every=1", f"run.checkpoint_every={steps}"]
+    cmd = [sys.executable, str(CONFIG.parents[1] / "deteclap" / "train.py"), "--config", str(CONFIG)]
+    for item in sets:
+        cmd += ["--set", item]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    epochs = {json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()}
+    assert len(epochs) >= 2
+    assert summary["skipped_samples"] == {"label_failed": len(epochs)}
