@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default=None, help="shard folder for the loader / label benchmarks")
-    parser.add_argument("--clips", type=int, default=64, help="synthetic clips when no --shards is given")
+    parser.add_argument("--clips", type=int, default=256, help="synthetic 10 s clips when no --shards is given")
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to skip: shard,loader,label,train_step")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -37,11 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         shards = str(DATA / "shards")
         if not (DATA / "shards" / "dataset.json").is_file():
             _run(["-m", "deteclap.synth", str(DATA / "clips"), "--clips", str(args.clips), "--workers", "2"])
-            _run(["-m", "deteclap.shard", str(DATA / "clips"), shards, "--workers", "2"])
+            _run(["-m", "deteclap.shard", str(DATA / "clips" / "truth.jsonl"), shards, "--workers", "2",
+                  "--samples-per-shard", "32"])  # several tars: every loader worker gets its own
     if "shard" not in skip:
         _run(["benchmarks/shard.py"])
     if "loader" not in skip:
-        _run(["benchmarks/loader.py", "--shards", shards])
+        _run(["benchmarks/loader.py", "--shards", shards, "--batch", "32", "--official-layout",
+              "--official-dir", str(DATA / "official")])
     if "label" not in skip:
         _run(["benchmarks/label.py", "--shards", shards])
     if "train_step" not in skip:
