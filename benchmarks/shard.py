@@ -36,7 +36,7 @@ def _member_bytes(out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deteclap.shard import write_shards
+    from deteclap.shard import EncodeSettings, write_shards
     from deteclap.synth import generate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--json", default=None, help="result file (default benchmarks/results/shard.json)")
     args = parser.parse_args(argv)
-    results = []
+    results, settings = [], EncodeSettings()  # the shard writer's defaults
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as tmp:
         src = Path(tmp) / "clips"
         start = time.perf_counter()
@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         for workers in [int(w) for w in args.workers.split(",")]:
             out = Path(tmp) / f"out{workers}"
             start = time.perf_counter()
-            summary = write_shards(src / "truth.jsonl", out, workers=workers, samples_per_shard=32)
+            summary = write_shards(src / "truth.jsonl", out, workers=workers, samples_per_shard=32, settings=settings)
             elapsed = time.perf_counter() - start
             sizes = _member_bytes(out)
             n = summary["samples"]
             result = {"name": f"shard_workers{workers}", "workers": workers, "clips": n, "seconds": elapsed,
                       "clips_per_s": n / elapsed, "clip_seconds": args.seconds,
                       "source": "synthetic 160x120 10 fps H.264 + AAC 22.05 kHz stereo",
-                      "short_side": 256, "codec": "vp9",
+                      "short_side": settings.short_side, "codec": settings.codec,
                       "video_bytes_per_clip": sizes.get("mp4", 0) / n, "audio_bytes_per_clip": sizes.get("flac", 0) / n,
                       "tar_bytes_per_clip": sum(p.stat().st_size for p in out.glob("*.tar")) / n,
                       "failed": summary["failed"]}

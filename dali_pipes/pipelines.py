@@ -15,6 +15,7 @@ the mp4 member ("TAR:OFFSET:KEY.mp4") is returned so that the iterator knows eac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 READER_NAME = "reader"
@@ -134,25 +135,23 @@ def _outputs(spec: PipeSpec, members: list[Any], index: Any) -> tuple[Any, ...]:
     return (frames, wave, length, cls, source_info(mp4), *[label_scores(s) for s in scores])
 
 
-def train_pipeline(spec: PipeSpec) -> Any:
-    """Training: shuffled reader (random_shuffle + initial_fill), a random frame instant."""
+def _pipeline(spec: PipeSpec, frame_index: Callable[[], Any]) -> Any:
+    """One pipeline over the shared reader and processing steps; `frame_index` picks the instant."""
     from nvidia.dali import pipeline_def
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
                   seed=spec.seed, prefetch_queue_depth=spec.prefetch_queue_depth, exec_dynamic=True)
     def pipe() -> tuple[Any, ...]:
-        return _outputs(spec, read_shards(spec), random_frame_index(spec.num_frames))
+        return _outputs(spec, read_shards(spec), frame_index())
 
     return pipe()
+
+
+def train_pipeline(spec: PipeSpec) -> Any:
+    """Training: shuffled reader (random_shuffle + initial_fill), a random frame instant."""
+    return _pipeline(spec, lambda: random_frame_index(spec.num_frames))
 
 
 def eval_pipeline(spec: PipeSpec) -> Any:
     """Evaluation: reader in shard order, frame `eval_frame`."""
-    from nvidia.dali import pipeline_def
-
-    @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
-                  seed=spec.seed, prefetch_queue_depth=spec.prefetch_queue_depth, exec_dynamic=True)
-    def pipe() -> tuple[Any, ...]:
-        return _outputs(spec, read_shards(spec), fixed_frame_index(spec.eval_frame))
-
-    return pipe()
+    return _pipeline(spec, lambda: fixed_frame_index(spec.eval_frame))
