@@ -34,8 +34,8 @@ import torch
 
 from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
-from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, finish_batch, index_entries,
-                                  index_path, required_members, resolve_shards)
+from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, epoch_seed, finish_batch,
+                                  index_entries, index_path, required_members, resolve_shards)
 from deteclap.shard import index_text
 
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
@@ -143,7 +143,7 @@ class DaliLoader:
         return PipeSpec(
             tars=list(self.entries), exts=self.exts, index_paths=self._index_paths(),
             batch_size=data.batch_size, num_threads=max(data.num_workers, THREADS), device_id=device_id,
-            shard_id=self.rank, num_shards=self.world_size, seed=data.seed * 1009 + self.epoch,
+            shard_id=self.rank, num_shards=self.world_size, seed=epoch_seed(data.seed, self.epoch),
             shuffle=self.train, initial_fill=max(data.shuffle_buffer, 1),
             missing_component_behavior="error", img_size=self.cfg.model.img_size,
             frame_dtype=data.frame_dtype, num_frames=data.num_frames, eval_frame=data.eval_frame,

@@ -25,6 +25,7 @@ import torch
 
 from deteclap.config import Config, add_config_args, load_config
 from deteclap.device import pick_device
+from deteclap.model.checkpoint import resolve_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,20 +106,6 @@ def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # running a checkpoint
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model.pt file, a checkpoint folder holding one, or a run folder (its latest checkpoint)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path / "model.pt",):
-        if candidate.is_file():
-            return candidate
-    latest = path / "checkpoints" / "latest"
-    if latest.is_file():
-        return path / "checkpoints" / latest.read_text().strip() / "model.pt"
-    raise FileNotFoundError(f"{path}: no model.pt, checkpoint folder or run folder with checkpoints/latest")
-
-
 @torch.no_grad()
 def collect(cfg: Config, model: torch.nn.Module, device: torch.device, finetune: bool) -> dict[str, Any]:
     """Run the evaluation loader once; return embeddings (or logits), classes and keys."""

@@ -38,9 +38,10 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
                        overrides: list[str]) -> dict[str, Any]:
     """Audio queries of the test set and the keys of their top-k visual items under one model."""
     from deteclap.config import load_config
-    from deteclap.evaluate import collect, pick_device, resolve_checkpoint
+    from deteclap.device import pick_device
+    from deteclap.evaluate import collect
     from deteclap.model import build_model, load_checkpoint
-    from deteclap.model.checkpoint import read_state_dict
+    from deteclap.model.checkpoint import read_state_dict, resolve_checkpoint
     from deteclap.train import dataset_info
 
     cfg = load_config(config, [f"labels.variant={variant}", f"data.eval_shards={test_shards}",

@@ -132,8 +132,8 @@ def dataset_info(shards: str) -> dict[str, Any]:
 def load_pretrained(model: torch.nn.Module, pretrained: str) -> None:
     """Load a pretraining checkpoint (model.pt, checkpoint or run folder, official CAV-MAE file) into
     a CAVMAEFT; raise when it leaves encoder weights missing (only the new head may be missing)."""
-    from deteclap.evaluate import resolve_checkpoint
     from deteclap.model import load_checkpoint
+    from deteclap.model.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(pretrained)
     report = load_checkpoint(model, path)

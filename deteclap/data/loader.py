@@ -48,6 +48,14 @@ SCORE_SUFFIX = ".f16"
 INDEX_VERSION = "v1.2"
 
 
+EPOCH_SEED_STRIDE = 1009  # keeps the (seed, epoch) sample streams of a run apart
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's sample order and augmentation (shared by both loaders)."""
+    return seed * EPOCH_SEED_STRIDE + epoch
+
+
 class DataError(RuntimeError):
     """A bad sample (corrupt or missing member) with on_error=raise; names the shard and key."""
 
@@ -450,7 +458,7 @@ class ReferenceLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         data = self.cfg.data
         preload_decoders()
-        dataset = ShardSamples(self.tars, self.cfg, self.train, seed=data.seed * 1009 + self.epoch)
+        dataset = ShardSamples(self.tars, self.cfg, self.train, seed=epoch_seed(data.seed, self.epoch))
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does

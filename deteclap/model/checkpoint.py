@@ -108,3 +108,16 @@ def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model.pt file, a checkpoint folder holding one, or a run folder (its latest checkpoint)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / "model.pt").is_file():
+        return path / "model.pt"
+    latest = path / "checkpoints" / "latest"
+    if latest.is_file():
+        return path / "checkpoints" / latest.read_text().strip() / "model.pt"
+    raise FileNotFoundError(f"{path}: no model.pt, checkpoint folder or run folder with checkpoints/latest")
