@@ -11,6 +11,9 @@ deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sam
 Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
 whole pipeline ("Current pipeline object is no longer valid"). DALI's error text names the member
 ("TAR:OFFSET:KEY.ext"), and for a missing member at build time only the tar ("Underful sample").
+A video frame whose cut (dali_pipes.pipelines.cut_frame) is empty, reaches past a truncated mp4 or
+lacks the codec's frame marker is named too; damage inside a frame's bytes fails in DALI's decoder
+without a name: that error is re-raised with a note pointing to `python -m deteclap.shard --verify`.
 - data.on_error=raise: `DataError` naming the shard and key (for a missing member the tar is
   scanned to find the key).
 - data.on_error=skip: samples missing a member are left out of the (filtered) index files given
@@ -32,10 +35,13 @@ from typing import Any
 
 import torch
 
-from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
+from dali_pipes.pipelines import (FRAME_TABLE_EXT, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline,
+                                  train_pipeline)
+from deteclap import audio
 from deteclap.config import Config
 from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, epoch_seed, finish_batch,
-                                  index_entries, index_path, required_members, resolve_shards)
+                                  index_entries, index_path, required_members, resolve_shards,
+                                  score_bytes, stored_frame_side)
 from deteclap.shard import index_text
 
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
@@ -79,26 +85,60 @@ class DaliLoader:
         self.gpu = device == "gpu"
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         self.tars = resolve_shards(spec, split)
+        self.resize = stored_frame_side(spec) != cfg.model.img_size
+        self.score_size = score_bytes(spec)
         self.exts = required_members(cfg)
-        self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts[4:]]
+        self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts if ext.endswith(SCORE_SUFFIX)]
         self.skipped: Counter[str] = Counter()
         self.skipped_samples: list[Skipped] = []
         self.excluded: set[tuple[str, str]] = set()
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
         self.entries = {str(tar): index_entries(tar) for tar in self.tars}
-        if data.on_error == "skip":
-            self._exclude_incomplete()
+        self.codec = "vp9"
+        if self._all_have(FRAME_TABLE_EXT):     # decode only the sampled frame (dali_pipes.pipelines.cut_frame)
+            self.exts.insert(4, FRAME_TABLE_EXT)
+            self.codec = self._video_codec()
+        self._check_members()
+
+    def _all_have(self, ext: str) -> bool:
+        return all(ext in {m[0] for m in members} for samples in self.entries.values() for members in samples.values())
+
+    def _video_codec(self) -> str:
+        """The codec of the first sample's mp4 (one shard folder holds one encoding)."""
+        from deteclap.data.mp4 import Mp4LayoutError, read_samples
+
+        for tar, samples in self.entries.items():
+            for members in samples.values():
+                _, offset, size, _ = next(m for m in members if m[0] == "mp4")
+                with open(tar, "rb") as handle:
+                    handle.seek(offset)
+                    try:
+                        return read_samples(handle.read(size))[0].codec
+                    except (Mp4LayoutError, IndexError) as err:
+                        raise DataError(f"{tar}: the first sample's mp4 has no readable sample table "
+                                        f"({err}); rewrite the shards with python -m deteclap.shard") from err
+        return self.codec
 
     # -- sample bookkeeping --------------------------------------------------------------------
-    def _exclude_incomplete(self) -> None:
-        """on_error=skip: leave samples that miss a member out of the index, counted by rank 0."""
+    def _check_members(self) -> None:
+        """From the index alone: label-score members of the wrong size (DataError naming shard and key,
+        or skipped) and, with on_error=skip, samples missing a member; skipped ones are left out of
+        the index and counted by rank 0 (with on_error=raise DALI itself refuses a missing member)."""
+        skip = self.cfg.data.on_error == "skip"
         for tar, samples in self.entries.items():
             for key, members in samples.items():
-                if not set(self.exts) <= {m[0] for m in members}:
+                sizes = {m[0]: m[2] for m in members}
+                wrong = {e: n for e, n in sizes.items() if e in self.exts and e.endswith(SCORE_SUFFIX)
+                         and self.score_size is not None and n != self.score_size}
+                if wrong and not skip:
+                    raise DataError(f"{tar}: sample {key}: bad_scores: {wrong} bytes, not {self.score_size} "
+                                    f"(float16 per class of dataset.json's label_vocabulary)")
+                reason = "bad_scores" if wrong else "missing_member" if not set(self.exts) <= set(sizes) else None
+                if skip and reason:
                     self.excluded.add((tar, key))
                     if self.rank == 0:
-                        self._count(Skipped(tar, key, "missing_member"))
+                        self._count(Skipped(tar, key, reason))
 
     def _count(self, item: Skipped) -> None:
         self.skipped[item.reason] += 1
@@ -147,7 +187,7 @@ class DaliLoader:
             shuffle=self.train, initial_fill=max(data.shuffle_buffer, 1),
             missing_component_behavior="error", img_size=self.cfg.model.img_size,
             frame_dtype=data.frame_dtype, num_frames=data.num_frames, eval_frame=data.eval_frame,
-            pad_last_batch=not self.train)
+            pad_last_batch=not self.train, codec=self.codec, resize=self.resize)
 
     def _iterator(self) -> Any:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -166,13 +206,34 @@ class DaliLoader:
             samples = self.entries.get(tar) or index_entries(Path(tar))
             bad = {k: sorted(set(self.exts) - {m[0] for m in ms}) for k, ms in samples.items()
                    if not set(self.exts) <= {m[0] for m in ms}}
-            raise DataError(f"{tar}: samples with missing members (key: missing): {bad}") from err
+            raise DataError(f"{tar}: missing_member: samples with missing members (key: missing): {bad}") from err
+
+    def _drop_bad_audio(self, out: dict[str, Any], tars: list[str], keys: list[str]) -> list[int]:
+        """Rows whose FLAC is not 16 kHz or shorter than one fbank window (as the reference loader
+        refuses them): DataError naming shard and key, or counted as `bad_audio`; the kept rows."""
+        rates, lengths = out["rates"].view(-1).tolist(), out["lengths"].view(-1).tolist()
+        keep = []
+        for row, (rate, length) in enumerate(zip(rates, lengths)):
+            if rate == audio.SAMPLE_RATE and audio.num_frames(int(length)) > 0:
+                keep.append(row)
+                continue
+            detail = f"{int(length)} samples at {rate:g} Hz (need >= 1 window at 16 kHz)"
+            if self.cfg.data.on_error == "raise":
+                raise DataError(f"{tars[row]}: sample {keys[row]}: bad_audio: {detail}")
+            self._count(Skipped(tars[row], keys[row], "bad_audio"))
+        return keep
 
     def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
-        keys = []
-        for row in out["source"].cpu().numpy():
-            source = bytes(row).rstrip(b"\0").decode()
-            keys.append(source.rsplit(":", 1)[-1].split(".", 1)[0])
+        sources = [bytes(row).rstrip(b"\0").decode() for row in out["source"].cpu().numpy()]
+        tars = [source.rsplit(":", 2)[0] for source in sources]
+        keys = [source.rsplit(":", 1)[-1].split(".", 1)[0] for source in sources]
+        keep = self._drop_bad_audio(out, tars, keys)
+        if not keep:
+            return {"keys": []}
+        if len(keep) < len(keys):
+            rows = torch.tensor(keep, dtype=torch.long)
+            out = {name: value.index_select(0, rows.to(value.device)) for name, value in out.items()}
+            keys = [keys[row] for row in keep]
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
         batch = finish_batch(self.cfg, self.train, keys, out["frames"], out["waves"], out["lengths"].view(-1),
@@ -207,7 +268,7 @@ class DaliLoader:
                 replayed += 1
                 if self.batches_consumed > self.start_batch and out["frames"].shape[0] > 0:
                     batch = self._finish(out)  # (PARTIAL can end a shard with an empty batch)
-                    if batch["keys"]:          # (every sample's labels failed: nothing left)
+                    if batch["keys"]:          # (every sample's labels or audio failed: nothing left)
                         yield batch
             else:
                 return
@@ -216,6 +277,9 @@ class DaliLoader:
         """A pipeline error: raise DataError naming shard and key, or count and exclude (skip)."""
         bad = parse_bad_member(str(err))
         if bad is None:
+            err.add_note("DALI names no sample in this error. If it is bad data (e.g. damage inside a video "
+                         "frame's bytes), `python -m deteclap.shard --verify SHARDS` finds it and "
+                         "data.loader=reference names it.")
             raise err
         tar, key, reason = bad
         if self.cfg.data.on_error == "raise" or (tar, key) in self.excluded or tar not in self.entries:

@@ -3,9 +3,14 @@
 Only graph definitions live here (DALI is imported inside the functions); dali_pipes.iterator runs
 them. Per sample the pipelines decode ONE frame of the shard's VP9 mp4 (training: a random instant
 in [0, num_frames); evaluation: `eval_frame`) on "mixed" (NVDEC) with a GPU or on the "cpu" with
-`device_id=None`, resize the short side to `img_size` with DALI's cubic filter with antialiasing
-(the closest DALI has to PIL's antialiased BICUBIC), centre-crop, normalise with CAV-MAE's
-mean/std to NCHW; decode the FLAC (16 kHz mono float) and pad it in the batch with its length;
+`device_id=None`. DALI's video decoder does not seek (2.4 decodes from frame 0 up to the frame asked
+for: frame 9 cost 8x frame 0), so the frame's bytes are cut out of the mp4 with the sample's
+`KEY.frames` table and decoded alone, wrapped in a 44-byte IVF header (`cut_frame`); shards without
+the table (format version 1) decode from frame 0. Then: resize the short side to `img_size` with
+DALI's cubic filter with antialiasing (the closest DALI has to PIL's antialiased BICUBIC; skipped
+for the img_size x img_size frames the shard writer stores by default), centre-crop, normalise
+with CAV-MAE's mean/std to NCHW; decode the FLAC (mono float, its rate returned: the iterator
+refuses anything but 16 kHz) and pad it in the batch with its length;
 reinterpret the raw label members (`.f16` -> float16 [C], `.cls` -> uint8 [C]). The Kaldi fbank is
 NOT computed here: DALI's mel filter bank is not Kaldi's, so the iterator applies deteclap.audio
 to the padded waves right after the pipeline (on the GPU when there is one). The `source_info` of
@@ -14,19 +19,25 @@ the mp4 member ("TAR:OFFSET:KEY.mp4") is returned so that the iterator knows eac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 READER_NAME = "reader"
-OUTPUTS = ("frames", "waves", "lengths", "classes", "source")  # then one output per label-score member
+OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then one per label-score member
+FRAME_TABLE_EXT = "frames"                # deteclap.shard.FRAME_TABLE_EXT (kept import-free here)
+SCORE_SUFFIX = ".f16"
+IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
+FRAME_MARKER = {"vp9": (0xC0, 0x80), "vp8": (0x01, 0x00)}   # (mask, value) of a key frame's first byte
+IVF_FILE_HEADER = 32                      # "DKIF", version, header size, fourcc, width, height, rate, count
 
 
 @dataclass
 class PipeSpec:
     """Everything a pipeline needs, plain values (built from a Config by the iterator)."""
     tars: list[str]
-    exts: list[str]                         # mp4, flac, json, cls, then `<labeller>.f16`
+    exts: list[str]                         # mp4, flac, json, cls, [frames], then `<labeller>.f16`
     index_paths: list[str] = field(default_factory=list)
     batch_size: int = 8
     num_threads: int = 2
@@ -43,6 +54,8 @@ class PipeSpec:
     eval_frame: int = 5
     pad_last_batch: bool = False
     prefetch_queue_depth: int = 2
+    codec: str = "vp9"                      # the shards' video codec (dataset.json encoding)
+    resize: bool = True                     # False: the shards store img_size x img_size frames
 
 
 def read_shards(spec: PipeSpec) -> list[Any]:
@@ -70,44 +83,92 @@ def random_frame_index(num_frames: int) -> Any:
 
 def fixed_frame_index(frame: int) -> Any:
     """int32 [1] per sample, always `frame` (evaluation)."""
-    from nvidia.dali import types
+    from nvidia.dali import fn, types
+
+    return fn.constant(idata=[frame], dtype=types.INT32, shape=[1])
+
+
+def cut_frame(mp4: Any, table: Any, index: Any, codec: str) -> Any:
+    """Frame `index` of each all-key-frame mp4 as a one-frame IVF stream -> uint8 [44 + frame bytes].
+
+    table: the sample's raw `KEY.frames` member (uint32 [width, height, offset_i, size_i ...]);
+    index: int32 [1]. IVF is the simplest container FFmpeg (and so DALI) demuxes: a 32-byte file
+    header (with the frame size) and a 12-byte frame header (byte count, pts) before the bytes.
+
+    Bad data must fail with an error that names the sample. DALI's decoder names its input's
+    source_info only when it cannot open the stream, so a cut that is empty, reaches past the mp4
+    (truncated member, bad table) or does not start with the codec's frame marker gets a zeroed
+    IVF signature: the open fails, naming "TAR:OFFSET:KEY.mp4" (`fn.cat` keeps its inputs'
+    source_info when they agree: an empty cut of the mp4 brings it, nothing brings another one).
+    Damage inside a frame's bytes fails in the decoder without a name (dali_pipes.iterator says so)."""
+    import numpy as np
+    from nvidia.dali import fn, types
     from nvidia.dali.types import Constant
 
-    return Constant([frame], dtype=types.INT32)
+    # [2 + 2 * frames]. Arithmetic keeps its inputs' source_info only when they agree: adding 0 * a byte
+    # of the mp4 drops the table's, which would clash with the mp4's in the stream below
+    zero = fn.cast(fn.slice(mp4, start=0, shape=1, axes=[0], out_of_bounds_policy="pad"), dtype=types.INT32) * 0
+    fields = fn.cast(fn.reinterpret(table, dtype=types.UINT32), dtype=types.INT32) + zero
+    at = 2 + 2 * index[0]
+    offset, size = fields[at], fields[at + 1]
+    frame = fn.slice(mp4, start=offset, shape=size, axes=[0], out_of_bounds_policy="pad")
+    first = fn.slice(mp4, start=offset, shape=1, axes=[0], out_of_bounds_policy="pad")       # [1]
+    mask, marker = FRAME_MARKER[codec]
+    valid = (size > 0) & (offset + size <= mp4.shape(dtype=types.INT32)[0]) & ((first & mask) == marker)
+
+    def as_bytes(values: Any, dtype: Any) -> Any:   # a 1-D slice: DALI 2.4 crashes reinterpreting a 0-D one
+        return fn.reinterpret(fn.cast(values, dtype=dtype), dtype=types.UINT8)
+
+    def const(data: bytes) -> Any:
+        return Constant(np.frombuffer(data, np.uint8), dtype=types.UINT8)
+
+    signature = fn.cast(const(b"DKIF") * fn.cast(valid, dtype=types.UINT8), dtype=types.UINT8)
+    return fn.cat(fn.slice(mp4, start=0, shape=0, axes=[0]),            # no bytes: the mp4's source_info
+                  signature, const(struct.pack("<HH4s", 0, IVF_FILE_HEADER, IVF_FOURCC[codec])),
+                  as_bytes(fields[0:2], types.UINT16),                 # width, height
+                  const(struct.pack("<IIII", 1, 1, 1, 0)),             # time base 1/1, 1 frame, unused
+                  as_bytes(fields[at + 1:at + 2], types.UINT32),       # frame header: byte count ...
+                  const(struct.pack("<Q", 0)),                         # ... and pts
+                  frame)
 
 
-def decode_frame(mp4: Any, index: Any, gpu: bool) -> Any:
-    """Decode frame `index` of each encoded video -> uint8 [H, W, 3] (GPU with NVDEC, else CPU)."""
+def decode_frame(stream: Any, index: Any | None, gpu: bool) -> Any:
+    """Decode frame `index` (None: the only frame) of each encoded video -> uint8 [H, W, 3] (NVDEC or CPU)."""
     from nvidia.dali import fn
 
-    frames = fn.decoders.video(mp4, device="mixed" if gpu else "cpu", frames=index)   # [1, H, W, 3]
+    kwargs = {} if index is None else {"frames": index}
+    frames = fn.decoders.video(stream, device="mixed" if gpu else "cpu", **kwargs)   # [1, H, W, 3]
     return fn.element_extract(frames, element_map=[0])
 
 
-def prepare_frame(frame: Any, img_size: int, frame_dtype: str) -> Any:
-    """Resize short side to img_size (cubic, antialiased), centre crop, CAV-MAE normalise, CHW."""
+def prepare_frame(frame: Any, img_size: int, frame_dtype: str, resize: bool = True) -> Any:
+    """Resize short side to img_size (cubic, antialiased), centre crop, CAV-MAE normalise, CHW.
+
+    resize=False for frames stored at img_size x img_size: DALI's resize costs the same (~1.2 ms
+    per frame on one core) when it changes nothing, and the crop is then an identity too."""
     from nvidia.dali import fn, types
 
     from deteclap.config import IMAGE_MEAN, IMAGE_STD
 
     pixel_max = 255.0
-    resized = fn.resize(frame, resize_shorter=img_size, interp_type=types.INTERP_CUBIC, antialias=True)
+    if resize:
+        frame = fn.resize(frame, resize_shorter=img_size, interp_type=types.INTERP_CUBIC, antialias=True)
     return fn.crop_mirror_normalize(
-        resized, crop=(img_size, img_size), crop_pos_x=0.5, crop_pos_y=0.5,
+        frame, crop=(img_size, img_size), crop_pos_x=0.5, crop_pos_y=0.5,
         mean=[m * pixel_max for m in IMAGE_MEAN], std=[s * pixel_max for s in IMAGE_STD], output_layout="CHW",
         dtype=types.FLOAT16 if frame_dtype == "float16" else types.FLOAT)
 
 
-def decode_wave(flac: Any) -> tuple[Any, Any]:
-    """FLAC bytes -> (float wave padded to the batch's longest [S], its length int32 [1]) at 16 kHz."""
+def decode_wave(flac: Any) -> tuple[Any, Any, Any]:
+    """FLAC bytes -> (float wave padded to the batch's longest [S], its length int32 [1], its sample
+    rate). No resampling: the shards store 16 kHz, and the iterator refuses another rate as the
+    reference loader does."""
     from nvidia.dali import fn, types
 
-    from deteclap.audio import SAMPLE_RATE
-
-    wave, _ = fn.decoders.audio(flac, sample_rate=SAMPLE_RATE, downmix=False, dtype=types.FLOAT)  # [S, C]
+    wave, rate = fn.decoders.audio(flac, downmix=False, dtype=types.FLOAT)   # [S, C], float []
     wave = wave[:, 0]                           # the first channel, as CAV-MAE's `sox remix 1`
     length = wave.shape(dtype=types.INT32)      # [1]
-    return fn.pad(wave, fill_value=0.0, axes=[0]), length
+    return fn.pad(wave, fill_value=0.0, axes=[0]), length, rate
 
 
 def label_scores(member: Any) -> Any:
@@ -124,15 +185,20 @@ def source_info(member: Any) -> Any:
     return fn.pad(fn.get_property(member, key="source_info"), fill_value=0)
 
 
-def _outputs(spec: PipeSpec, members: list[Any], index: Any) -> tuple[Any, ...]:
+def _outputs(spec: PipeSpec, nodes: list[Any], index: Any) -> tuple[Any, ...]:
     """Shared processing of the reader outputs, in the order of OUTPUTS + label scores."""
-    mp4, flac, _json, cls, *scores = members
-    gpu = spec.device_id is not None
-    frames = prepare_frame(decode_frame(mp4, index, gpu), spec.img_size, spec.frame_dtype)
-    wave, length = decode_wave(flac)
+    members = dict(zip(spec.exts, nodes))
+    mp4, gpu = members["mp4"], spec.device_id is not None
+    if FRAME_TABLE_EXT in members:
+        frame = decode_frame(cut_frame(mp4, members[FRAME_TABLE_EXT], index, spec.codec), None, gpu)
+    else:
+        frame = decode_frame(mp4, index, gpu)
+    frames = prepare_frame(frame, spec.img_size, spec.frame_dtype, spec.resize)
+    wave, length, rate = decode_wave(members["flac"])
     if gpu:
         wave = wave.gpu()
-    return (frames, wave, length, cls, source_info(mp4), *[label_scores(s) for s in scores])
+    scores = [label_scores(node) for ext, node in members.items() if ext.endswith(SCORE_SUFFIX)]
+    return (frames, wave, length, rate, members["cls"], source_info(mp4), *scores)
 
 
 def _pipeline(spec: PipeSpec, frame_index: Callable[[], Any]) -> Any:

@@ -40,6 +40,7 @@ LOW_FREQ = 20.0                   # Kaldi's default low-freq; high-freq 0 means 
 EPSILON = torch.finfo(torch.float32).eps
 NOISE_SCALE = 10.0                # CAV-MAE: fbank + rand * U(0, 1) / 10
 CPU_CHUNK_FRAMES = 256            # fbank frames per chunk on the CPU (FFT buffers stay in cache)
+CPU_MEL_GROUPS = 8                # the CPU's mel product in bands of 16 filters (measured fastest of 4-32)
 
 
 def _window_sizes(sample_rate: int) -> tuple[int, int, int]:
@@ -85,11 +86,42 @@ def mel_banks(num_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE,
     return _mel_banks_cpu(num_bins, fft_size, sample_rate).to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_bands_cpu(num_bins: int, fft_size: int, sample_rate: int) -> list[tuple[int, int, int, Tensor]]:
+    """The mel bank in CPU_MEL_GROUPS bands of consecutive filters: (first filter, end filter, first
+    FFT bin, band weights [bins of the band, filters]), each band restricted to the FFT bins its
+    filters cover. A mel filter covers few bins, so the dense [*, 257] x [257, 128] product is ~87 %
+    zeros; the banded products sum the same non-zero terms (the same values up to float rounding)
+    in a third of the time (160 -> 53 us per 256 frames on one core)."""
+    banks = _mel_banks_cpu(num_bins, fft_size, sample_rate)
+    step = -(-num_bins // CPU_MEL_GROUPS)
+    bands = []
+    for first in range(0, num_bins, step):
+        rows = banks[first:first + step]
+        used = rows.sum(dim=0).nonzero().flatten()
+        lo, hi = (int(used.min()), int(used.max()) + 1) if len(used) else (0, 1)
+        bands.append((first, first + len(rows), lo, rows[:, lo:hi].T.contiguous()))
+    return bands
+
+
+def _mel_energies(power: Tensor, sample_rate: int, num_bins: int) -> Tensor:
+    """|X|^2 [..., 257] -> mel energies [..., num_bins]: one dense product on a GPU, bands on the CPU."""
+    _, _, fft_size = _window_sizes(sample_rate)
+    if power.device.type != "cpu" or power.dtype != torch.float32:
+        return power @ mel_banks(num_bins, sample_rate, power.device, power.dtype).T
+    out = power.new_empty(*power.shape[:-1], num_bins)
+    for first, end, lo, weights in _mel_bands_cpu(num_bins, fft_size, sample_rate):
+        torch.matmul(power[..., lo:lo + weights.shape[0]], weights, out=out[..., first:end])
+    return out
+
+
 def _fbank_rows(waves: Tensor, means: Tensor, counts: list[int], out_frames: int, sample_rate: int,
                 num_bins: int) -> Tensor:
     """Fbank of each row's first counts[i] frames of (waves - means), zero frames after them.
 
-    waves [B, S], means [B, 1] -> [B, out_frames, num_bins]. On the CPU each row goes through in
+    waves [B, S], means [B, 1] -> [B, out_frames, num_bins]. The wave mean cancels in Kaldi's
+    per-frame DC removal in exact arithmetic, not in float32: without it near-silent low bins
+    moved by up to 4e-3 (log units) from torchaudio, with it by 1e-6. On the CPU each row goes through in
     chunks of CPU_CHUNK_FRAMES frames: the whole batch's [B * T, 512] FFT buffers do not fit in the
     cache, which made one batched call ~4x slower than the same ops per chunk (the same
     results), and frames past a row's count are not computed. Other devices take the batch at once.
@@ -119,8 +151,7 @@ def _frames_to_fbank(frames: Tensor, sample_rate: int, num_bins: int) -> Tensor:
     frames = torch.nn.functional.pad(frames * window, (0, fft_size - size))
     spectrum = torch.fft.rfft(frames)
     power = spectrum.real.square() + spectrum.imag.square()   # |X|^2 without complex abs's hypot (~4x faster)
-    energies = power @ mel_banks(num_bins, sample_rate, frames.device, frames.dtype).T
-    return energies.clamp(min=EPSILON).log()
+    return _mel_energies(power, sample_rate, num_bins).clamp_(min=EPSILON).log_()
 
 
 def kaldi_fbank(waves: Tensor, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = NUM_MEL_BINS) -> Tensor:
@@ -179,9 +210,8 @@ def fbank_batch(waves: Tensor, lengths: Tensor, target_length: int, sample_rate:
     if waves.shape[1] < size or bool((lengths < size).any()) or bool((lengths > waves.shape[1]).any()):
         raise ValueError(f"wave lengths {lengths.tolist()} must lie in [{size}, {waves.shape[1]}] samples")
     sizes = lengths.tolist()
-    valid = torch.arange(waves.shape[1], device=waves.device) < lengths.unsqueeze(1)
-    means = ((waves * valid).sum(dim=1) / lengths).unsqueeze(1)   # each row's mean over its own samples
-    counts = [int(num_frames(length, sample_rate)) for length in sizes]
+    means = torch.stack([waves[row, :size].mean() for row, size in enumerate(sizes)]).unsqueeze(1)  # own samples
+    counts = [int(num_frames(size, sample_rate)) for size in sizes]
     fbank = _fbank_rows(waves, means, counts, target_length, sample_rate, NUM_MEL_BINS)
     return normalize_fbank(fbank) if normalize else fbank
 

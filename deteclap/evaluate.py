@@ -137,9 +137,9 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Metrics of a checkpoint on `data.eval_shards` (retrieval, or classification when fine-tuning)."""
     from deteclap.model import build_finetune_model, build_model, load_checkpoint
     from deteclap.model.checkpoint import read_state_dict
-    from deteclap.train import dataset_info
+    from deteclap.shard import load_dataset_json
 
-    info = dataset_info(cfg.data.eval_shards)
+    info = load_dataset_json(cfg.data.eval_shards)
     path = resolve_checkpoint(checkpoint)
     device = pick_device(cfg.run.device)
     finetune = bool(cfg.finetune.task)

@@ -42,7 +42,7 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     from deteclap.evaluate import collect
     from deteclap.model import build_model, load_checkpoint
     from deteclap.model.checkpoint import read_state_dict, resolve_checkpoint
-    from deteclap.train import dataset_info
+    from deteclap.shard import load_dataset_json
 
     cfg = load_config(config, [f"labels.variant={variant}", f"data.eval_shards={test_shards}",
                                f"data.train_shards={test_shards}", *overrides])
@@ -56,7 +56,7 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     visual = torch.nn.functional.normalize(data["visual"], dim=-1)
     top = (audio @ visual.T).topk(TOP_K, dim=1).indices.numpy()
     queries = np.linspace(0, len(data["keys"]) - 1, EXAMPLE_QUERIES).astype(int)
-    names = dataset_info(str(test_shards))["classes"]
+    names = load_dataset_json(test_shards)["classes"]
     classes = [names[c] for c in data["classes"].argmax(1)] if names else [""] * len(data["keys"])
     return {"keys": data["keys"], "classes": classes, "queries": queries.tolist(), "top": top[queries].tolist()}
 

@@ -3,10 +3,13 @@
 Owns `write_shards(...)`, `verify_shards(...)` and `python -m deteclap.shard`.
 
 Per clip: the 10 CAV-MAE frame instants (source frame i * N // 10 of the segment's N frames) as a
-VP9 mp4 (every frame a key frame, 1 fps, short side 256, yuv420p) and the first audio channel
+VP9 mp4 (every frame a key frame, 1 fps, yuv420p) and the first audio channel
 resampled to 16 kHz as 16-bit FLAC. Audio is resampled with PyAV's resampler (libswresample),
 the same library as the `ffmpeg -ar 16000` of CAV-MAE's own preprocessing, with no extra
 dependency; all channels are resampled and then the first is kept (ffmpeg, then `sox remix 1`).
+Frames are stored as CAV-MAE's own extraction stores them (src/preprocess/extract_video_frame.py:
+PIL RGB, Resize(224, bicubic), CenterCrop(224)), so that the loaders only decode and normalise;
+`--no-crop` keeps the whole frame at `--short-side` instead (the loaders then resize and crop).
 
 Shard membership comes from the sorted input list before any clip is decoded, so a restart gives
 identical shards; a shard is written to a temporary name and renamed when complete, and a re-run
@@ -33,12 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                   # 2: KEY.frames (the frame table of KEY.mp4) in every sample
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
 SAMPLE_RATE = 16000
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
-DEFAULT_SHORT_SIDE = 256
+DEFAULT_SHORT_SIDE = 224            # CAV-MAE's image size: stored frames need no resize
 DEFAULT_SECONDS = 10.0
 DEFAULT_MIN_SECONDS = 1.0
 DEFAULT_SAMPLES_PER_SHARD = 1000
@@ -49,9 +52,11 @@ VPX_OPTIONS = {"crf": "32", "b:v": "0", "deadline": "realtime", "cpu-used": "8",
 FLAC_SUBTYPE = "PCM_16"
 INT16_SCALE = 32767
 TAR_MEMBER_MODE = 0o644
-MEMBER_EXTENSIONS = ("cls", "flac", "json", "mp4")   # written in this order per sample
+FRAME_TABLE_EXT = "frames"
+MEMBER_EXTENSIONS = ("cls", "flac", FRAME_TABLE_EXT, "json", "mp4")   # written in this order per sample
 JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", "frames", "width",
                "height", "sample_rate", "num_samples", "classes", "split")
+DATASET_JSON = "dataset.json"
 TEXT_SNIFF_BYTES = 512
 MAX_KEY_LENGTH = 80
 KEY_HASH_CHARS = 12
@@ -86,6 +91,7 @@ class ClipFailure(Exception):
 @dataclass
 class EncodeSettings:
     short_side: int = DEFAULT_SHORT_SIDE
+    crop: bool = True                 # centre-crop to short_side x short_side (CAV-MAE's stored frames)
     codec: str = "vp9"
     seconds: float = DEFAULT_SECONDS
     min_seconds: float = DEFAULT_MIN_SECONDS
@@ -394,11 +400,29 @@ def _decode_segment(item: ClipInput, settings: EncodeSettings):
     return frames, wave, source_fps, duration, audio is None
 
 
+def _stored_frame(frame, settings: EncodeSettings):
+    """One chosen av.VideoFrame -> the yuv420p frame to encode, at the stored size.
+
+    crop: CAV-MAE's extraction on a PIL RGB image (torchvision Resize(short_side, bicubic) then
+    CenterCrop(short_side)); else the short side resized to short_side (bicubic, long side even)."""
+    import av
+
+    if not settings.crop:
+        width, height = _target_size(frame.width, frame.height, settings.short_side)
+        return frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
+    import torchvision.transforms.functional as F
+
+    image = F.resize(frame.to_image(), settings.short_side, interpolation=F.InterpolationMode.BICUBIC)
+    image = F.center_crop(image, settings.short_side)
+    return av.VideoFrame.from_image(image).reformat(format="yuv420p")
+
+
 def _encode_video(frames, settings: EncodeSettings) -> tuple[bytes, int, int]:
     """Encode the chosen av.VideoFrames as an all-key-frame 1 fps mp4; returns (bytes, width, height)."""
     import av
 
-    width, height = _target_size(frames[0].width, frames[0].height, settings.short_side)
+    stored = [_stored_frame(frame, settings) for frame in frames]
+    width, height = stored[0].width, stored[0].height
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream(CODECS[settings.codec], rate=1)
@@ -406,12 +430,37 @@ def _encode_video(frames, settings: EncodeSettings) -> tuple[bytes, int, int]:
         stream.gop_size = 1
         stream.time_base = Fraction(1, 1)
         stream.options = dict(VPX_OPTIONS)
-        for i, frame in enumerate(frames):
-            out = frame.reformat(width=width, height=height, format="yuv420p", interpolation="BICUBIC")
+        for i, out in enumerate(stored):
             out.pts, out.time_base = i, stream.time_base  # frame i at i seconds (1 fps)
             container.mux(stream.encode(out))
         container.mux(stream.encode())
     return buf.getvalue(), width, height
+
+
+def load_dataset_json(folder: str | Path) -> dict:
+    """A shard folder's dataset.json (shards/FORMAT.md); the one reader of it.
+
+    Raises:
+        FileNotFoundError: no dataset.json (the message says how one is made).
+        ValueError: it is not valid JSON.
+    """
+    path = Path(folder) / DATASET_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {folder} a shard folder written by `python -m deteclap.shard`?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def frame_table(video: bytes, width: int, height: int) -> bytes:
+    """The `KEY.frames` member: little-endian uint32 [width, height, offset_0, size_0, ..., offset_N-1,
+    size_N-1], where frame i of the all-key-frame `video` mp4 lies at video[offset_i : offset_i + size_i].
+    With it a DALI pipeline cuts one frame out of the mp4 and decodes only that frame (dali_pipes)."""
+    from deteclap.data.mp4 import read_samples
+
+    rows = [(sample.offset, sample.size) for sample in read_samples(video)]
+    return np.array([width, height, *[v for row in rows for v in row]], "<u4").tobytes()
 
 
 def _encode_flac(wave: np.ndarray, sample_rate: int) -> bytes:
@@ -443,6 +492,7 @@ def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) ->
     multi_hot = np.zeros(num_classes, np.uint8)
     multi_hot[item.class_indices] = 1
     return {"members": {"cls": multi_hot.tobytes(), "flac": flac,
+                        FRAME_TABLE_EXT: frame_table(video_bytes, width, height),
                         "json": json.dumps(meta, sort_keys=True).encode(), "mp4": video_bytes}}
 
 
@@ -543,8 +593,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     plan, classes, dup_failures = plan_shards(inputs, samples_per_shard)
     plan_failures += dup_failures
 
-    dataset_path = out / "dataset.json"
-    previous = json.loads(dataset_path.read_text()) if dataset_path.exists() else None
+    previous = load_dataset_json(out) if (out / DATASET_JSON).exists() else None
     encoding = asdict(settings)
     if previous is not None:
         if previous.get("encoding") != encoding or previous.get("classes") != classes:
@@ -569,7 +618,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
             "labellers": labellers, "encoding": encoding}
     # keep what labelling recorded (labelled_shards, label_failures, labeller_settings, ...)
     kept = {k: v for k, v in (previous or {}).items() if k not in base and k != "shards"}
-    _atomic_write(dataset_path, json.dumps({**kept, **base, "shards": other_shards}, indent=1).encode())
+    _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": other_shards}, indent=1).encode())
 
     pending: list[tuple[str, list[ClipInput]]] = []
     skipped = 0
@@ -618,7 +667,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
         print(f"note: {len(pending)} new shard(s) have no label scores for {labellers}; run "
               f"`python -m deteclap.label {out} --labellers ...` again (it resumes)", file=sys.stderr)
         base["labellers"] = []
-    _atomic_write(dataset_path, json.dumps({**kept, **base, "shards": all_shards}, indent=1).encode())
+    _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": all_shards}, indent=1).encode())
     _write_failures(out, failures)
     reasons = Counter(r["reason"] for r in failures)
     return {"inputs": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),
@@ -672,10 +721,13 @@ class VerifyReport:
 def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.TarInfo], meta_all: dict,
                    report: VerifyReport) -> None:
     from deteclap.data.decode import DecodeError, decode_audio, decode_video_frames
+    from deteclap.data.mp4 import Mp4LayoutError
 
     encoding = meta_all.get("encoding", {})
     num_frames = encoding.get("num_frames", NUM_FRAMES)
     expected = set(MEMBER_EXTENSIONS) | {f"{name}.f16" for name in meta_all.get("labellers", [])}
+    if meta_all.get("format_version", FORMAT_VERSION) < 2:
+        expected.discard(FRAME_TABLE_EXT)         # version 1 shards hold no frame table
     if set(members) != expected:
         report.error(f"{where}: members {sorted(members)} != expected {sorted(expected)}")
         return
@@ -696,9 +748,14 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
         frames = decode_video_frames(data["mp4"])
         if frames.shape != (num_frames, meta["height"], meta["width"], 3):
             report.error(f"{where}.mp4: frames {frames.shape} != ({num_frames}, {meta['height']}, {meta['width']}, 3)")
-        if min(meta["height"], meta["width"]) != encoding.get("short_side", DEFAULT_SHORT_SIDE):
-            report.error(f"{where}.mp4: short side {min(meta['height'], meta['width'])} != the encoding's")
-    except DecodeError as err:
+        side = encoding.get("short_side", DEFAULT_SHORT_SIDE)
+        if min(meta["height"], meta["width"]) != side:
+            report.error(f"{where}.mp4: short side {min(meta['height'], meta['width'])} != the encoding's {side}")
+        if encoding.get("crop", False) and meta["height"] != meta["width"]:
+            report.error(f"{where}.mp4: {meta['width']}x{meta['height']} is not the encoding's square crop")
+        if FRAME_TABLE_EXT in data and data[FRAME_TABLE_EXT] != frame_table(data["mp4"], meta["width"], meta["height"]):
+            report.error(f"{where}.{FRAME_TABLE_EXT}: does not match the frame table of the mp4")
+    except (DecodeError, Mp4LayoutError) as err:
         report.error(f"{where}.mp4: {err}")
     try:
         wave, rate = decode_audio(data["flac"])
@@ -725,9 +782,9 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
     out = Path(out)
     report = VerifyReport()
     try:
-        meta_all = json.loads((out / "dataset.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        report.error(f"{out}/dataset.json: {err}")
+        meta_all = load_dataset_json(out)
+    except (OSError, ValueError) as err:
+        report.error(str(err))
         return report
     for key_name in ("format_version", "shards", "classes", "label_vocabulary", "labellers", "encoding"):
         if key_name not in meta_all:
@@ -791,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="split for inputs whose manifest row names none")
     parser.add_argument("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD)
     parser.add_argument("--short-side", type=int, default=DEFAULT_SHORT_SIDE, help="stored frame short side (px)")
+    parser.add_argument("--no-crop", dest="crop", action="store_false",
+                        help="keep the whole frame (short side resized) instead of CAV-MAE's centre square")
     parser.add_argument("--codec", default="vp9", choices=sorted(CODECS), help="stored video codec")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="segment length from `start`")
     parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
@@ -811,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("expected SRC OUT (or --verify OUT)")
     if args.short_side < 2 or args.short_side % 2:
         parser.error("--short-side must be even and positive")
-    settings = EncodeSettings(short_side=args.short_side, codec=args.codec, seconds=args.seconds,
+    settings = EncodeSettings(short_side=args.short_side, crop=args.crop, codec=args.codec, seconds=args.seconds,
                               min_seconds=args.min_seconds, allow_silent=args.allow_silent)
     try:
         summary = write_shards(args.paths[0], args.paths[1], workers=args.workers, split=args.split,

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 import torch
 
 from deteclap.config import Config, add_config_args, load_config
+from deteclap.shard import load_dataset_json
 
 LATEST = "latest"
 SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
@@ -120,15 +121,6 @@ class RunDir:
 
 # ----------------------------------------------------------------------------------------------
 # model, data, objective
-def dataset_info(shards: str) -> dict[str, Any]:
-    """dataset.json of a shard folder (the class and label vocabularies live there)."""
-    path = Path(shards) / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dataset.json; is {shards!r} a folder written by "
-                                f"`python -m deteclap.shard`?")
-    return json.loads(path.read_text())
-
-
 def load_pretrained(model: torch.nn.Module, pretrained: str) -> None:
     """Load a pretraining checkpoint (model.pt, checkpoint or run folder, official CAV-MAE file) into
     a CAVMAEFT; raise when it leaves encoder weights missing (only the new head may be missing)."""
@@ -262,7 +254,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         (run.root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    info = dataset_info(cfg.data.train_shards)
+    info = load_dataset_json(cfg.data.train_shards)
     objective, groups = build_objective(cfg, info)
     optimizer = build_optimizer(groups, cfg.optim, device)
     scheduler = build_scheduler(optimizer, cfg.optim)

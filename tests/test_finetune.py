@@ -60,10 +60,11 @@ def pretrained(tmp_path_factory) -> Path:
 
 def test_pretrained_encoder_weights_load_and_head_gets_its_lr(pretrained, shard_dir):
     from deteclap.config import load_config
-    from deteclap.train import build_objective, dataset_info
+    from deteclap.shard import load_dataset_json
+    from deteclap.train import build_objective
 
     state = torch.load(pretrained, weights_only=True)
-    info = dataset_info(str(shard_dir))
+    info = load_dataset_json(shard_dir)
     for source, should_match in (("", False), (str(pretrained), True)):
         cfg = load_config(CONFIG, settings(shard_dir, **{"finetune.pretrained": source}))
         torch.manual_seed(0)
@@ -81,23 +82,25 @@ def test_pretrained_encoder_weights_load_and_head_gets_its_lr(pretrained, shard_
 
 def test_pretrained_without_encoder_weights_is_refused(pretrained, shard_dir, tmp_path):
     from deteclap.config import load_config
-    from deteclap.train import build_objective, dataset_info
+    from deteclap.shard import load_dataset_json
+    from deteclap.train import build_objective
 
     state = torch.load(pretrained, weights_only=True)
     partial = tmp_path / "partial.pt"
     torch.save({k: v for k, v in state.items() if not k.startswith("blocks_a")}, partial)
     cfg = load_config(CONFIG, settings(shard_dir, **{"finetune.pretrained": str(partial)}))
     with pytest.raises(RuntimeError, match="missing encoder weights.*blocks_a"):
-        build_objective(cfg, dataset_info(str(shard_dir)))
+        build_objective(cfg, load_dataset_json(shard_dir))
 
 
 def test_mixup_in_pretraining_fails_at_start_up(shard_dir):
     from deteclap.config import load_config
-    from deteclap.train import build_objective, dataset_info
+    from deteclap.shard import load_dataset_json
+    from deteclap.train import build_objective
 
     cfg = load_config(REPO / "configs" / "tiny.json", ["data.mixup=0.5", "labels.variant=cavmae"])
     with pytest.raises(ValueError, match="mixup"):
-        build_objective(cfg, dataset_info(str(shard_dir)))
+        build_objective(cfg, load_dataset_json(shard_dir))
 
 
 @pytest.mark.parametrize("task,metric,term", [("single_label", "accuracy", "ce"), ("multi_label", "mAP", "bce")])

@@ -1,9 +1,10 @@
 """Reference PyTorch loader (deteclap.data.loader) on real shards: batch dict, per-rank split,
-resume, corrupt / missing members (raise naming shard and key, or skip and count); build()."""
+resume, bad samples in both loaders (raise naming shard and key, or skip and count); build()."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -25,9 +26,11 @@ Edit = Callable[[str, str, bytes], "bytes | None"]
 
 
 def rewrite_shards(src: Path, dst: Path, edit: Edit, add_scores: bool = False) -> Path:
-    """Copy src's train tars to dst (no .idx: the index would be stale) through `edit(key, ext, data)`
-    (None drops the member); `add_scores` adds a `KEY.truth.f16` member (seeded by the key)."""
+    """Copy src's train tars (no .idx: the index would be stale) and dataset.json to dst through
+    `edit(key, ext, data)` (None drops the member); `add_scores` adds a `KEY.truth.f16` member (seeded
+    by the key, also passed through `edit`)."""
     dst.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "dataset.json", dst / "dataset.json")
     for tar in sorted(src.glob("train-*.tar")):
         with tarfile.open(tar) as source, tarfile.open(dst / tar.name, "w") as out:
             members = [m for m in source.getmembers() if m.isfile()]
@@ -39,7 +42,9 @@ def rewrite_shards(src: Path, dst: Path, edit: Edit, add_scores: bool = False) -
                     _add(out, member.name, data)
                 if add_scores and last_of_key[key] == member.name:
                     rng = np.random.default_rng(zlib.crc32(key.encode()))
-                    _add(out, f"{key}.truth.f16", rng.random(NUM_LABELS).astype("<f2").tobytes())
+                    scores = edit(key, "truth.f16", rng.random(NUM_LABELS).astype("<f2").tobytes())
+                    if scores is not None:
+                        _add(out, f"{key}.truth.f16", scores)
     return dst
 
 
@@ -50,12 +55,20 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def corrupt(target_key: str, target_ext: str) -> Edit:
-    """Edit that truncates and garbles one member of one sample ("-ext": drops the member)."""
+    """Edit that truncates and garbles one member of one sample ("-ext": drops the member; "22k.flac":
+    the same audio labelled 22.05 kHz)."""
     def edit(key: str, ext: str, data: bytes) -> bytes | None:
-        if key != target_key or ext != target_ext.lstrip("-"):
+        if key != target_key or ext != target_ext.lstrip("-").removeprefix("22k."):
             return data
         if target_ext.startswith("-"):
             return None
+        if target_ext == "22k.flac":
+            import soundfile
+
+            wave, _ = soundfile.read(io.BytesIO(data), dtype="int16")
+            out = io.BytesIO()
+            soundfile.write(out, wave, 22050, format="FLAC")
+            return out.getvalue()
         return data[: len(data) // 3] + b"\x00garbage" * 64
     return edit
 
@@ -120,19 +133,39 @@ def test_resume_skips_batches(shard_dir: Path) -> None:
     assert other_epoch != full                                       # shuffled per epoch
 
 
-@pytest.mark.parametrize("ext,reason", [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member")])
-def test_bad_member_raise_or_skip(shard_dir: Path, tmp_path: Path, ext: str, reason: str) -> None:
+def _dali_available() -> bool:
+    from deteclap.data import dali_available
+
+    return dali_available()
+
+
+BAD_SAMPLES = [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member"),
+               ("22k.flac", "bad_audio"), ("truth.f16", "bad_scores")]
+LOADERS = ["reference", pytest.param("dali", marks=pytest.mark.skipif(not _dali_available(), reason="no DALI"))]
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("ext,reason", BAD_SAMPLES)
+def test_bad_sample_raise_or_skip(shard_dir: Path, tmp_path: Path, loader: str, ext: str, reason: str) -> None:
+    """Both loaders: a DataError naming shard, key and reason, or (on_error=skip) the sample left out and
+    counted; never a silent zero tensor."""
+    if loader == "dali":
+        from dali_pipes.iterator import build_dali_loader as make
+    else:
+        make = build_loader
+    device = {"device": "cpu"} if loader == "dali" else {}
     bad_key = all_keys(shard_dir)[4]
-    shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(bad_key, ext))
-    cfg = make_cfg(shards)
-    with pytest.raises(DataError, match=rf"train-000001\.tar: sample {bad_key}: {reason}"):
-        list(build_loader(cfg, train=False))
+    shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(bad_key, ext), add_scores=True)
+    cfg = make_cfg(shards, variant="or")
+    with pytest.raises(DataError) as raised:
+        list(make(cfg, train=False, **device))
+    assert "train-000001.tar" in str(raised.value) and bad_key in str(raised.value), raised.value
+    assert reason in str(raised.value), raised.value
     cfg.data.on_error = "skip"
-    loader = build_loader(cfg, train=False)
-    keys = [k for b in loader for k in b["keys"]]
+    skipping = make(cfg, train=False, **device)
+    keys = [k for b in skipping for k in b["keys"]]
     assert keys == [k for k in all_keys(shard_dir) if k != bad_key]
-    assert loader.skipped == {reason: 1}
-    assert loader.skipped_samples[0].key == bad_key
+    assert skipping.skipped == {reason: 1} and skipping.skipped_samples[0].key == bad_key
 
 
 def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:
@@ -142,6 +175,25 @@ def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:
         assert isinstance(loader, ReferenceLoader)
     cfg.data.loader = "reference"
     assert isinstance(build(cfg, train=False), ReferenceLoader)
+
+
+@pytest.mark.parametrize("shape", [(224, 224, 3), (256, 342, 3)], ids=["stored-square", "whole-frame"])
+def test_frame_preparation_is_cav_mae_preprocessing(shape: tuple[int, int, int]) -> None:
+    """frame_transform (uint8, PIL skipped for stored 224 squares) + normalize_frames on the batch give
+    exactly CAV-MAE's Resize(224, bicubic) / CenterCrop / ToTensor / Normalize of each frame."""
+    import PIL.Image
+    import torchvision.transforms as T
+
+    from deteclap.config import IMAGE_MEAN, IMAGE_STD
+    from deteclap.data.loader import frame_transform, normalize_frames
+
+    official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                          T.ToTensor(), T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
+    frames = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
+    ours = torch.stack([frame_transform(224)(frame) for frame in frames])
+    assert ours.dtype == torch.uint8 and ours.shape == (2, 3, 224, 224)
+    expected = torch.stack([official(PIL.Image.fromarray(frame)) for frame in frames])
+    assert torch.equal(normalize_frames(ours), expected)
 
 
 def test_decode_frame_decodes_the_same_frame(shard_dir: Path) -> None:

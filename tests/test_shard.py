@@ -81,30 +81,58 @@ def test_good_clips_arrive_and_bad_ones_are_reported(mixed_src, mixed_out, synth
     assert verify_shards(out).ok
 
 
-def _resized(frame_rgb: np.ndarray) -> np.ndarray:
-    """A source frame resized as the shard writer resizes (bicubic, 342 x 256) -> float32 [H, W, 3]."""
-    frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
-    return frame.reformat(342, 256, interpolation="BICUBIC").to_ndarray(format="rgb24").astype(np.float32)
+def _cav_mae_frame(frame_rgb: np.ndarray) -> np.ndarray:
+    """A source frame as CAV-MAE's extraction stores it (torchvision Resize(224, bicubic) + CenterCrop(224)
+    on a PIL image) -> float32 [224, 224, 3]."""
+    import PIL.Image
+    import torchvision.transforms as T
+
+    prepare = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)])
+    return np.asarray(prepare(PIL.Image.fromarray(frame_rgb)), np.float32)
+
+
+def _check_instants(members: dict[str, bytes], source: np.ndarray, prepare) -> None:
+    """The stored frames are `prepare`d source frames at CAV-MAE's instants (not their neighbours)."""
+    stored = decode_video_frames(members["mp4"]).astype(np.float32)
+    instants = frame_instants(len(source))
+    assert json.loads(members["json"])["frame_indices"] == instants == [i * 30 // 10 for i in range(10)]
+    errors = [np.abs(stored[i] - prepare(source[idx])).mean() for i, idx in enumerate(instants)]
+    shifted = [np.abs(stored[i] - prepare(source[idx + 1])).mean() for i, idx in enumerate(instants)]
+    assert max(errors) < VIDEO_MAE_TOLERANCE, errors
+    assert np.mean(errors) < np.mean(shifted)       # the right instants, not their neighbours
 
 
 def test_frames_are_the_cav_mae_instants(mixed_out, synth_dir):
     out, _ = mixed_out
     for key, members in _samples(out).items():
         meta = json.loads(members["json"])
-        stored = decode_video_frames(members["mp4"]).astype(np.float32)
-        assert stored.shape == (10, 256, 342, 3) and (meta["width"], meta["height"]) == (342, 256)
-        source = decode_video_frames((synth_dir / f"{key}.mp4").read_bytes())
-        instants = frame_instants(len(source))
-        assert meta["frame_indices"] == instants == [i * 30 // 10 for i in range(10)]
-
-        errors = [np.abs(stored[i] - _resized(source[idx])).mean() for i, idx in enumerate(instants)]
-        shifted = [np.abs(stored[i] - _resized(source[idx + 1])).mean() for i, idx in enumerate(instants)]
-        assert max(errors) < VIDEO_MAE_TOLERANCE, errors
-        assert np.mean(errors) < np.mean(shifted)       # the right instants, not their neighbours
+        stored = decode_video_frames(members["mp4"])
+        assert stored.shape == (10, 224, 224, 3) and (meta["width"], meta["height"]) == (224, 224)
+        _check_instants(members, decode_video_frames((synth_dir / f"{key}.mp4").read_bytes()), _cav_mae_frame)
         with av.open(io.BytesIO(members["mp4"])) as container:
             packets = [p for p in container.demux(container.streams.video[0]) if p.size]
             assert container.streams.video[0].codec_context.name == "vp9"
             assert len(packets) == 10 and all(p.is_keyframe for p in packets)
+        table = np.frombuffer(members["frames"], "<u4")          # KEY.frames: w, h, (offset, size) x 10
+        assert table[:2].tolist() == [224, 224] and len(table) == 22
+        assert [bytes(p) for p in packets] == [members["mp4"][o:o + n] for o, n in table[2:].reshape(-1, 2)]
+
+
+def test_no_crop_keeps_the_whole_frame(synth_dir, tmp_path):
+    """--no-crop --short-side 256: the 64x48 source at 342x256 (short side 256, long side even)."""
+    out = tmp_path / "out"
+    assert main([str(synth_dir), str(out), "--no-crop", "--short-side", "256", "--quiet"]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["encoding"]["crop"] is False and meta["format_version"] == 2
+    key, members = next(iter(_samples(out).items()))
+    assert np.frombuffer(members["frames"], "<u4")[:2].tolist() == [342, 256]
+
+    def resized(frame_rgb: np.ndarray) -> np.ndarray:
+        frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+        return frame.reformat(342, 256, interpolation="BICUBIC").to_ndarray(format="rgb24").astype(np.float32)
+
+    _check_instants(members, decode_video_frames((synth_dir / f"{key}.mp4").read_bytes()), resized)
+    assert verify_shards(out).ok
 
 
 def test_audio_is_the_first_channel_at_16k(mixed_out, synth_dir):
@@ -131,7 +159,7 @@ def test_dataset_json_and_class_vectors(shard_dir, synth_dir):
     vocabulary = (REPO / "deteclap/assets/oiv7_classes.txt").read_text().split("\n")
     assert meta["label_vocabulary"] == [v for v in vocabulary if v]
     assert meta["classes"] == sorted({t["class"] for t in truth.values()})
-    assert meta["labellers"] == [] and meta["format_version"] == 1
+    assert meta["labellers"] == [] and meta["format_version"] == 2
     assert [s["samples"] for s in meta["shards"]] == [3, 3, 2]
     assert [s["tar"] for s in meta["shards"]] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     for key, members in _samples(shard_dir).items():
@@ -168,7 +196,7 @@ def test_dali_reads_the_shards_with_index_on_cpu(shard_dir):
     pipeline = pipe()
     pipeline.build()
     frames, wave, cls = pipeline.run()
-    assert all(frames.at(i).shape == (10, 256, 342, 3) for i in range(4))
+    assert all(frames.at(i).shape == (10, 224, 224, 3) for i in range(4))
     assert all(np.asarray(wave.at(i)).size == 48000 for i in range(4))    # [48000] or [48000, 1]
     assert all(cls.at(i).sum() == 1 for i in range(4))
 
@@ -209,9 +237,17 @@ def test_verify_detects_a_corrupted_member(shard_dir, tmp_path):
     with open(out / "train-000001.tar", "r+b") as f:
         f.seek(offset + size // 4)
         f.write(b"\xff" * (size // 2))
+    first = (out / "train-000000.idx").read_text().splitlines()[1].split()
+    table_offset = int(first[first.index("frames") + 1])
+    with open(out / "train-000000.tar", "r+b") as f:      # frame 0's offset in KEY.frames, moved by one
+        f.seek(table_offset + 8)
+        value = int.from_bytes(f.read(4), "little")
+        f.seek(table_offset + 8)
+        f.write((value + 1).to_bytes(4, "little"))
     report = verify_shards(out)
     assert not report.ok and report.samples == 8
     assert any("train-000001.tar" in e and ".mp4" in e for e in report.errors), report.errors
+    assert any("train-000000.tar" in e and ".frames: does not match" in e for e in report.errors), report.errors
     assert main(["--verify", str(out), "--quiet"]) == 1
     assert main(["--verify", str(shard_dir), "--quiet"]) == 0
 

@@ -4,10 +4,11 @@ Owns the shard listing shared with dali_pipes (`resolve_shards`, `scan_samples`,
 `build_loader(cfg, train, rank, world_size, epoch)`. Per sample (in DataLoader workers): the tar
 is read with python's tarfile (members grouped by key as webdataset does: key = name up to the
 first dot), ONLY the sampled frame decoded (its bytes found in the mp4 sample table,
-deteclap.data.mp4, and decoded by a reused decoder), resized on a PIL image exactly like CAV-MAE
-(T.Resize(224, BICUBIC) + CenterCrop + ToTensor + Normalize), the FLAC decoded with soundfile.
-Per batch: the Kaldi fbank of deteclap.audio on the padded waves (in the workers on the CPU, in
-the main process on a GPU or with mixup), SpecAugment / noise in training, targets from
+deteclap.data.mp4, and decoded by a reused decoder), resized and cropped exactly like CAV-MAE
+(PIL T.Resize(224, BICUBIC) + CenterCrop, skipped for frames stored at 224 x 224) and kept as
+uint8, the FLAC decoded with soundfile. Per batch: ToTensor + Normalize's ops on the frames
+(`normalize_frames`), the Kaldi fbank of deteclap.audio on the padded waves (in the workers on the
+CPU, in the main process on a GPU or with mixup), SpecAugment / noise in training, targets from
 deteclap.data.targets. Workers flush denormals; the main process finishes a batch on one torch
 thread on the CPU (`single_cpu_thread`).
 
@@ -23,12 +24,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
-import json
 import os
 import random
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +71,12 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     """
     if not spec:
         raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
+    from deteclap.shard import DATASET_JSON, load_dataset_json
+
     root = Path(spec)
     if root.is_dir():
-        meta = root / "dataset.json"
-        if meta.is_file():  # its shard list leaves out tars whose every input failed (empty markers)
-            listed = json.loads(meta.read_text()).get("shards", [])
+        if (root / DATASET_JSON).is_file():  # its shard list leaves out tars whose every input failed
+            listed = load_dataset_json(root).get("shards", [])
             tars = sorted(root / row["tar"] for row in listed if row["split"] == split)
         else:
             tars = sorted(root.glob(f"{split}-*.tar"))
@@ -87,6 +88,27 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     if not tars:
         raise FileNotFoundError(f"{spec}: no tar file matches")
     return tars
+
+
+def _dataset_json(spec: str) -> dict[str, Any]:
+    """dataset.json of a shard-folder spec; {} for a glob of tars (nothing known)."""
+    from deteclap.shard import DATASET_JSON, load_dataset_json
+
+    return load_dataset_json(spec) if (Path(spec) / DATASET_JSON).is_file() else {}
+
+
+def stored_frame_side(spec: str) -> int | None:
+    """The side of the square frames a shard folder stores (its dataset.json encoding: `crop`, the
+    writer's default, at `short_side`), or None: whole frames, or no dataset.json (a glob of tars)."""
+    encoding = _dataset_json(spec).get("encoding", {})
+    return encoding.get("short_side") if encoding.get("crop") else None
+
+
+def score_bytes(spec: str) -> int | None:
+    """Bytes of every `KEY.<labeller>.f16` member: 2 per class of dataset.json's label_vocabulary
+    (None without dataset.json)."""
+    vocabulary = _dataset_json(spec).get("label_vocabulary")
+    return None if vocabulary is None else 2 * len(vocabulary)
 
 
 def index_path(tar: Path) -> Path:
@@ -155,13 +177,31 @@ class Skipped:
     reason: str
 
 
-def frame_transform(img_size: int) -> Any:
-    """CAV-MAE's image preprocessing on a PIL image (src/dataloader.py)."""
+def frame_transform(img_size: int) -> Callable[[np.ndarray], torch.Tensor]:
+    """CAV-MAE's image geometry (src/dataloader.py: PIL Resize(img_size, bicubic) + CenterCrop) as a
+    function of a uint8 RGB array [H, W, 3] -> uint8 [3, img_size, img_size]; `normalize_frames`
+    does its ToTensor + Normalize on the batch. A frame stored at img_size x img_size (the shard
+    writer's default, resized and cropped as CAV-MAE's extraction does) skips PIL: Resize and
+    CenterCrop leave it as it is. uint8 frames are 4x fewer bytes for the workers to hand over."""
     import PIL.Image
     import torchvision.transforms as T
 
-    return T.Compose([T.Resize(img_size, interpolation=PIL.Image.BICUBIC), T.CenterCrop(img_size),
-                      T.ToTensor(), T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
+    resize_crop = T.Compose([T.Resize(img_size, interpolation=PIL.Image.BICUBIC), T.CenterCrop(img_size)])
+
+    def transform(frame: np.ndarray) -> torch.Tensor:
+        if frame.shape[:2] != (img_size, img_size):
+            frame = np.array(resize_crop(PIL.Image.fromarray(frame)))
+        return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+
+    return transform
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB [B, 3, H, W] -> float32 CAV-MAE-normalised: torchvision's ToTensor + Normalize ops
+    (x / 255, then (x - mean) / std per channel), so the values are the same."""
+    mean = torch.tensor(IMAGE_MEAN, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=frames.device).view(3, 1, 1)
+    return frames.float().div(255).sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=4)
@@ -174,8 +214,8 @@ def _frame_decoder(codec: str, process: int) -> Any:
     return context
 
 
-def decode_frame(data: bytes, index: int) -> Any:
-    """Frame `index` (decoding order) of an in-memory video as a PIL RGB image, decoding ONLY that frame.
+def decode_frame(data: bytes, index: int) -> np.ndarray:
+    """Frame `index` (decoding order) of an in-memory video as uint8 RGB [H, W, 3], decoding ONLY that frame.
 
     The shards store every frame as a key frame (shards/FORMAT.md), so sample `index` decodes on
     its own: its bytes are found in the mp4's sample table (deteclap.data.mp4) and go to a decoder
@@ -184,7 +224,6 @@ def decode_frame(data: bytes, index: int) -> Any:
     on bad data or an index past the last frame. Both give the same pixels.
     """
     import av
-    import PIL.Image
 
     from deteclap.data.decode import DecodeError, decode_video_frames
     from deteclap.data.mp4 import Mp4LayoutError, find_sample
@@ -197,12 +236,12 @@ def decode_frame(data: bytes, index: int) -> Any:
             decoder = _frame_decoder(sample.codec, os.getpid())
             frames = decoder.decode(av.Packet(data[sample.offset: sample.offset + sample.size]))
             if frames:
-                return frames[0].to_image()
+                return frames[0].to_ndarray(format="rgb24")
     except Mp4LayoutError:
         pass                                  # the full decode below says what is wrong, if anything
     except av.FFmpegError:
         _frame_decoder.cache_clear()          # a fresh decoder next time; the full decode reports
-    return PIL.Image.fromarray(decode_video_frames(data, [index])[0])
+    return decode_video_frames(data, [index])[0]
 
 
 def preload_decoders() -> None:
@@ -243,8 +282,9 @@ def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 class ShardSamples(torch.utils.data.IterableDataset):
     """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
 
-    def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int) -> None:
-        self.tars, self.cfg, self.train, self.seed = tars, cfg, train, seed
+    def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None
+                 ) -> None:
+        self.tars, self.cfg, self.train, self.seed, self.score_size = tars, cfg, train, seed, score_size
         self.exts = required_members(cfg)
 
     def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
@@ -269,6 +309,9 @@ class ShardSamples(torch.utils.data.IterableDataset):
             raise DataError("bad_audio", f"{len(wave)} samples at {rate} Hz (need >= 1 window at 16 kHz)")
         scores = {}
         for ext in self.exts[4:]:
+            if self.score_size is not None and len(members[ext]) != self.score_size:
+                raise DataError("bad_scores", f"{ext}: {len(members[ext])} bytes, not {self.score_size} "
+                                              f"(float16 per class of dataset.json's label_vocabulary)")
             scores[ext[: -len(SCORE_SUFFIX)]] = torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
         return {"key": key, "frame": transform(frame), "wave": torch.from_numpy(wave),
                 "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
@@ -379,6 +422,8 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
         scores = {name: value[keep] for name, value in scores.items()}
         fbank = None if fbank is None else fbank[keep]
     frames = frames.to(device, non_blocking=True)
+    if frames.dtype == torch.uint8:            # the reference loader's frames (DALI's come normalised)
+        frames = normalize_frames(frames)
     classes = classes.to(device=device, dtype=torch.float32, non_blocking=True)
     if fbank is None:
         waves = waves.to(device, non_blocking=True)
@@ -431,6 +476,7 @@ class ReferenceLoader:
         self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
+        self.score_size = score_bytes(spec)
         self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)
         self.skipped: Counter[str] = Counter()
         self.skipped_samples: list[Skipped] = []
@@ -458,7 +504,7 @@ class ReferenceLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         data = self.cfg.data
         preload_decoders()
-        dataset = ShardSamples(self.tars, self.cfg, self.train, seed=epoch_seed(data.seed, self.epoch))
+        dataset = ShardSamples(self.tars, self.cfg, self.train, epoch_seed(data.seed, self.epoch), self.score_size)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does

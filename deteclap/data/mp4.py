@@ -80,12 +80,12 @@ def _uints(data: bytes, at: int, fmt: str) -> tuple[int, ...]:
     return struct.unpack_from(f">{count}{fmt}", data, at + 4)
 
 
-def find_sample(data: bytes, index: int) -> Sample:
-    """Where sample `index` (0-based, decoding order) of a single-track mp4 lies.
+def read_samples(data: bytes) -> list[Sample]:
+    """Where every sample (frame, in decoding order) of a single-track mp4 lies.
 
     Raises:
-        Mp4LayoutError: not a single-track mp4 with a readable sample table, an unknown codec,
-            or `index` out of range.
+        Mp4LayoutError: not a single-track mp4 with a readable sample table, an unknown codec, or
+            a sample past the end of the file.
     """
     try:
         tables = _tables(data)
@@ -99,10 +99,8 @@ def find_sample(data: bytes, index: int) -> Sample:
         raise Mp4LayoutError(f"sample table truncated: {err}") from err
     if entry_format not in CODECS:
         raise Mp4LayoutError(f"codec {entry_format!r} not in {sorted(CODECS)}")
-    if not 0 <= index < count:
-        raise Mp4LayoutError(f"sample {index} out of range ({count} samples)")
     firsts, per_chunk = runs[0::3], runs[1::3]
-    sample = 0
+    samples: list[Sample] = []
     for run, first in enumerate(firsts):
         last = firsts[run + 1] - 1 if run + 1 < len(firsts) else len(offsets)
         for chunk in range(first, last + 1):
@@ -110,11 +108,26 @@ def find_sample(data: bytes, index: int) -> Sample:
                 raise Mp4LayoutError(f"chunk {chunk} past the {len(offsets)} chunk offsets")
             offset = offsets[chunk - 1]
             for _ in range(per_chunk[run]):
-                if sample == index:
-                    if offset + sizes[sample] > len(data):
-                        raise Mp4LayoutError(f"sample {index} ends past the file ({len(data)} bytes)")
-                    keyframe = sync is None or index + 1 in sync
-                    return Sample(offset, sizes[sample], CODECS[entry_format], keyframe)
-                offset += sizes[sample]
-                sample += 1
-    raise Mp4LayoutError(f"sample {index} not in any chunk")
+                if len(samples) == count:
+                    return samples
+                size = sizes[len(samples)]
+                if offset + size > len(data):
+                    raise Mp4LayoutError(f"sample {len(samples)} ends past the file ({len(data)} bytes)")
+                keyframe = sync is None or len(samples) + 1 in sync
+                samples.append(Sample(offset, size, CODECS[entry_format], keyframe))
+                offset += size
+    if len(samples) != count:
+        raise Mp4LayoutError(f"the chunks hold {len(samples)} of the {count} samples")
+    return samples
+
+
+def find_sample(data: bytes, index: int) -> Sample:
+    """Where sample `index` (0-based, decoding order) of a single-track mp4 lies.
+
+    Raises:
+        Mp4LayoutError: as `read_samples`, or `index` out of range.
+    """
+    samples = read_samples(data)
+    if not 0 <= index < len(samples):
+        raise Mp4LayoutError(f"sample {index} out of range ({len(samples)} samples)")
+    return samples[index]

@@ -28,9 +28,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deteclap.shard import DATASET_JSON, load_dataset_json  # noqa: F401 (store.load_dataset_json is used)
+
 SCORE_DTYPE = np.dtype("<f2")      # raw little-endian float16
 SCORE_SUFFIX = "f16"
-DATASET_JSON = "dataset.json"
 INDEX_SUFFIX = ".idx"
 Sample = dict[str, Any]            # {"__key__": key, "<ext>": bytes, ...} (ext = after the key's first dot)
 
@@ -90,13 +91,6 @@ def iter_samples(tar_path: str | Path) -> Iterator[Sample]:
 
     for key, members in iter_tar_samples(Path(tar_path)):
         yield {"__key__": key, **members}
-
-def load_dataset_json(shards_dir: str | Path) -> dict[str, Any]:
-    path = Path(shards_dir) / DATASET_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {shards_dir} a shard folder (python -m deteclap.shard)?")
-    return json.loads(path.read_text())
-
 
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
