@@ -17,7 +17,9 @@ deteclap/train.py does) and in every DataLoader worker (worker_init_fn); a fresh
 epoch, as the trainers build them (so epoch starts are inside the timed batches).
 
 Each loader is timed `--repeats` times over `--batches` batches after `--warmup` untimed ones
-(worker start-up, pipeline build); the result keeps the median run and every run's clips/s.
+(worker start-up, pipeline build), the loaders taking turns (run 1 of each, then run 2 of each,
+...: the shared machine's slow spells hit all of them); the result keeps each loader's median run
+and every run's clips/s.
 MB/s counts the bytes of the finished fbank + frames tensors; `epoch_first_batch_ms` /
 `other_batch_ms` are the mean waits for an epoch's first batch (loader start-up, shuffle-buffer
 fill, prefetch) and for the others. `--profile` adds, per loader, the
@@ -89,30 +91,31 @@ def _mean_ms(seconds: list[float]) -> float | None:
     return round(1000 * sum(seconds) / len(seconds), 1) if seconds else None
 
 
-def time_loader(name: str, make: Callable[[], Iterator[dict]], warmup: int, count: int, repeats: int
-                ) -> dict[str, Any]:
-    """`repeats` runs of warmup + count batches from a fresh `make()`; the median run's clips/s and MB/s."""
+def time_run(make: Callable[[], Iterator[dict]], warmup: int, count: int) -> dict[str, Any]:
+    """One run: warmup + count batches from a fresh `make()`; clips/s, MB/s and the waits."""
     import torch
 
-    runs = []
-    for _ in range(repeats):
-        batches = make()
-        for _ in range(warmup):
-            next(batches)
-        clips, nbytes, waits = 0, 0, {True: [], False: []}
-        start = time.perf_counter()
-        for _ in range(count):
-            before = time.perf_counter()
-            batch = next(batches)
-            if batch["fbank"].is_cuda:
-                torch.cuda.synchronize()
-            waits[batch[EPOCH_START]].append(time.perf_counter() - before)
-            clips += batch["fbank"].shape[0]
-            nbytes += sum(batch[k].element_size() * batch[k].nelement() for k in ("fbank", "frames"))
-        seconds = time.perf_counter() - start
-        runs.append({"clips_per_s": clips / seconds, "mb_per_s": nbytes / MB / seconds, "clips": clips,
-                     "seconds": seconds, "epoch_first_batch_ms": _mean_ms(waits[True]),
-                     "other_batch_ms": _mean_ms(waits[False]), "epoch_starts_timed": len(waits[True])})
+    batches = make()
+    for _ in range(warmup):
+        next(batches)
+    clips, nbytes, waits = 0, 0, {True: [], False: []}
+    start = time.perf_counter()
+    for _ in range(count):
+        before = time.perf_counter()
+        batch = next(batches)
+        if batch["fbank"].is_cuda:
+            torch.cuda.synchronize()
+        waits[batch[EPOCH_START]].append(time.perf_counter() - before)
+        clips += batch["fbank"].shape[0]
+        nbytes += sum(batch[k].element_size() * batch[k].nelement() for k in ("fbank", "frames"))
+    seconds = time.perf_counter() - start
+    return {"clips_per_s": clips / seconds, "mb_per_s": nbytes / MB / seconds, "clips": clips,
+            "seconds": seconds, "epoch_first_batch_ms": _mean_ms(waits[True]),
+            "other_batch_ms": _mean_ms(waits[False]), "epoch_starts_timed": len(waits[True])}
+
+
+def summarise(name: str, runs: list[dict[str, Any]], warmup: int, count: int) -> dict[str, Any]:
+    """The median run of a loader (by clips/s), with every run's clips/s."""
     median = sorted(runs, key=lambda r: r["clips_per_s"])[len(runs) // 2]
     result = {"name": name, **median, "batch_ms": 1000 * median["seconds"] / count, "batches_timed": count,
               "warmup_batches": warmup, "runs_clips_per_s": [round(r["clips_per_s"], 1) for r in runs]}
@@ -311,11 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     flush_denormals()                      # as deteclap/train.py does in its main process
     names = [n for n in args.loaders.split(",") if n] + (["official_layout"] if args.official_layout else [])
     results = []
-    for name in names:
-        make = loader_maker(name, args, args.workers)
-        if make is None:
-            continue
-        result = time_loader(name, make, args.warmup, args.batches, args.repeats)
+    makers = {name: make for name in names if (make := loader_maker(name, args, args.workers)) is not None}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in makers}
+    for _ in range(args.repeats):           # interleaved: a slow spell of the machine hits every loader
+        for name, make in makers.items():
+            runs[name].append(time_run(make, args.warmup, args.batches))
+    for name, make in makers.items():
+        result = summarise(name, runs[name], args.warmup, args.batches)
         if args.profile:
             in_process = make if name.startswith("dali") else loader_maker(name, args, 0)
             result["profile"] = profile(in_process, PROFILE_BATCHES)
@@ -324,8 +329,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
         results.append(result)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    from deteclap.data.loader import resolve_shards, tar_sample_count
+
+    set_clips = sum(tar_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
     for r in results:
-        r.update(batch=args.batch, workers=args.workers, load_average_after=[float(x) for x in load])
+        r.update(batch=args.batch, workers=args.workers, set_clips=set_clips,
+                 load_average_after=[float(x) for x in load])
     out = write_result("loader", results, args.json)
     if results:
         plot(results, Path(args.plot))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -187,7 +188,7 @@ def pad_or_cut(fbank: Tensor, target_length: int) -> Tensor:
 
 def normalize_fbank(fbank: Tensor) -> Tensor:
     """(fbank - mean) / std with CAV-MAE's dataset statistics (-5.081, 4.4849)."""
-    return (fbank - FBANK_NORM_MEAN) / FBANK_NORM_STD
+    return (fbank - FBANK_NORM_MEAN).div_(FBANK_NORM_STD)
 
 
 def fbank_batch(waves: Tensor, lengths: Tensor, target_length: int, sample_rate: int = SAMPLE_RATE,
@@ -241,13 +242,28 @@ def spec_augment(fbank: Tensor, freqm: int, timem: int, generator: torch.Generat
     return _mask_along(fbank, timem, 1, generator)
 
 
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """U[0, 1) float32 on `device`. On the CPU from numpy's PCG64, seeded from the torch generator (so
+    runs stay reproducible): 5.5 ms instead of torch.rand's 9-14 ms for a [32, 1024, 128] batch."""
+    if device.type != "cpu":
+        return torch.rand(shape, generator=generator, device=device)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.from_numpy(np.random.default_rng(seed).random(shape, dtype=np.float32))
+
+
 def add_noise_and_roll(fbank: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """CAV-MAE's pretraining noise: fbank + rand * U(0,1) / 10, then a roll along time by a
-    per-sample shift in [-T, T). Applied to the normalised fbank [B, T, F] -> [B, T, F]."""
+    per-sample shift in [-T, T). Applied to the normalised fbank [B, T, F] -> [B, T, F].
+
+    The random numbers are drawn on the fbank's device (or the generator's): on a GPU, noise drawn
+    on the CPU cost ~70 ms per batch of 256 plus a 130 MB copy. The roll comes first and the noise
+    is added in place: the noise is i.i.d., so rolling it would change nothing."""
     batch, frames, bins = fbank.shape
-    scale = torch.rand(batch, 1, 1, generator=generator) / NOISE_SCALE
-    noise = torch.rand(batch, frames, bins, generator=generator) * scale
-    fbank = fbank + noise.to(device=fbank.device, dtype=fbank.dtype)
-    shift = torch.randint(-frames, frames, (batch, 1), generator=generator)
-    source = ((torch.arange(frames).unsqueeze(0) - shift) % frames).to(fbank.device)
-    return fbank[torch.arange(batch, device=fbank.device).unsqueeze(1), source]   # whole rows: no [B, T, F] index
+    device = fbank.device if generator is None else generator.device
+    scale = torch.rand(batch, 1, 1, generator=generator, device=device) / NOISE_SCALE
+    shift = torch.randint(-frames, frames, (batch, 1), generator=generator, device=device)
+    source = (torch.arange(frames, device=device).unsqueeze(0) - shift) % frames
+    rows = torch.arange(batch, device=device).unsqueeze(1)
+    rolled = fbank[rows.to(fbank.device), source.to(fbank.device)]   # whole rows: no [B, T, F] index
+    noise = _uniform((batch, frames, bins), generator, device).mul_(scale)
+    return rolled.add_(noise.to(device=fbank.device, dtype=fbank.dtype))

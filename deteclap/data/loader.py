@@ -201,7 +201,7 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     (x / 255, then (x - mean) / std per channel), so the values are the same."""
     mean = torch.tensor(IMAGE_MEAN, device=frames.device).view(3, 1, 1)
     std = torch.tensor(IMAGE_STD, device=frames.device).view(3, 1, 1)
-    return frames.float().div(255).sub_(mean).div_(std)
+    return frames.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=4)
