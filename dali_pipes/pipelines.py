@@ -54,7 +54,7 @@ class PipeSpec:
     eval_frame: int = 5
     pad_last_batch: bool = False
     prefetch_queue_depth: int = 2
-    codec: str = "vp9"                      # the shards' video codec (dataset.json encoding)
+    codec: str = "vp9"                      # the shards' video codec (read from the first mp4)
     resize: bool = True                     # False: the shards store img_size x img_size frames
 
 
@@ -144,8 +144,8 @@ def decode_frame(stream: Any, index: Any | None, gpu: bool) -> Any:
 def prepare_frame(frame: Any, img_size: int, frame_dtype: str, resize: bool = True) -> Any:
     """Resize short side to img_size (cubic, antialiased), centre crop, CAV-MAE normalise, CHW.
 
-    resize=False for frames stored at img_size x img_size: DALI's resize costs the same (~1.2 ms
-    per frame on one core) when it changes nothing, and the crop is then an identity too."""
+    resize=False for frames stored at img_size x img_size: DALI's resize costs as much (~1 ms per
+    frame on one core) when it changes nothing, and the crop is then an identity too."""
     from nvidia.dali import fn, types
 
     from deteclap.config import IMAGE_MEAN, IMAGE_STD

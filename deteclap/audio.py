@@ -91,9 +91,9 @@ def mel_banks(num_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE,
 def _mel_bands_cpu(num_bins: int, fft_size: int, sample_rate: int) -> list[tuple[int, int, int, Tensor]]:
     """The mel bank in CPU_MEL_GROUPS bands of consecutive filters: (first filter, end filter, first
     FFT bin, band weights [bins of the band, filters]), each band restricted to the FFT bins its
-    filters cover. A mel filter covers few bins, so the dense [*, 257] x [257, 128] product is ~87 %
-    zeros; the banded products sum the same non-zero terms (the same values up to float rounding)
-    in a third of the time (160 -> 53 us per 256 frames on one core)."""
+    filters cover. A mel filter covers few bins (the bank is 98.5 % zeros; the 8 bands hold 13 % of
+    its weights), so the banded products sum the same non-zero terms (the same values up to float
+    rounding) in a third of the dense product's time (160 -> 53 us per 256 frames on one core)."""
     banks = _mel_banks_cpu(num_bins, fft_size, sample_rate)
     step = -(-num_bins // CPU_MEL_GROUPS)
     bands = []

@@ -122,6 +122,7 @@ class EvalConfig:
     per_class: int = 5                # retrieval subset: this many clips per class (0 = all)
     batch_size: int = 64
     recall_at: tuple[int, ...] = (1, 5, 10)
+    average_frames: bool = False      # classification: mean probabilities over frames 0..num_frames-1
 
 
 @dataclass
@@ -129,6 +130,8 @@ class FinetuneConfig:
     task: str = ""                    # "" (pretraining) | single_label | multi_label
     pretrained: str = ""              # pretraining checkpoint to start from
     head_lr_scale: float = 100.0      # CAV-MAE's fine-tuning: new head at 100x the encoder lr
+    label_smooth: float = 0.0         # training targets s / K + (1 - s) y (CAV-MAE's recipes: 0.1)
+    average_from_step: int = 0        # > 0: RUN/model_wa.pt = mean of the checkpoints from this step on
     mode: str = "multimodal"          # multimodal | audioonly | videoonly
 
 

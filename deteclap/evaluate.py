@@ -8,7 +8,10 @@ L2-normalised, cosine similarity (one matrix product instead of its Python doubl
 each query the rank of its own pair; R@1/5/10, median rank, on `eval.per_class` clips per class
 (CAV-MAE: 5). sumR = the six recalls (R@1/5/10, both directions) added, as a percentage sum.
 a2v: audio queries retrieve visual items; v2a: the reverse. With a fine-tuning config
-(`finetune.task`) it reports accuracy (single-label, VGGSound) or mAP (multi-label, AudioSet).
+(`finetune.task`) it reports accuracy (single-label, VGGSound) or mAP (multi-label, AudioSet), on
+frame `data.eval_frame`, or with `eval.average_frames` as CAV-MAE reports it: softmax / sigmoid
+outputs averaged over the frame instants 0..num_frames-1 (one pass over the data per frame).
+Fine-tuned with `finetune.average_from_step`, pass RUN/model_wa.pt for CAV-MAE's weight average.
 """
 
 from __future__ import annotations
@@ -80,9 +83,9 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(aps) * 100) if aps else float("nan")
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Single-label top-1 accuracy in percent: logits, multi-hot labels [N, C]."""
-    return float((logits.argmax(1) == labels.argmax(1)).mean() * 100)
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Single-label top-1 accuracy in percent: scores (logits or probabilities), multi-hot labels [N, C]."""
+    return float((scores.argmax(1) == labels.argmax(1)).mean() * 100)
 
 
 def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
@@ -133,6 +136,30 @@ def collect(cfg: Config, model: torch.nn.Module, device: torch.device, finetune:
     return out
 
 
+def class_probabilities(cfg: Config, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """Fine-tuned model -> {"probs" [N, K] (softmax single-label, sigmoid multi-label), "classes",
+    "keys", "skipped", "frames"}: on data.eval_frame, or the mean over frames 0..num_frames-1 with
+    eval.average_frames (CAV-MAE's multi-frame evaluation)."""
+    import copy
+
+    frames = list(range(cfg.data.num_frames)) if cfg.eval.average_frames else [cfg.data.eval_frame]
+    total, first = None, None
+    for frame in frames:
+        frame_cfg = copy.deepcopy(cfg)
+        frame_cfg.data.eval_frame = frame
+        data = collect(frame_cfg, model, device, finetune=True)
+        logits = torch.from_numpy(data["logits"])
+        probs = logits.softmax(dim=-1) if cfg.finetune.task == "single_label" else logits.sigmoid()
+        if first is None:
+            first, total = data, probs.double()
+        elif data["keys"] != first["keys"]:
+            raise RuntimeError(f"frame {frame}: the evaluation loader gave other clips than for frame {frames[0]}")
+        else:
+            total += probs.double()
+    return {"probs": (total / len(frames)).numpy(), "classes": first["classes"], "keys": first["keys"],
+            "skipped": first["skipped"], "frames": frames}
+
+
 def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Metrics of a checkpoint on `data.eval_shards` (retrieval, or classification when fine-tuning)."""
     from deteclap.model import build_finetune_model, build_model, load_checkpoint
@@ -151,17 +178,17 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
         model = build_model(cfg.model, 0 if heads is None else int(heads.shape[0]))
     report = load_checkpoint(model, state)
     model.to(device)
-    data = collect(cfg, model, device, finetune)
+    data = class_probabilities(cfg, model, device) if finetune else collect(cfg, model, device, finetune)
     result: dict[str, Any] = {"checkpoint": str(path), "eval_shards": cfg.data.eval_shards,
                               "load_report": {"missing": list(report.missing), "unexpected": list(report.unexpected)},
                               "skipped_samples": data["skipped"]}
     if finetune:
-        probs = data["logits"]
+        probs = data["probs"]
         if cfg.finetune.task == "single_label":
             result["accuracy"] = accuracy(probs, data["classes"])
         else:
             result["mAP"] = mean_average_precision(probs, data["classes"])
-        result["num_clips"] = int(len(probs))
+        result["num_clips"], result["frames"] = int(len(probs)), data["frames"]
         return result
     subset = torch.from_numpy(per_class_subset(data["classes"], cfg.eval.per_class))
     result.update(retrieval_metrics(data["audio"][subset], data["visual"][subset], cfg.eval.recall_at))

@@ -7,7 +7,9 @@
 Writes under `run.out_dir`: config.json (the resolved config), metrics.jsonl (one object per logged
 step with `step`, `lr`, `samples_per_s` and every loss term), tb/ (TensorBoard scalars),
 checkpoints/step_XXXXXXXX/ (DeepSpeed state + model.pt, a plain state dict) with
-checkpoints/latest naming the newest complete one, and summary.json at the end.
+checkpoints/latest naming the newest complete one, and summary.json at the end. With
+finetune.average_from_step > 0 the model.pt of every checkpoint from that step on is kept and
+their mean written to model_wa.pt at the end (CAV-MAE's weight averaging).
 `--resume` continues from checkpoints/latest with the same optimiser, lr schedule, step, data
 position and random stream, so a killed run resumed reaches the same losses as an uninterrupted one.
 """
@@ -38,6 +40,8 @@ from deteclap.config import Config, add_config_args, load_config
 from deteclap.shard import load_dataset_json
 
 LATEST = "latest"
+MODEL_FILE = "model.pt"              # plain state dict in every checkpoint folder
+AVERAGED_MODEL_FILE = "model_wa.pt"  # finetune.average_from_step > 0: the weight average
 SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
 FINETUNE_HEAD = "mlp_head"  # the new fine-tuning layer (lr x finetune.head_lr_scale)
 
@@ -79,6 +83,11 @@ def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
+def step_of(tag: str) -> int:
+    """The step of a checkpoint folder name (step_00001234 -> 1234)."""
+    return int(tag.removeprefix("step_"))
+
+
 # ----------------------------------------------------------------------------------------------
 # the run folder
 class RunDir:
@@ -98,13 +107,33 @@ class RunDir:
         tmp.write_text(tag + "\n")
         os.replace(tmp, self.checkpoints / LATEST)
 
-    def prune(self, keep: int) -> None:
-        """Delete all but the newest `keep` complete checkpoints (never the one `latest` names)."""
+    def prune(self, keep: int, keep_models_from: int = 0) -> None:
+        """Delete all but the newest `keep` complete checkpoints (never the one `latest` names); of
+        those from step `keep_models_from` on (> 0) the model.pt stays, for weight averaging."""
         latest = self.latest_tag()
         tags = sorted(p.name for p in self.checkpoints.glob("step_*") if p.is_dir())
         for tag in tags[:-keep] if keep > 0 else []:
-            if tag != latest:
+            if tag == latest:
+                continue
+            if 0 < keep_models_from <= step_of(tag):
+                for path in (self.checkpoints / tag).iterdir():
+                    if path.name != MODEL_FILE:
+                        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+            else:
                 shutil.rmtree(self.checkpoints / tag, ignore_errors=True)
+
+    def average_models(self, from_step: int) -> dict[str, Any] | None:
+        """RUN/model_wa.pt = the mean of the model.pt of every checkpoint from `from_step` on
+        (CAV-MAE's weight averaging of its fine-tuning epochs); None when there is none."""
+        from deteclap.model.checkpoint import average_state_dicts, save_state_dict
+
+        tags = sorted(p.parent.name for p in self.checkpoints.glob(f"step_*/{MODEL_FILE}")
+                      if step_of(p.parent.name) >= from_step)
+        if not tags:
+            return None
+        save_state_dict(average_state_dicts([self.checkpoints / t / MODEL_FILE for t in tags]),
+                        self.root / AVERAGED_MODEL_FILE)
+        return {"path": str(self.root / AVERAGED_MODEL_FILE), "steps": [step_of(t) for t in tags]}
 
     def truncate_metrics(self, after_step: int) -> None:
         """On resume, drop logged lines past the checkpoint so the log reads as one run."""
@@ -211,7 +240,8 @@ def model_state_dict(engine: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def save(engine: Any, run: RunDir, step: int, client_state: dict[str, Any], rank: int, keep: int) -> str:
+def save(engine: Any, run: RunDir, step: int, client_state: dict[str, Any], rank: int, keep: int,
+         keep_models_from: int = 0) -> str:
     """Save DeepSpeed state + model.pt under checkpoints/step_N, then point `latest` at it.
 
     `latest` moves (atomically) only after every rank has finished writing, so a kill while
@@ -223,11 +253,11 @@ def save(engine: Any, run: RunDir, step: int, client_state: dict[str, Any], rank
     engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state=client_state, save_latest=False)
     state = model_state_dict(engine)
     if rank == 0:
-        save_state_dict(state, run.checkpoints / tag / "model.pt")
+        save_state_dict(state, run.checkpoints / tag / MODEL_FILE)
     torch.distributed.barrier()
     if rank == 0:
         run.set_latest(tag)
-        run.prune(keep)
+        run.prune(keep, keep_models_from)
     torch.distributed.barrier()
     return tag
 
@@ -345,7 +375,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                             writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
             client = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
-            save(engine, run, step, client, rank, cfg.run.keep_checkpoints)
+            save(engine, run, step, client, rank, cfg.run.keep_checkpoints, cfg.finetune.average_from_step)
     progress.close()
     elapsed = time.time() - start_time
     skipped.update(getattr(counted, "skipped", {}) or {})
@@ -358,6 +388,11 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                "final": {k: v for k, v in last_losses.items() if math.isfinite(v)},
                "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
                "skipped_samples": dict(skipped)}
+    if rank == 0 and cfg.finetune.average_from_step > 0:
+        summary["weight_average"] = run.average_models(cfg.finetune.average_from_step)
+        if summary["weight_average"] is None:
+            print(f"warning: no checkpoint at or after finetune.average_from_step={cfg.finetune.average_from_step}: "
+                  f"no {AVERAGED_MODEL_FILE} written")
     if rank == 0:
         (run.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if writer is not None:

@@ -64,6 +64,25 @@ def test_every_instant_matches_reference(shard_dir: Path, tmp_path: Path, tables
         assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL, (frame, diff.mean(), diff.max())
 
 
+def test_whole_frame_shards_are_resized_like_the_reference(synth_dir: Path, tmp_path: Path) -> None:
+    """Shards written with --no-crop (whole 342x256 frames): DALI resizes (cubic, antialiased) and crops
+    in the pipeline, the reference loader with PIL; same keys, frames within tolerance."""
+    from deteclap.shard import EncodeSettings, write_shards
+
+    shards = tmp_path / "whole"
+    write_shards(synth_dir / "truth.jsonl", shards, split="train", samples_per_shard=4,
+                 settings=EncodeSettings(crop=False, short_side=256))
+    cfg = make_cfg(shards, batch=4)
+    loader = build_dali_loader(cfg, train=False, device="cpu")
+    assert loader.resize                                   # the dataset.json encoding says whole frames
+    ref, dali = list(build_loader(cfg, train=False)), list(loader)
+    assert [b["keys"] for b in dali] == [b["keys"] for b in ref]
+    for a, b in zip(ref, dali):
+        diff = (a["frames"] - b["frames"]).abs()
+        assert b["frames"].shape == (len(b["keys"]), 3, 224, 224)
+        assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL, (diff.mean(), diff.max())
+
+
 def test_each_sample_once_across_readers(shard_dir: Path) -> None:
     cfg = make_cfg(shard_dir, batch=2)
     keys = []

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,9 +106,13 @@ def test_mixup_in_pretraining_fails_at_start_up(shard_dir):
 
 @pytest.mark.parametrize("task,metric,term", [("single_label", "accuracy", "ce"), ("multi_label", "mAP", "bce")])
 def test_finetune_end_to_end_then_evaluate(pretrained, shard_dir, tmp_path, task, metric, term):
+    """Fine-tune 3 steps (checkpoints at 1, 2, 3; weight average of 2 and 3), then evaluate the weight
+    average with the multi-frame evaluation, as CAV-MAE reports its numbers."""
     run_dir = tmp_path / "run"
     args = cli(settings(shard_dir, **{"finetune.task": task, "finetune.pretrained": str(pretrained),
-                                      "run.out_dir": str(run_dir)}))
+                                      "run.out_dir": str(run_dir), "run.checkpoint_every": 1,
+                                      "finetune.average_from_step": 2, "data.num_frames": 3,
+                                      "eval.average_frames": True}))
     proc = subprocess.run([sys.executable, TRAIN, "--config", CONFIG, *args], capture_output=True, text=True,
                           env=env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -119,15 +124,18 @@ def test_finetune_end_to_end_then_evaluate(pretrained, shard_dir, tmp_path, task
     start = torch.load(pretrained, weights_only=True)
     assert not torch.equal(trained["blocks_a.0.attn.qkv.weight"], start["blocks_a.0.attn.qkv.weight"])
 
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["weight_average"]["steps"] == [2, 3] and (run_dir / "model_wa.pt").is_file()
+
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "deteclap.evaluate", "--config", CONFIG, "--checkpoint",
-                           str(run_dir), "--json", str(out), *args],
+                           str(run_dir / "model_wa.pt"), "--json", str(out), *args],
                           capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     result = json.loads(out.read_text())
     assert printed[metric] == result[metric] and 0.0 <= result[metric] <= 100.0
-    assert result["num_clips"] == 8 and result["load_report"]["missing"] == []
+    assert result["num_clips"] == 8 and result["load_report"]["missing"] == [] and result["frames"] == [0, 1, 2]
 
 
 def _official_mix(w1: torch.Tensor, w2: torch.Tensor, lam: float) -> torch.Tensor:
@@ -165,3 +173,74 @@ def test_mixup_batch_matches_the_per_sample_official_mix():
         assert torch.allclose(got - got.mean(), ref - ref.mean(), atol=1e-5)
         assert torch.all(mixed_w[i, n:] == 0)
         assert torch.allclose(mixed_f[i], lam * frames[i] + (1 - lam) * frames[partner], atol=1e-6)
+
+
+def test_label_smoothing_is_cav_mae_s_over_k_plus_rest(shard_dir):
+    """finetune.label_smooth: training class targets s / K + (1 - s) y (CAV-MAE's mixed-sample rule), rows
+    still summing to 1 for one-hot labels; evaluation batches and pretraining stay unsmoothed."""
+    from deteclap.config import load_config
+    from deteclap.data.loader import build_loader
+    from deteclap.data.targets import smooth_labels
+
+    y = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.3, 0.0, 0.7, 0.0]])
+    assert torch.allclose(smooth_labels(y, 0.1), torch.tensor([[0.025, 0.925, 0.025, 0.025],
+                                                               [0.295, 0.025, 0.655, 0.025]]))
+    with pytest.raises(ValueError, match="label_smooth"):
+        smooth_labels(y, 1.0)
+    cfg = load_config(REPO / "configs" / "finetune_tiny.json",
+                      [f"data.train_shards={shard_dir}", f"data.eval_shards={shard_dir}", "data.eval_split=train",
+                       "data.num_workers=0", "data.batch_size=4", "data.mixup=0", "run.device=cpu",
+                       "finetune.label_smooth=0.1"])
+    train = next(iter(build_loader(cfg, train=True)))["classes"]
+    low = 0.1 / train.shape[1]
+    assert torch.allclose(train.sum(1), torch.ones(len(train)))
+    assert bool(((train - low).abs().lt(1e-6) | (train - 0.9 - low).abs().lt(1e-6)).all()), train
+    evaluation = next(iter(build_loader(cfg, train=False)))["classes"]
+    assert set(evaluation.flatten().tolist()) == {0.0, 1.0}
+
+
+def test_weight_average_keeps_the_models_it_needs(tmp_path):
+    """prune() keeps model.pt of the checkpoints from `keep_models_from` on (only model.pt), and
+    average_models() writes their element-wise mean (CAV-MAE's wa_model)."""
+    from deteclap.model.checkpoint import read_state_dict, save_state_dict
+    from deteclap.train import RunDir
+
+    run = RunDir(tmp_path / "run")
+    for step in (1, 2, 3, 4):
+        folder = run.checkpoints / f"step_{step:08d}"
+        (folder / "deepspeed_state").mkdir(parents=True)
+        save_state_dict({"w": torch.full((2, 2), float(step)), "n": torch.tensor([step])}, folder / "model.pt")
+    run.set_latest("step_00000004")
+    run.prune(keep=1, keep_models_from=2)
+    assert not (run.checkpoints / "step_00000001").exists()
+    assert sorted(p.name for p in (run.checkpoints / "step_00000002").iterdir()) == ["model.pt"]
+    assert (run.checkpoints / "step_00000004" / "deepspeed_state").is_dir()
+    report = run.average_models(from_step=2)
+    assert report["steps"] == [2, 3, 4]
+    averaged = read_state_dict(report["path"])
+    assert torch.equal(averaged["w"], torch.full((2, 2), 3.0)) and averaged["n"].tolist() == [4]
+    assert run.average_models(from_step=5) is None
+
+
+def test_average_frames_is_the_mean_of_per_frame_probabilities(shard_dir):
+    """eval.average_frames: softmax outputs averaged over frames 0..num_frames-1, each frame as the
+    single-frame evaluation gives it."""
+    from deteclap.config import load_config
+    from deteclap.evaluate import class_probabilities, collect
+    from deteclap.model import build_finetune_model
+    from deteclap.shard import load_dataset_json
+
+    cfg = load_config(REPO / "configs" / "finetune_tiny.json",
+                      [f"data.train_shards={shard_dir}", f"data.eval_shards={shard_dir}", "data.eval_split=train",
+                       "data.num_workers=0", "data.num_frames=3", "run.device=cpu", "eval.average_frames=true"])
+    torch.manual_seed(0)
+    model = build_finetune_model(cfg.model, len(load_dataset_json(shard_dir)["classes"]))
+    averaged = class_probabilities(cfg, model, torch.device("cpu"))
+    assert averaged["frames"] == [0, 1, 2]
+    per_frame = []
+    for frame in range(3):
+        cfg.data.eval_frame = frame
+        logits = collect(cfg, model, torch.device("cpu"), finetune=True)["logits"]
+        per_frame.append(torch.from_numpy(logits).softmax(-1))
+    assert not torch.allclose(per_frame[0], per_frame[2])                     # the frames do differ
+    assert np.allclose(averaged["probs"], torch.stack(per_frame).double().mean(0).numpy(), atol=1e-6)

@@ -432,6 +432,10 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
 
             waves, frames, classes = mixup_batch(waves, lengths, frames.float(), classes, data.mixup)
         fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=False)
+    if train and cfg.finetune.task and cfg.finetune.label_smooth > 0:
+        from deteclap.data.targets import smooth_labels
+
+        classes = smooth_labels(classes, cfg.finetune.label_smooth)
     fbank = fbank.to(device, non_blocking=True)
     if train and (data.freqm or data.timem):
         fbank = audio.spec_augment(fbank, data.freqm, data.timem)

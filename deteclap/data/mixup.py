@@ -6,9 +6,9 @@ w1's length (the mean of the mix is removed again by the fbank contract), frame 
 lambda * f1 + (1 - lambda) * f2, label = lambda * y1 + (1 - lambda) * y2.
 
 Differences from the official loader: the partner is drawn from the same batch instead of the whole
-dataset (so mixing needs no extra decoding), and labels are not smoothed (CAV-MAE fine-tunes with
-label_smooth 0.1; the config has no such key). Random numbers come from torch's global generator,
-which train.py seeds per step, so a resumed run mixes the same pairs.
+dataset (so mixing needs no extra decoding); label smoothing follows the mix (`finetune.label_smooth`,
+deteclap.data.targets.smooth_labels). Random numbers come from torch's global generator, which
+train.py seeds per step, so a resumed run mixes the same pairs.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ probability), y_a = s_a >= audio_threshold, y_v = s_v >= visual_threshold:
 | soft_audio  | clamp(s_a, 0, 1)     | same                 |
 | soft_visual | clamp(s_v, 0, 1)     | same                 |
 | soft_max    | max of the two soft scores | same           |
+
+Fine-tuning's class targets get CAV-MAE's label smoothing here too (`smooth_labels`).
 """
 
 from __future__ import annotations
@@ -78,3 +80,13 @@ def build_targets(scores: Mapping[str, torch.Tensor], cfg: LabelsConfig) -> dict
         else:  # "or"
             y = torch.maximum(y_a, y_v)
     return {"a2l": y, "v2l": y}
+
+
+def smooth_labels(classes: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """CAV-MAE's fine-tuning label smoothing of (mixed) class targets [B, K] -> s / K + (1 - s) * y.
+
+    CAV-MAE writes it so for mixed samples; an unmixed one gets exactly 1 - s on its positives
+    (s / K less: 3e-4 for VGGSound's 309 classes at s = 0.1), which this does not copy."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"finetune.label_smooth must lie in [0, 1), got {smoothing}")
+    return smoothing / classes.shape[1] + (1.0 - smoothing) * classes

@@ -2,7 +2,7 @@
 
 Owns: reading official CAV-MAE files (`module.`-prefixed state dicts with timm-0.4.5 names),
 DeepSpeed / our wrappers ({"module": sd} or {"model": sd}), the one key-mapping function, the
-non-strict load with a report, and atomic saving of plain state dicts.
+non-strict load with a report, atomic saving of plain state dicts and checkpoint weight averaging.
 
 timm 0.4.5 and timm 1.x name the Attention / Mlp weights identically (attn.qkv, attn.proj,
 mlp.fc1, mlp.fc2; their q_norm / k_norm / norm additions are parameter-free Identity modules), so
@@ -108,6 +108,30 @@ def save_state_dict(model_or_state: nn.Module | Mapping[str, torch.Tensor], path
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of plain state dicts (CAV-MAE's `wa_model`: fine-tuning reports the
+    average of its epoch checkpoints). Floating tensors are averaged in float64 and stored in their
+    own dtype; other tensors (e.g. integer buffers) are taken from the last file.
+
+    Raises:
+        CheckpointError: no paths, or the files do not hold the same keys and shapes.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = read_state_dict(path)
+        if total and (set(state) != set(total) or any(state[k].shape != total[k].shape for k in total)):
+            raise CheckpointError(f"{path}: keys or shapes differ from {paths[0]}")
+        for key, value in state.items():
+            if value.is_floating_point():
+                total[key] = total.get(key, torch.zeros(value.shape, dtype=torch.float64)) + value.double()
+            else:
+                total[key] = value
+    last = read_state_dict(paths[-1])
+    return {k: (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() else v for k, v in total.items()}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
