@@ -11,13 +11,18 @@ deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sam
 Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
 whole pipeline ("Current pipeline object is no longer valid"). DALI's error text names the member
 ("TAR:OFFSET:KEY.ext"), and for a missing member at build time only the tar ("Underful sample").
-A video frame whose cut (dali_pipes.pipelines.cut_frame) is empty, reaches past a truncated mp4 or
+A video frame whose cut (dali_pipes.pipelines.cut_frame) is empty, lies in a truncated mp4 or
 lacks the codec's frame marker is named too; damage inside a frame's bytes fails in DALI's decoder
 without a name: that error is re-raised with a note pointing to `python -m deteclap.shard --verify`.
+Found from the index before any decoding: label-score members of the wrong size (`bad_scores`) and
+frame tables too short for the sampled frames (`corrupt_mp4`). After the pipeline: audio that is
+not 16 kHz or shorter than one fbank window (`bad_audio`, dropped from its batch, as the reference
+loader drops it).
 - data.on_error=raise: `DataError` naming the shard and key (for a missing member the tar is
   scanned to find the key).
-- data.on_error=skip: samples missing a member are left out of the (filtered) index files given
-  to the reader, counted once (by rank 0) as `missing_member`; a sample that fails to decode is
+- data.on_error=skip: samples missing a member or found bad from the index are left out of the
+  (filtered) index files given to the reader, counted once (by rank 0); `bad_audio` rows are
+  dropped and counted by the rank that reads them; a sample that fails to decode is
   counted (`corrupt_mp4`, `corrupt_flac`, ...), its key is removed from the index and the pipeline
   is rebuilt, replaying the batches already yielded in this epoch without yielding them again.
   Limits: the replay is exact for evaluation (no shuffle, one rank); in training and with several
@@ -41,7 +46,7 @@ from deteclap import audio
 from deteclap.config import Config
 from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, epoch_seed, finish_batch,
                                   index_entries, index_path, required_members, resolve_shards,
-                                  score_bytes, stored_frame_side)
+                                  shard_facts)
 from deteclap.shard import index_text
 
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
@@ -85,8 +90,9 @@ class DaliLoader:
         self.gpu = device == "gpu"
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         self.tars = resolve_shards(spec, split)
-        self.resize = stored_frame_side(spec) != cfg.model.img_size
-        self.score_size = score_bytes(spec)
+        facts = shard_facts(spec)
+        self.resize = facts.square_side != cfg.model.img_size
+        self.score_size = facts.score_bytes
         self.exts = required_members(cfg)
         self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts if ext.endswith(SCORE_SUFFIX)]
         self.skipped: Counter[str] = Counter()
@@ -95,50 +101,63 @@ class DaliLoader:
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
         self.entries = {str(tar): index_entries(tar) for tar in self.tars}
-        self.codec = "vp9"
-        if self._all_have(FRAME_TABLE_EXT):     # decode only the sampled frame (dali_pipes.pipelines.cut_frame)
+        # decode only the sampled frame (dali_pipes.pipelines.cut_frame): format-2 shards all hold
+        # KEY.frames (one without it is a missing member); a glob of tars when every sample has it
+        if facts.format_version >= 2 or (facts.format_version == 0 and self._all_have(FRAME_TABLE_EXT)):
             self.exts.insert(4, FRAME_TABLE_EXT)
-            self.codec = self._video_codec()
+        self.codec = facts.codec or self._video_codec()
         self._check_members()
 
     def _all_have(self, ext: str) -> bool:
         return all(ext in {m[0] for m in members} for samples in self.entries.values() for members in samples.values())
 
     def _video_codec(self) -> str:
-        """The codec of the first sample's mp4 (one shard folder holds one encoding)."""
+        """Without dataset.json: the codec of the first mp4 whose sample table reads (else vp9)."""
         from deteclap.data.mp4 import Mp4LayoutError, read_samples
 
         for tar, samples in self.entries.items():
             for members in samples.values():
-                _, offset, size, _ = next(m for m in members if m[0] == "mp4")
-                with open(tar, "rb") as handle:
-                    handle.seek(offset)
-                    try:
-                        return read_samples(handle.read(size))[0].codec
-                    except (Mp4LayoutError, IndexError) as err:
-                        raise DataError(f"{tar}: the first sample's mp4 has no readable sample table "
-                                        f"({err}); rewrite the shards with python -m deteclap.shard") from err
-        return self.codec
+                for ext, offset, size, _ in members:
+                    if ext != "mp4":
+                        continue
+                    with open(tar, "rb") as handle:
+                        handle.seek(offset)
+                        try:
+                            return read_samples(handle.read(size))[0].codec
+                        except (Mp4LayoutError, IndexError):
+                            continue           # a bad sample: its own error comes when it is read
+        return "vp9"
 
     # -- sample bookkeeping --------------------------------------------------------------------
     def _check_members(self) -> None:
-        """From the index alone: label-score members of the wrong size (DataError naming shard and key,
-        or skipped) and, with on_error=skip, samples missing a member; skipped ones are left out of
-        the index and counted by rank 0 (with on_error=raise DALI itself refuses a missing member)."""
+        """From the index alone: label-score members of the wrong size, frame tables too short for the
+        frames the config samples (DataError naming shard and key, or skipped) and, with
+        on_error=skip, samples missing a member; skipped ones are left out of the index and counted
+        by rank 0 (with on_error=raise DALI itself refuses a missing member)."""
         skip = self.cfg.data.on_error == "skip"
+        data = self.cfg.data
+        needed = data.num_frames if self.train else data.eval_frame + 1     # frames the table must hold
         for tar, samples in self.entries.items():
             for key, members in samples.items():
                 sizes = {m[0]: m[2] for m in members}
+                problem = None
                 wrong = {e: n for e, n in sizes.items() if e in self.exts and e.endswith(SCORE_SUFFIX)
                          and self.score_size is not None and n != self.score_size}
-                if wrong and not skip:
-                    raise DataError(f"{tar}: sample {key}: bad_scores: {wrong} bytes, not {self.score_size} "
-                                    f"(float16 per class of dataset.json's label_vocabulary)")
-                reason = "bad_scores" if wrong else "missing_member" if not set(self.exts) <= set(sizes) else None
-                if skip and reason:
+                table = sizes.get(FRAME_TABLE_EXT) if FRAME_TABLE_EXT in self.exts else None
+                if wrong:
+                    problem = ("bad_scores", f"{wrong} bytes, not {self.score_size} (float16 per class of "
+                                             f"dataset.json's label_vocabulary)")
+                elif table is not None and (table % 8 or table // 8 - 1 < needed):
+                    problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} table ({table} bytes) does not hold "
+                                              f"frame {needed - 1} (data.num_frames / data.eval_frame)")
+                elif not set(self.exts) <= set(sizes):
+                    problem = ("missing_member", f"missing {sorted(set(self.exts) - set(sizes))}")
+                if problem and (not skip) and problem[0] != "missing_member":   # (DALI names those itself)
+                    raise DataError(f"{tar}: sample {key}: {problem[0]}: {problem[1]}")
+                if problem and skip:
                     self.excluded.add((tar, key))
                     if self.rank == 0:
-                        self._count(Skipped(tar, key, reason))
+                        self._count(Skipped(tar, key, problem[0]))
 
     def _count(self, item: Skipped) -> None:
         self.skipped[item.reason] += 1

@@ -29,7 +29,8 @@ OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then o
 FRAME_TABLE_EXT = "frames"                # deteclap.shard.FRAME_TABLE_EXT (kept import-free here)
 SCORE_SUFFIX = ".f16"
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
-FRAME_MARKER = {"vp9": (0xC0, 0x80), "vp8": (0x01, 0x00)}   # (mask, value) of a key frame's first byte
+# (mask, value) of a key frame's first byte: VP9's frame marker; VP8's key-frame bit (weaker: zeros pass)
+FRAME_MARKER = {"vp9": (0xC0, 0x80), "vp8": (0x01, 0x00)}
 IVF_FILE_HEADER = 32                      # "DKIF", version, header size, fourcc, width, height, rate, count
 
 
@@ -96,8 +97,8 @@ def cut_frame(mp4: Any, table: Any, index: Any, codec: str) -> Any:
     header (with the frame size) and a 12-byte frame header (byte count, pts) before the bytes.
 
     Bad data must fail with an error that names the sample. DALI's decoder names its input's
-    source_info only when it cannot open the stream, so a cut that is empty, reaches past the mp4
-    (truncated member, bad table) or does not start with the codec's frame marker gets a zeroed
+    source_info only when it cannot open the stream, so a cut that is empty, a table whose frames
+    reach past the mp4 (truncated member, bad table) or a frame without the codec's marker gets a zeroed
     IVF signature: the open fails, naming "TAR:OFFSET:KEY.mp4" (`fn.cat` keeps its inputs'
     source_info when they agree: an empty cut of the mp4 brings it, nothing brings another one).
     Damage inside a frame's bytes fails in the decoder without a name (dali_pipes.iterator says so)."""
@@ -114,7 +115,11 @@ def cut_frame(mp4: Any, table: Any, index: Any, codec: str) -> Any:
     frame = fn.slice(mp4, start=offset, shape=size, axes=[0], out_of_bounds_policy="pad")
     first = fn.slice(mp4, start=offset, shape=1, axes=[0], out_of_bounds_policy="pad")       # [1]
     mask, marker = FRAME_MARKER[codec]
-    valid = (size > 0) & (offset + size <= mp4.shape(dtype=types.INT32)[0]) & ((first & mask) == marker)
+    length = mp4.shape(dtype=types.INT32)[0]
+    # every frame inside the mp4 (so a truncated member fails whichever frame is drawn), this one
+    # non-empty and starting with the codec's frame marker
+    valid = ((offset >= 0) & (size > 0) & (fields[-2] + fields[-1] <= length)
+             & ((first & mask) == marker))
 
     def as_bytes(values: Any, dtype: Any) -> Any:   # a 1-D slice: DALI 2.4 crashes reinterpreting a 0-D one
         return fn.reinterpret(fn.cast(values, dtype=dtype), dtype=types.UINT8)

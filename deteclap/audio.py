@@ -211,7 +211,9 @@ def fbank_batch(waves: Tensor, lengths: Tensor, target_length: int, sample_rate:
     if waves.shape[1] < size or bool((lengths < size).any()) or bool((lengths > waves.shape[1]).any()):
         raise ValueError(f"wave lengths {lengths.tolist()} must lie in [{size}, {waves.shape[1]}] samples")
     sizes = lengths.tolist()
-    means = torch.stack([waves[row, :size].mean() for row, size in enumerate(sizes)]).unsqueeze(1)  # own samples
+    means = waves.new_zeros(len(sizes), 1)      # each row's mean over its own samples, as CAV-MAE's call
+    for row, size in enumerate(sizes):
+        means[row] = waves[row, :size].mean()
     counts = [int(num_frames(size, sample_rate)) for size in sizes]
     fbank = _fbank_rows(waves, means, counts, target_length, sample_rate, NUM_MEL_BINS)
     return normalize_fbank(fbank) if normalize else fbank

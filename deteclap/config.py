@@ -178,6 +178,9 @@ _CHOICES = {
     ("finetune", "mode"): ("multimodal", "audioonly", "videoonly"),
     ("run", "device"): ("auto", "cpu", "cuda"),
 }
+_RANGES = {  # (section, key): [low, high)
+    ("finetune", "label_smooth"): (0.0, 1.0),
+}
 
 
 def _read_json(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -250,6 +253,9 @@ def _build(raw: dict[str, Any], source: str) -> Config:
             choices = _CHOICES.get((name, key))
             if choices is not None and parsed[key] not in choices:
                 raise ConfigError(f"{where}: {json.dumps(value)} is not one of {list(choices)}")
+            low, high = _RANGES.get((name, key), (None, None))
+            if low is not None and not low <= parsed[key] < high:
+                raise ConfigError(f"{where}: {json.dumps(value)} must lie in [{low:g}, {high:g})")
         kwargs[name] = cls(**parsed)
     return Config(**kwargs, source=source)
 

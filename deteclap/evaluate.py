@@ -152,10 +152,12 @@ def class_probabilities(cfg: Config, model: torch.nn.Module, device: torch.devic
         probs = logits.softmax(dim=-1) if cfg.finetune.task == "single_label" else logits.sigmoid()
         if first is None:
             first, total = data, probs.double()
-        elif data["keys"] != first["keys"]:
-            raise RuntimeError(f"frame {frame}: the evaluation loader gave other clips than for frame {frames[0]}")
-        else:
-            total += probs.double()
+            continue
+        if data["keys"] != first["keys"]:     # a sample readable on some frames only (data.on_error=skip)
+            differ = sorted(set(data["keys"]) ^ set(first["keys"]))
+            raise RuntimeError(f"frame {frame} gave other clips than frame {frames[0]}: {differ[:5]} (skipped "
+                               f"{data['skipped']} vs {first['skipped']}); check them with deteclap.shard --verify")
+        total += probs.double()
     return {"probs": (total / len(frames)).numpy(), "classes": first["classes"], "keys": first["keys"],
             "skipped": first["skipped"], "frames": frames}
 

@@ -292,6 +292,12 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                                            config=deepspeed_config(cfg))
     input_dtype = torch.float16 if cfg.deepspeed.precision == "fp16" else None
 
+    average_from = cfg.finetune.average_from_step
+    if rank == 0 and average_from > 0 and (average_from % cfg.run.checkpoint_every
+                                           or cfg.run.max_steps % cfg.run.checkpoint_every):
+        print(f"warning: finetune.average_from_step={average_from} and run.max_steps={cfg.run.max_steps} are not "
+              f"multiples of run.checkpoint_every={cfg.run.checkpoint_every}: the weight average gives a partial "
+              f"period the weight of a whole one (CAV-MAE averages whole epochs)")
     step, epoch, skip = 0, 0, 0
     tag = run.latest_tag() if resume else None
     if resume and tag is None and rank == 0:

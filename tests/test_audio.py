@@ -167,3 +167,25 @@ def test_add_noise_and_roll() -> None:
         assert float(noise.max()) > 0
         shifts.add(shift)
     assert len(shifts) > 1, "every sample rolled by the same shift"
+
+
+def test_banded_mel_product_equals_the_dense_one() -> None:
+    """The CPU's banded mel product sums the same terms as power @ mel_banks().T."""
+    power = torch.rand(300, 257, generator=torch.Generator().manual_seed(0)) * 10
+    dense = power @ audio.mel_banks().T
+    banded = audio._mel_energies(power, audio.SAMPLE_RATE, audio.NUM_MEL_BINS)
+    assert torch.allclose(banded, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_noise_is_reproducible_from_the_torch_generator() -> None:
+    """The CPU noise comes from numpy seeded by torch's generator: the same seed, the same noise (a
+    resumed run re-seeds torch per step); another seed, other noise."""
+    fbank = torch.zeros(2, 64, 8)
+    first = audio.add_noise_and_roll(fbank, generator=torch.Generator().manual_seed(3))
+    again = audio.add_noise_and_roll(fbank, generator=torch.Generator().manual_seed(3))
+    other = audio.add_noise_and_roll(fbank, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    torch.manual_seed(5)
+    default = audio.add_noise_and_roll(fbank)
+    torch.manual_seed(5)
+    assert torch.equal(default, audio.add_noise_and_roll(fbank))

@@ -44,6 +44,7 @@ def test_overrides_parse_json_values_and_strings():
     ("run.max_steps=three", "run.max_steps: expected int"),
     ("labels.variant=xor", "labels.variant: \"xor\" is not one of"),
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage: 4 is not one of"),
+    ("finetune.label_smooth=1.5", "finetune.label_smooth: 1.5 must lie in [0, 1)"),
     ("run.max_steps", "expected section.key=value"),
 ])
 def test_bad_values_name_the_key_and_the_file(override, fragment):

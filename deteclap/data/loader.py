@@ -90,25 +90,27 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     return tars
 
 
-def _dataset_json(spec: str) -> dict[str, Any]:
-    """dataset.json of a shard-folder spec; {} for a glob of tars (nothing known)."""
+@dataclass
+class ShardFacts:
+    """What a shard folder's dataset.json tells the loaders; a glob of tars tells nothing (defaults)."""
+    format_version: int = 0
+    square_side: int | None = None    # frames stored at side x side (encoding `crop`, the default)
+    score_bytes: int | None = None    # of every `KEY.<labeller>.f16`: 2 per label_vocabulary class
+    codec: str | None = None          # the stored video codec
+
+
+def shard_facts(spec: str) -> ShardFacts:
+    """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
     from deteclap.shard import DATASET_JSON, load_dataset_json
 
-    return load_dataset_json(spec) if (Path(spec) / DATASET_JSON).is_file() else {}
-
-
-def stored_frame_side(spec: str) -> int | None:
-    """The side of the square frames a shard folder stores (its dataset.json encoding: `crop`, the
-    writer's default, at `short_side`), or None: whole frames, or no dataset.json (a glob of tars)."""
-    encoding = _dataset_json(spec).get("encoding", {})
-    return encoding.get("short_side") if encoding.get("crop") else None
-
-
-def score_bytes(spec: str) -> int | None:
-    """Bytes of every `KEY.<labeller>.f16` member: 2 per class of dataset.json's label_vocabulary
-    (None without dataset.json)."""
-    vocabulary = _dataset_json(spec).get("label_vocabulary")
-    return None if vocabulary is None else 2 * len(vocabulary)
+    if not (Path(spec) / DATASET_JSON).is_file():
+        return ShardFacts()
+    meta = load_dataset_json(spec)
+    encoding, vocabulary = meta.get("encoding", {}), meta.get("label_vocabulary")
+    return ShardFacts(format_version=meta.get("format_version", 1),
+                      square_side=encoding.get("short_side") if encoding.get("crop") else None,
+                      score_bytes=None if vocabulary is None else 2 * len(vocabulary),
+                      codec=encoding.get("codec"))
 
 
 def index_path(tar: Path) -> Path:
@@ -308,7 +310,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
         if rate != audio.SAMPLE_RATE or audio.num_frames(len(wave)) == 0:
             raise DataError("bad_audio", f"{len(wave)} samples at {rate} Hz (need >= 1 window at 16 kHz)")
         scores = {}
-        for ext in self.exts[4:]:
+        for ext in [e for e in self.exts if e.endswith(SCORE_SUFFIX)]:
             if self.score_size is not None and len(members[ext]) != self.score_size:
                 raise DataError("bad_scores", f"{ext}: {len(members[ext])} bytes, not {self.score_size} "
                                               f"(float16 per class of dataset.json's label_vocabulary)")
@@ -421,6 +423,8 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
         waves = None if waves is None else waves[keep]
         scores = {name: value[keep] for name, value in scores.items()}
         fbank = None if fbank is None else fbank[keep]
+    if not keys:                               # every sample's labels failed: nothing left
+        return {"keys": [], "label_failed": failed}
     frames = frames.to(device, non_blocking=True)
     if frames.dtype == torch.uint8:            # the reference loader's frames (DALI's come normalised)
         frames = normalize_frames(frames)
@@ -480,7 +484,7 @@ class ReferenceLoader:
         self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
-        self.score_size = score_bytes(spec)
+        self.score_size = shard_facts(spec).score_bytes
         self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)
         self.skipped: Counter[str] = Counter()
         self.skipped_samples: list[Skipped] = []

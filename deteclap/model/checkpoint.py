@@ -121,17 +121,21 @@ def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
     if not paths:
         raise CheckpointError("no checkpoints to average")
     total: dict[str, torch.Tensor] = {}
+    kept: dict[str, torch.Tensor] = {}         # non-floating tensors: the last file's
     for path in paths:
         state = read_state_dict(path)
-        if total and (set(state) != set(total) or any(state[k].shape != total[k].shape for k in total)):
-            raise CheckpointError(f"{path}: keys or shapes differ from {paths[0]}")
+        if total or kept:
+            if set(state) != set(total) | set(kept) or any(state[k].shape != total[k].shape for k in total):
+                raise CheckpointError(f"{path}: keys or shapes differ from {paths[0]}")
         for key, value in state.items():
-            if value.is_floating_point():
-                total[key] = total.get(key, torch.zeros(value.shape, dtype=torch.float64)) + value.double()
+            if not value.is_floating_point():
+                kept[key] = value
+            elif key in total:
+                total[key].add_(value.double())
             else:
-                total[key] = value
-    last = read_state_dict(paths[-1])
-    return {k: (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() else v for k, v in total.items()}
+                total[key] = value.to(torch.float64, copy=True)
+        dtypes = {k: v.dtype for k, v in state.items()}
+    return {**{k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}, **kept}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
