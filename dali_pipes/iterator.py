@@ -40,14 +40,13 @@ from typing import Any
 
 import torch
 
-from dali_pipes.pipelines import (FRAME_TABLE_EXT, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline,
-                                  train_pipeline)
+from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap import audio
 from deteclap.config import Config
 from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, epoch_seed, finish_batch,
                                   index_entries, index_path, required_members, resolve_shards,
-                                  shard_facts)
-from deteclap.shard import index_text
+                                  shard_facts, wrong_score_sizes)
+from deteclap.shard import FRAME_TABLE_EXT, index_text
 
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
@@ -141,12 +140,10 @@ class DaliLoader:
             for key, members in samples.items():
                 sizes = {m[0]: m[2] for m in members}
                 problem = None
-                wrong = {e: n for e, n in sizes.items() if e in self.exts and e.endswith(SCORE_SUFFIX)
-                         and self.score_size is not None and n != self.score_size}
+                wrong = wrong_score_sizes({e: n for e, n in sizes.items() if e in self.exts}, self.score_size)
                 table = sizes.get(FRAME_TABLE_EXT) if FRAME_TABLE_EXT in self.exts else None
                 if wrong:
-                    problem = ("bad_scores", f"{wrong} bytes, not {self.score_size} (float16 per class of "
-                                             f"dataset.json's label_vocabulary)")
+                    problem = ("bad_scores", wrong)
                 elif table is not None and (table % 8 or table // 8 - 1 < needed):
                     problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} table ({table} bytes) does not hold "
                                               f"frame {needed - 1} (data.num_frames / data.eval_frame)")

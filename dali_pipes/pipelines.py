@@ -24,10 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deteclap.data.loader import SCORE_SUFFIX
+from deteclap.shard import FRAME_TABLE_EXT
+
 READER_NAME = "reader"
 OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then one per label-score member
-FRAME_TABLE_EXT = "frames"                # deteclap.shard.FRAME_TABLE_EXT (kept import-free here)
-SCORE_SUFFIX = ".f16"
 IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
 # (mask, value) of a key frame's first byte: VP9's frame marker; VP8's key-frame bit (weaker: zeros pass)
 FRAME_MARKER = {"vp9": (0xC0, 0x80), "vp8": (0x01, 0x00)}

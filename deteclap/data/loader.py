@@ -99,6 +99,15 @@ class ShardFacts:
     codec: str | None = None          # the stored video codec
 
 
+def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None:
+    """The `bad_scores` detail for a sample's {member ext: byte size}, or None when every label-score
+    member holds `expected` bytes (or nothing is expected: no dataset.json). Both loaders use it."""
+    wrong = {ext: n for ext, n in sizes.items() if ext.endswith(SCORE_SUFFIX) and n != expected}
+    if expected is None or not wrong:
+        return None
+    return f"{wrong} bytes, not {expected} (float16 per class of dataset.json's label_vocabulary)"
+
+
 def shard_facts(spec: str) -> ShardFacts:
     """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
     from deteclap.shard import DATASET_JSON, load_dataset_json
@@ -309,12 +318,12 @@ class ShardSamples(torch.utils.data.IterableDataset):
             raise DataError("corrupt_flac", str(err)) from err
         if rate != audio.SAMPLE_RATE or audio.num_frames(len(wave)) == 0:
             raise DataError("bad_audio", f"{len(wave)} samples at {rate} Hz (need >= 1 window at 16 kHz)")
-        scores = {}
-        for ext in [e for e in self.exts if e.endswith(SCORE_SUFFIX)]:
-            if self.score_size is not None and len(members[ext]) != self.score_size:
-                raise DataError("bad_scores", f"{ext}: {len(members[ext])} bytes, not {self.score_size} "
-                                              f"(float16 per class of dataset.json's label_vocabulary)")
-            scores[ext[: -len(SCORE_SUFFIX)]] = torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
+        score_exts = [e for e in self.exts if e.endswith(SCORE_SUFFIX)]
+        wrong = wrong_score_sizes({ext: len(members[ext]) for ext in score_exts}, self.score_size)
+        if wrong:
+            raise DataError("bad_scores", wrong)
+        scores = {ext[: -len(SCORE_SUFFIX)]: torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
+                  for ext in score_exts}
         return {"key": key, "frame": transform(frame), "wave": torch.from_numpy(wave),
                 "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
                 "scores": scores}
