@@ -27,6 +27,9 @@ loader drops it).
   is rebuilt, replaying the batches already yielded in this epoch without yielding them again.
   Limits: the replay is exact for evaluation (no shuffle, one rank); in training and with several
   ranks, removing a sample changes the shuffle / shard boundaries of the rest of that epoch.
+
+Balanced sampling (`finetune.balanced_sampling`, training): the index files list each sample as
+often as deteclap.data.balance drew it this epoch.
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
 THREADS = 2
 
 
-def write_index(entries: dict[str, list[Entry]], path: Path) -> None:
-    """Write a wds2idx (v1.2) index holding these samples."""
-    path.write_text(index_text(list(entries.values())))
+def write_index(samples: list[list[Entry]], path: Path) -> None:
+    """Write a wds2idx (v1.2) index holding these samples (one may be listed more than once)."""
+    path.write_text(index_text(samples))
 
 
 def parse_bad_member(message: str) -> tuple[str, str, str] | None:
@@ -106,6 +109,15 @@ class DaliLoader:
             self.exts.insert(4, FRAME_TABLE_EXT)
         self.codec = facts.codec or self._video_codec()
         self._check_members()
+        self.repeats = None                      # balanced sampling: {tar: {key: times drawn}}
+        if train and cfg.finetune.balanced_sampling:
+            from deteclap.data.balance import epoch_repeats
+
+            self.repeats, bad = epoch_repeats(self.tars, data.seed, epoch, data.on_error)
+            for item in bad:
+                if (item.shard, item.key) not in self.excluded and rank == 0:
+                    self._count(item)
+                self.excluded.add((item.shard, item.key))
 
     def _all_have(self, ext: str) -> bool:
         return all(ext in {m[0] for m in members} for samples in self.entries.values() for members in samples.values())
@@ -160,9 +172,15 @@ class DaliLoader:
         self.skipped[item.reason] += 1
         self.skipped_samples.append(item)
 
+    def _times(self, tar: str, key: str) -> int:
+        """How often the reader lists a sample this epoch (0: excluded or not drawn)."""
+        if (tar, key) in self.excluded:
+            return 0
+        return 1 if self.repeats is None else self.repeats.get(tar, {}).get(key, 0)
+
     def num_samples(self) -> int:
-        """Samples the reader sees (all ranks together), excluded ones left out."""
-        return sum(len(s) for s in self.entries.values()) - len(self.excluded)
+        """Samples the reader sees (all ranks together), excluded ones left out, drawn ones repeated."""
+        return sum(self._times(tar, key) for tar, samples in self.entries.items() for key in samples)
 
     def __len__(self) -> int:
         """Training: full batches every rank yields (DALI's smallest shard); evaluation: this rank's."""
@@ -178,26 +196,31 @@ class DaliLoader:
         return {"epoch": self.epoch, "batches_consumed": self.batches_consumed}
 
     # -- pipeline ------------------------------------------------------------------------------
-    def _index_paths(self) -> list[str]:
-        """The tars' own .idx files, or filtered copies once samples are excluded."""
-        if not self.excluded:
+    def _reader_files(self) -> tuple[list[str], list[str]]:
+        """(tars, index files) for the reader: the tars' own .idx files (none when one is missing), or
+        written copies once samples are excluded or drawn (balanced sampling: a sample drawn n times
+        is listed n times); a tar left with no sample is dropped (DALI refuses an empty index)."""
+        if not self.excluded and self.repeats is None:
             paths = [index_path(Path(tar)) for tar in self.entries]
-            return [str(p) for p in paths] if all(p.is_file() for p in paths) else []
+            return list(self.entries), [str(p) for p in paths] if all(p.is_file() for p in paths) else []
         if self._index_dir is None:
             self._index_dir = tempfile.TemporaryDirectory(prefix="deteclap-idx-")
-        out = []
+        tars, paths = [], []
         for i, (tar, samples) in enumerate(self.entries.items()):
-            kept = {k: m for k, m in samples.items() if (tar, k) not in self.excluded}
-            path = Path(self._index_dir.name) / f"{i:06d}.idx"
-            write_index(kept, path)
-            out.append(str(path))
-        return out
+            listed = [members for key, members in samples.items() for _ in range(self._times(tar, key))]
+            if listed:
+                path = Path(self._index_dir.name) / f"{i:06d}.idx"
+                write_index(listed, path)
+                tars.append(tar)
+                paths.append(str(path))
+        return tars, paths
 
     def spec(self) -> PipeSpec:
         data = self.cfg.data
         device_id = torch.cuda.current_device() if self.gpu else None
+        tars, index_paths = self._reader_files()
         return PipeSpec(
-            tars=list(self.entries), exts=self.exts, index_paths=self._index_paths(),
+            tars=tars, exts=self.exts, index_paths=index_paths,
             batch_size=data.batch_size, num_threads=max(data.num_workers, THREADS), device_id=device_id,
             shard_id=self.rank, num_shards=self.world_size, seed=epoch_seed(data.seed, self.epoch),
             shuffle=self.train, initial_fill=max(data.shuffle_buffer, 1),

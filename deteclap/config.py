@@ -132,6 +132,7 @@ class FinetuneConfig:
     head_lr_scale: float = 100.0      # CAV-MAE's fine-tuning: new head at 100x the encoder lr
     label_smooth: float = 0.0         # training targets s / K + (1 - s) y (CAV-MAE's recipes: 0.1)
     average_from_step: int = 0        # > 0: RUN/model_wa.pt = mean of the checkpoints from this step on
+    balanced_sampling: bool = False   # training draws clips by CAV-MAE's class weights (deteclap.data.balance)
     mode: str = "multimodal"          # multimodal | audioonly | videoonly
 
 

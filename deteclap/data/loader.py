@@ -15,8 +15,10 @@ thread on the CPU (`single_cpu_thread`).
 Sharding: tars are split per rank (after a seeded per-epoch shuffle in training), then per
 DataLoader worker, so every sample is read exactly once per epoch across ranks. Training batches
 are capped to the same count on every rank (`len(loader)`); evaluation keeps partial batches and
-reads in a fixed order. Bad samples raise `DataError` naming the shard and key
-(`data.on_error=raise`) or are skipped and counted by reason in `loader.skipped`.
+reads in a fixed order. With `finetune.balanced_sampling` a training epoch decodes each sample as
+many times as deteclap.data.balance drew it (CAV-MAE's class-balanced sampler). Bad samples raise
+`DataError` naming the shard and key (`data.on_error=raise`) or are skipped and counted by reason
+in `loader.skipped`.
 """
 
 from __future__ import annotations
@@ -293,9 +295,10 @@ def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 class ShardSamples(torch.utils.data.IterableDataset):
     """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
 
-    def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None
-                 ) -> None:
+    def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None,
+                 repeats: dict[str, dict[str, int]] | None = None) -> None:
         self.tars, self.cfg, self.train, self.seed, self.score_size = tars, cfg, train, seed, score_size
+        self.repeats = repeats            # balanced sampling: times each sample was drawn (absent: 0)
         self.exts = required_members(cfg)
 
     def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
@@ -328,6 +331,20 @@ class ShardSamples(torch.utils.data.IterableDataset):
                 "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
                 "scores": scores}
 
+    def _draws(self, tar: Path, key: str, members: dict[str, bytes], times: int, rng: random.Random,
+               transform: Any) -> Iterator[Any]:
+        """The sample decoded `times` times (a balanced draw can repeat it), or one `Skipped` marker
+        (with on_error=skip: a bad sample is counted once, however often it was drawn)."""
+        for _ in range(times):
+            try:
+                yield self.decode(tar, key, members, rng, transform)
+            except DataError as err:
+                reason, detail = err.args
+                if self.cfg.data.on_error == "raise":
+                    raise DataError(f"{tar}: sample {key}: {reason}: {detail}") from None
+                yield Skipped(str(tar), key, reason)
+                return
+
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
@@ -336,20 +353,16 @@ class ShardSamples(torch.utils.data.IterableDataset):
         buffer: list[Any] = []
         size = self.cfg.data.shuffle_buffer if self.train else 0
         for tar in self.tars[worker::workers]:
+            drawn = None if self.repeats is None else self.repeats.get(str(tar), {})
             for key, members in iter_tar_samples(tar):
-                try:
-                    item: Any = self.decode(tar, key, members, rng, transform)
-                except DataError as err:
-                    reason, detail = err.args
-                    if self.cfg.data.on_error == "raise":
-                        raise DataError(f"{tar}: sample {key}: {reason}: {detail}") from None
-                    item = Skipped(str(tar), key, reason)
-                if size <= 1:
-                    yield item
-                    continue
-                buffer.append(item)
-                if len(buffer) >= size:
-                    yield buffer.pop(rng.randrange(len(buffer)))
+                times = 1 if drawn is None else drawn.get(key, 0)
+                for item in self._draws(tar, key, members, times, rng, transform):
+                    if size <= 1:
+                        yield item
+                        continue
+                    buffer.append(item)
+                    if len(buffer) >= size:
+                        yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
 
@@ -499,8 +512,19 @@ class ReferenceLoader:
         self.skipped_samples: list[Skipped] = []
         self.batches_consumed = 0
         self.length: int | None = None
+        self.repeats = None
+        if train and cfg.finetune.balanced_sampling:
+            from deteclap.data.balance import epoch_repeats
+
+            self.repeats, bad = epoch_repeats(all_tars, data.seed, epoch, data.on_error)
+            for item in bad if rank == 0 else []:     # counted once, by rank 0
+                self.skipped[item.reason] += 1
+                self.skipped_samples.append(item)
         if train:
-            counts = {tar: tar_sample_count(tar) for tar in all_tars}
+            if self.repeats is None:
+                counts = {tar: tar_sample_count(tar) for tar in all_tars}
+            else:
+                counts = {tar: sum(self.repeats.get(str(tar), {}).values()) for tar in all_tars}
             per_rank = [split_for_rank(all_tars, True, r, world_size, data.seed, epoch) for r in range(world_size)]
             self.length = min(self._train_batches(counts, tars) for tars in per_rank)
 
@@ -521,7 +545,8 @@ class ReferenceLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         data = self.cfg.data
         preload_decoders()
-        dataset = ShardSamples(self.tars, self.cfg, self.train, epoch_seed(data.seed, self.epoch), self.score_size)
+        dataset = ShardSamples(self.tars, self.cfg, self.train, epoch_seed(data.seed, self.epoch), self.score_size,
+                               self.repeats)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does

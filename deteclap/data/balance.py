@@ -1,0 +1,88 @@
+"""Class-balanced sampling for fine-tuning: CAV-MAE's `--bal bal` (its VGGSound recipe) on shards.
+
+CAV-MAE (src/gen_weight_file.py, src/run_cavmae_ft.py) weights each training clip by the sum, over
+its labels, of 1000 / (clips with that label + 0.01), and draws every epoch len(dataset) clips with
+replacement (torch's WeightedRandomSampler). Shards are read as streams, so here one epoch's draw
+becomes a repeat count per sample (`epoch_repeats`): the reference loader decodes a sample that
+many times where its tar holds it, the DALI loader lists it that many times in its index files,
+and both shuffle with their buffers as usual. The draw is torch.multinomial (what
+WeightedRandomSampler calls) with a generator seeded by the epoch, so every rank draws the same
+counts and a resumed epoch draws them again. Class vectors are the samples' `KEY.cls` members,
+read once per process through the tar index (one small read per sample).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deteclap.data.loader import CLASSES_EXT, DataError, Skipped, epoch_seed, index_entries
+
+LABEL_WEIGHT_SCALE = 1000.0   # CAV-MAE: label_weight = 1000 / (label_count + 0.01)
+LABEL_COUNT_EPSILON = 0.01
+
+Repeats = dict[str, dict[str, int]]   # {tar: {key: times drawn this epoch}}
+
+
+def sample_weights(classes: np.ndarray) -> np.ndarray:
+    """CAV-MAE's per-clip weights: multi-hot classes [N, K] -> [N] (a clip without labels gets 0)."""
+    counts = classes.sum(axis=0)
+    return classes @ (LABEL_WEIGHT_SCALE / (counts + LABEL_COUNT_EPSILON))
+
+
+def read_classes(tars: list[Path]) -> tuple[list[tuple[str, str]], np.ndarray, list[Skipped]]:
+    """Every sample's class vector, in tar order: ((tar, key) per row, uint8 [N, K], bad samples).
+
+    Bad: no `KEY.cls` member, or one whose size differs from the first sample's; they are left out."""
+    names: list[tuple[str, str]] = []
+    rows: list[bytes] = []
+    bad: list[Skipped] = []
+    for tar in tars:
+        with open(tar, "rb") as handle:
+            for key, members in index_entries(tar).items():
+                found = [(offset, size) for ext, offset, size, _ in members if ext == CLASSES_EXT]
+                if not found or (rows and found[0][1] != len(rows[0])):
+                    bad.append(Skipped(str(tar), key, "missing_member" if not found else "bad_classes"))
+                    continue
+                handle.seek(found[0][0])
+                rows.append(handle.read(found[0][1]))
+                names.append((str(tar), key))
+    classes = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), -1) if rows else np.zeros((0, 0), np.uint8)
+    return names, classes, bad
+
+
+@functools.lru_cache(maxsize=4)
+def _weights(tars: tuple[Path, ...]) -> tuple[list[tuple[str, str]], torch.Tensor, list[Skipped]]:
+    names, classes, bad = read_classes(list(tars))
+    return names, torch.from_numpy(sample_weights(classes.astype(np.float64))), bad
+
+
+def epoch_repeats(tars: list[Path], seed: int, epoch: int, on_error: str = "raise"
+                  ) -> tuple[Repeats, list[Skipped]]:
+    """One epoch's class-balanced draw over these tars: ({tar: {key: times}}, samples left out).
+
+    As many draws as samples with classes, with replacement, by `sample_weights`; keys never drawn
+    are absent. Samples without a usable `KEY.cls` raise DataError (on_error="raise") or are left
+    out and returned (on_error="skip").
+
+    Raises:
+        DataError: a bad sample with on_error="raise", or no sample has any class.
+    """
+    names, weights, bad = _weights(tuple(tars))
+    if bad and on_error == "raise":
+        first = bad[0]
+        raise DataError(f"{first.shard}: sample {first.key}: {first.reason}: balanced sampling needs every "
+                        f"sample's {CLASSES_EXT} member ({len(bad)} samples lack one of the common size)")
+    if not names or float(weights.sum()) <= 0:
+        raise DataError(f"balanced sampling: no sample in {[str(t) for t in tars[:3]]}... has a class")
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    drawn = torch.bincount(torch.multinomial(weights, len(names), replacement=True, generator=generator),
+                           minlength=len(names)).tolist()
+    repeats: Repeats = {}
+    for (tar, key), times in zip(names, drawn):
+        if times:
+            repeats.setdefault(tar, {})[key] = times
+    return repeats, bad

@@ -1,0 +1,92 @@
+"""Class-balanced sampling (deteclap.data.balance, CAV-MAE's `--bal bal`): the weights against a
+hand-computed case, the draw's class shares, and both loaders delivering exactly the drawn epoch."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deteclap.data.balance import epoch_repeats, read_classes, sample_weights
+from deteclap.data.loader import DataError, build_loader, resolve_shards
+from tests.test_loader import LOADERS, all_keys, corrupt, make_cfg, rewrite_shards
+
+
+def test_sample_weights_hand_computed() -> None:
+    """CAV-MAE's gen_weight_file: label weight 1000 / (count + 0.01), a clip sums its labels' weights."""
+    classes = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=np.float64)
+    a, b = 1000 / 3.01, 1000 / 2.01       # class 0 on 3 clips, class 1 on 2, class 2 on none
+    np.testing.assert_allclose(sample_weights(classes), [a, a, b, a + b, 0.0])
+
+
+def imbalanced(shard_dir: Path, out: Path, rare: set[str]) -> Path:
+    """The synthetic shards with class 1 on the `rare` keys and class 0 on the others."""
+    def edit(key: str, ext: str, data: bytes) -> bytes:
+        if ext != "cls":
+            return data
+        row = np.zeros(len(data), np.uint8)
+        row[1 if key in rare else 0] = 1
+        return row.tobytes()
+    return rewrite_shards(shard_dir, out, edit)
+
+
+def test_draw_balances_classes(shard_dir: Path, tmp_path: Path) -> None:
+    keys = all_keys(shard_dir)
+    rare = {keys[1], keys[5]}                             # 2 of 8 clips: a quarter of a uniform draw
+    tars = resolve_shards(str(imbalanced(shard_dir, tmp_path / "s", rare)), "train")
+    names, classes, bad = read_classes(tars)
+    assert [k for _, k in names] == keys and not bad and classes[:, 1].sum() == 2
+    rare_draws = total = 0
+    for epoch in range(400):
+        repeats, _ = epoch_repeats(tars, seed=0, epoch=epoch)
+        drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+        assert sum(drawn.values()) == len(keys)                # an epoch is as long as the data set
+        rare_draws += sum(drawn[k] for k in rare)
+        total += len(keys)
+    assert abs(rare_draws / total - 0.5) < 0.05, rare_draws / total   # each class about half the draws
+    again, _ = epoch_repeats(tars, seed=0, epoch=3)
+    assert again == epoch_repeats(tars, seed=0, epoch=3)[0] != epoch_repeats(tars, seed=0, epoch=4)[0]
+
+
+def _make(loader: str):
+    if loader == "dali":
+        from dali_pipes.iterator import build_dali_loader
+
+        return lambda cfg, **kw: build_dali_loader(cfg, device="cpu", **kw)
+    return build_loader
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_loaders_deliver_the_drawn_epoch(shard_dir: Path, tmp_path: Path, loader: str) -> None:
+    """A training epoch holds each sample as often as it was drawn (repeats included, others absent)."""
+    keys = all_keys(shard_dir)
+    shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
+    cfg = make_cfg(shards, batch=2)
+    cfg.finetune.balanced_sampling = True
+    epoch = 1
+    repeats, _ = epoch_repeats(resolve_shards(str(shards), "train"), cfg.data.seed, epoch)
+    drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+    assert max(drawn.values()) >= 2 and len(drawn) < len(keys)      # this epoch repeats and leaves out
+    made = _make(loader)(cfg, train=True, epoch=epoch)
+    delivered = Counter(k for batch in made for k in batch["keys"])
+    assert len(made) == 4 and delivered == drawn                     # 8 draws in 4 batches of 2
+    cfg.finetune.balanced_sampling = False
+    assert Counter(k for batch in _make(loader)(cfg, train=True, epoch=epoch) for k in batch["keys"]) == Counter(keys)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_sample_without_classes(shard_dir: Path, tmp_path: Path, loader: str) -> None:
+    """A sample without KEY.cls: DataError naming shard and key, or left out and counted once (skip)."""
+    bad_key = all_keys(shard_dir)[4]
+    shards = rewrite_shards(shard_dir, tmp_path / "s", corrupt(bad_key, "-cls"))
+    cfg = make_cfg(shards, batch=2)
+    cfg.finetune.balanced_sampling = True
+    with pytest.raises(DataError, match=f"train-000001.tar: sample {bad_key}: missing_member"):
+        _make(loader)(cfg, train=True)
+    cfg.data.on_error = "skip"
+    made = _make(loader)(cfg, train=True)
+    delivered = [k for batch in made for k in batch["keys"]]
+    assert bad_key not in delivered and len(delivered) == 2 * len(made) > 0
+    assert made.skipped == {"missing_member": 1}
