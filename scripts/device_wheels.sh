@@ -4,29 +4,49 @@
 #   scripts/device_wheels.sh download          # here: fetch wheels into .wheels/, split them into parts
 #   scripts/device_wheels.sh install DIR       # there, once every part of .wheels/ has been carried
 #
-# The device tool carries at most 64 MiB per call and releases an idle machine after ~30 s, so carry
-# `.wheels/partNN` one per consecutive call, each call appending it to /tmp/wheels/all.bin
-# (`cat .wheels/partNN >> /tmp/wheels/all.bin`), then run `install /tmp/wheels` in the last call,
-# followed by scripts/gpu_check.sh.
+# The device tool carries at most 64 MiB per call (the ~1 MB working tree included) and releases an
+# idle machine after ~30 s, so carry `.wheels/partNN` one per consecutive call, each call appending
+# it to /tmp/wheels/all.bin (`mkdir -p /tmp/wheels && cat .wheels/partNN >> /tmp/wheels/all.bin`),
+# then, in the last call, `scripts/device_wheels.sh install /tmp/wheels && scripts/gpu_check.sh`.
+# About 300 MB in 5 parts (DALI 199 MB, PyAV 36 MB, nvCOMP 29 MB, nvImageCodec 25 MB).
+#
+# The GPU machine runs Python 3.12 (torch 2.11 + CUDA 13, torchaudio, timm, numpy, msgpack, ninja,
+# py-cpuinfo, einops, psutil, tqdm, nvidia-ml-py already there), so the wheels are fetched for
+# cp312 / manylinux, at the versions this project is tested with here; DeepSpeed (an sdist on PyPI)
+# is built here into a pure-Python wheel. `install` puts them in /tmp/site (scripts/gpu_check.sh
+# adds it to PYTHONPATH), leaving the machine's own environment as it is.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+# DALI and what it imports (its image-codec extras, nvjpeg / nvjpeg2k / nvtiff, are left out: no image
+# is decoded by DALI here), the data path's libraries, DeepSpeed's dependencies the machine lacks
+WHEELS="nvidia-dali-cuda130==2.4.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0
+  libcst==1.9.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnvcomp-cu13==5.3.0.16
+  webdataset==1.0.2 braceexpand==0.1.7 av==18.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12
+  hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
+DEEPSPEED=deepspeed==0.19.8
+SITE=/tmp/site
+PY=${PYTHON:-python3}                 # install: the GPU machine's python3 (3.12)
 case "${1:-}" in
   download)
     rm -rf "$here/.wheels" && mkdir -p "$here/.wheels/src"
-    # what the GPU machine lacks (it has torch, torchaudio and timm): DALI, DeepSpeed and the data
-    # path's own libraries with their small pure-Python dependencies (wheels for this machine's
-    # Python and platform: the GPU machine must match them)
-    pip download nvidia-dali-cuda130 deepspeed hjson ninja py-cpuinfo msgpack webdataset braceexpand \
-      av soundfile --no-deps -d "$here/.wheels/src"
-    # one archive of every wheel / sdist, split into parts the device tool can carry
-    (cd "$here/.wheels/src" && tar cf ../all.tar .)
+    # shellcheck disable=SC2086
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$here/.wheels/src" $WHEELS
+    # DeepSpeed's setup.py imports torch: build with this project's environment (no C++ ops compiled)
+    DS_BUILD_OPS=0 python3 -m pip wheel --no-deps --no-build-isolation -w "$here/.wheels/src" "$DEEPSPEED"
+    # one archive of every wheel, split into parts the device tool can carry
+    (cd "$here/.wheels/src" && tar cf ../all.tar ./*.whl)
     (cd "$here/.wheels" && split -b 60M -d all.tar part && rm all.tar && sha256sum part* > SHA256SUMS)
     ls -la "$here/.wheels"
     ;;
   install)
     dir=${2:?install DIR (the folder where the parts were appended to all.bin)}
-    mkdir -p "$dir/unpacked" && tar xf "$dir/all.bin" -C "$dir/unpacked"
-    pip install --no-deps --no-index --no-build-isolation "$dir"/unpacked/*
+    rm -rf "$dir/unpacked" && mkdir -p "$dir/unpacked" && tar xf "$dir/all.bin" -C "$dir/unpacked"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$dir"/unpacked/*.whl
+    PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+      "import nvidia.dali, deepspeed, webdataset, av, soundfile; print('wheels ok: DALI', nvidia.dali.__version__)"
     ;;
   *) echo "usage: $0 download | install DIR" >&2; exit 2 ;;
 esac
