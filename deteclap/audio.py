@@ -280,5 +280,5 @@ def add_noise_and_roll(fbank: Tensor, generator: torch.Generator | None = None) 
     source = (torch.arange(frames, device=device).unsqueeze(0) - shift) % frames
     rows = torch.arange(batch, device=device).unsqueeze(1)
     rolled = fbank[rows.to(fbank.device), source.to(fbank.device)]   # whole rows: no [B, T, F] index
-    noise = _uniform((batch, frames, bins), generator, device).mul_(scale)
-    return rolled.add_(noise.to(device=fbank.device, dtype=fbank.dtype))
+    noise = _uniform((batch, frames, bins), generator, device).to(device=fbank.device, dtype=fbank.dtype)
+    return rolled.addcmul_(noise, scale.to(device=fbank.device, dtype=fbank.dtype))   # one pass

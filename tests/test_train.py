@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,7 +82,10 @@ def test_one_process_logs_every_term_checkpoints_and_evaluates(labelled_shards, 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_launcher_two_processes(labelled_shards, tmp_path, stage):
     run_dir = tmp_path / f"zero{stage}"
-    launcher = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(29500 + stage)]
+    with socket.socket() as sock:             # a free port: a fixed one can still be held by an earlier run
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(port)]
     run_train(overrides(labelled_shards, run_dir, **{"deepspeed.zero_stage": stage, "data.batch_size": 1,
                                                       "run.max_steps": 2}), launcher=launcher)
     log = metrics(run_dir)
