@@ -1,6 +1,6 @@
 """Run every benchmark that fits this machine, then regenerate the README's results section.
 
-    python -m benchmarks [--quick] [--shards DIR]
+    python -m benchmarks [--shards DIR] [--clips N] [--skip shard,loader,label,train_step]
 
 Shard, loader, label and train-step benchmarks write JSON under benchmarks/results/ with the
 machine description; `benchmarks/report.py` turns those files into the README table and plots.

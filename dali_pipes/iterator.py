@@ -46,9 +46,9 @@ import torch
 from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap import audio
 from deteclap.config import Config
-from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, epoch_seed, finish_batch,
-                                  index_entries, index_path, required_members, resolve_shards,
-                                  shard_facts, wrong_score_sizes)
+from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, batch_size, epoch_seed,
+                                  finish_batch, index_entries, index_path, required_members,
+                                  resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.shard import FRAME_TABLE_EXT, index_text
 
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
@@ -108,16 +108,16 @@ class DaliLoader:
         if facts.format_version >= 2 or (facts.format_version == 0 and self._all_have(FRAME_TABLE_EXT)):
             self.exts.insert(4, FRAME_TABLE_EXT)
         self.codec = facts.codec or self._video_codec()
-        self._check_members()
-        self.repeats = None                      # balanced sampling: {tar: {key: times drawn}}
+        self.repeats: dict[str, dict[str, int]] | None = None      # balanced sampling: {tar: {key: times}}
         if train and cfg.finetune.balanced_sampling:
             from deteclap.data.balance import epoch_repeats
 
-            self.repeats, bad = epoch_repeats(self.tars, data.seed, epoch, data.on_error)
+            self.repeats, bad = epoch_repeats(self.tars, data.seed, epoch, data.on_error, facts.num_classes)
             for item in bad:
-                if (item.shard, item.key) not in self.excluded and rank == 0:
+                if rank == 0:
                     self._count(item)
                 self.excluded.add((item.shard, item.key))
+        self._check_members()
 
     def _all_have(self, ext: str) -> bool:
         return all(ext in {m[0] for m in members} for samples in self.entries.values() for members in samples.values())
@@ -141,15 +141,18 @@ class DaliLoader:
 
     # -- sample bookkeeping --------------------------------------------------------------------
     def _check_members(self) -> None:
-        """From the index alone: label-score members of the wrong size, frame tables too short for the
-        frames the config samples (DataError naming shard and key, or skipped) and, with
-        on_error=skip, samples missing a member; skipped ones are left out of the index and counted
-        by rank 0 (with on_error=raise DALI itself refuses a missing member)."""
+        """From the index alone, over the samples read this epoch: label-score members of the wrong
+        size, frame tables too short for the frames the config samples (DataError naming shard and
+        key, or skipped) and, with on_error=skip, samples missing a member; skipped ones are left
+        out of the index and counted by rank 0 (with on_error=raise DALI itself refuses a missing
+        member)."""
         skip = self.cfg.data.on_error == "skip"
         data = self.cfg.data
         needed = data.num_frames if self.train else data.eval_frame + 1     # frames the table must hold
         for tar, samples in self.entries.items():
             for key, members in samples.items():
+                if not self._times(tar, key):
+                    continue                  # not read this epoch (not drawn, or already counted)
                 sizes = {m[0]: m[2] for m in members}
                 problem = None
                 wrong = wrong_score_sizes({e: n for e, n in sizes.items() if e in self.exts}, self.score_size)
@@ -184,7 +187,7 @@ class DaliLoader:
 
     def __len__(self) -> int:
         """Training: full batches every rank yields (DALI's smallest shard); evaluation: this rank's."""
-        total, batch = self.num_samples(), self.cfg.data.batch_size
+        total, batch = self.num_samples(), batch_size(self.cfg, self.train)
         shard_sizes = [(i + 1) * total // self.world_size - i * total // self.world_size
                        for i in range(self.world_size)]
         if self.train:
@@ -221,7 +224,8 @@ class DaliLoader:
         tars, index_paths = self._reader_files()
         return PipeSpec(
             tars=tars, exts=self.exts, index_paths=index_paths,
-            batch_size=data.batch_size, num_threads=max(data.num_workers, THREADS), device_id=device_id,
+            batch_size=batch_size(self.cfg, self.train), num_threads=max(data.num_workers, THREADS),
+            device_id=device_id,
             shard_id=self.rank, num_shards=self.world_size, seed=epoch_seed(data.seed, self.epoch),
             shuffle=self.train, initial_fill=max(data.shuffle_buffer, 1),
             missing_component_behavior="error", img_size=self.cfg.model.img_size,

@@ -120,7 +120,7 @@ class DeepSpeedConfig:
 @dataclass
 class EvalConfig:
     per_class: int = 5                # retrieval subset: this many clips per class (0 = all)
-    batch_size: int = 64
+    batch_size: int = 64              # evaluation batches, both loaders (data.batch_size is training's)
     recall_at: tuple[int, ...] = (1, 5, 10)
     average_frames: bool = False      # classification: mean probabilities over frames 0..num_frames-1
 

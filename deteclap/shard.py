@@ -579,8 +579,9 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                  video_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Shard SRC into OUT (see module docstring); returns the summary dict that is also printed.
 
-    Summary: {"inputs", "written", "skipped_shards", "failed", "reasons": {reason: count},
-    "shards", "out"}. Raises ShardError for an unusable SRC or an OUT written with other settings.
+    Summary: {"inputs", "samples" (in the listed shards), "written_now", "skipped_shards" (done by
+    an earlier run), "shards", "failed", "reasons": {reason: count}, "out"}. Raises ShardError for
+    an unusable SRC or an OUT written with other settings.
     """
     settings = settings or EncodeSettings()
     if settings.codec not in CODECS:

@@ -195,8 +195,8 @@ def build_objective(cfg: Config, info: dict[str, Any]) -> tuple[torch.nn.Module,
 
 
 def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
-                     ) -> Iterator[tuple[int, int, dict[str, Any], Any]]:
-    """Endless (epoch, index in epoch, batch, loader); resumes at batch `skip` of `epoch`.
+                     ) -> Iterator[tuple[int, dict[str, Any], Any]]:
+    """Endless (epoch, batch, loader); resumes at batch `skip` of `epoch` (`loader.batches_consumed`).
 
     Each epoch builds the loader for that epoch (its shuffle is seeded by seed and epoch) and
     starts it at batch `skip`, so the batches after a resume are the ones the uninterrupted run saw.
@@ -206,9 +206,9 @@ def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
     while True:
         loader = build(cfg, train=True, rank=rank, world_size=world, epoch=epoch, start_batch=skip)
         produced = False
-        for index, batch in enumerate(loader, start=skip):
+        for batch in loader:
             produced = True
-            yield epoch, index, batch, loader
+            yield epoch, batch, loader
         if not produced and skip == 0:
             raise RuntimeError(f"{cfg.data.train_shards}: the training loader produced no batch "
                                f"(fewer samples than data.batch_size={cfg.data.batch_size} per rank?)")
@@ -340,7 +340,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             # draw the same numbers whether or not the run was resumed
             torch.manual_seed((cfg.run.seed * SEED_STRIDE + step) * world * accum + rank * accum + micro)
             wait_start = time.perf_counter()
-            epoch, index, batch, loader = next(batches)
+            epoch, batch, loader = next(batches)
             wait_s += time.perf_counter() - wait_start
             if loader is not counted:  # a new epoch's loader: bank the finished one's skips
                 skipped.update(getattr(counted, "skipped", {}) or {})
@@ -380,7 +380,9 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
-            client = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1}
+            # the loader's count of batches taken from its source (a batch whose every sample was
+            # left out is taken but never yielded): what `start_batch` skips on resume
+            client = {"step": step, "epoch": epoch, "batch_in_epoch": loader.batches_consumed}
             save(engine, run, step, client, rank, cfg.run.keep_checkpoints, cfg.finetune.average_from_step)
     progress.close()
     elapsed = time.time() - start_time

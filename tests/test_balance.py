@@ -77,6 +77,40 @@ def test_loaders_deliver_the_drawn_epoch(shard_dir: Path, tmp_path: Path, loader
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+def test_ranks_split_the_draws(shard_dir: Path, tmp_path: Path, loader: str) -> None:
+    """Two ranks: the same batch count each, together exactly the drawn epoch (draws are split, not tars)."""
+    keys = all_keys(shard_dir)
+    shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
+    cfg = make_cfg(shards, batch=2)
+    cfg.finetune.balanced_sampling = True
+    for epoch in range(3):
+        repeats, _ = epoch_repeats(resolve_shards(str(shards), "train"), cfg.data.seed, epoch)
+        drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+        ranks = [_make(loader)(cfg, train=True, rank=r, world_size=2, epoch=epoch) for r in range(2)]
+        delivered = [[k for batch in made for k in batch["keys"]] for made in ranks]
+        assert [len(made) for made in ranks] == [2, 2] and [len(d) for d in delivered] == [4, 4], epoch
+        assert Counter(delivered[0] + delivered[1]) == drawn, epoch
+
+
+def test_classes_of_the_wrong_size_are_the_bad_ones(shard_dir: Path, tmp_path: Path) -> None:
+    """The expected `KEY.cls` size is dataset.json's class count: a wrong first sample does not
+    condemn the others; without dataset.json the most common size decides."""
+    from deteclap.data.loader import shard_facts
+
+    keys = all_keys(shard_dir)
+    shards = rewrite_shards(shard_dir, tmp_path / "s",
+                            lambda key, ext, data: data + b"\x01" if (key, ext) == (keys[0], "cls") else data)
+    tars = resolve_shards(str(shards), "train")
+    num_classes = shard_facts(str(shards)).num_classes
+    for expected in (num_classes, None):
+        names, classes, bad = read_classes(tars, expected)
+        assert [(b.key, b.reason) for b in bad] == [(keys[0], "bad_classes")]
+        assert [k for _, k in names] == keys[1:] and classes.shape == (7, num_classes)
+    with pytest.raises(DataError, match=f"sample {keys[0]}: bad_classes"):
+        epoch_repeats(tars, seed=0, epoch=0, num_classes=num_classes)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 def test_sample_without_classes(shard_dir: Path, tmp_path: Path, loader: str) -> None:
     """A sample without KEY.cls: DataError naming shard and key, or left out and counted once (skip)."""
     bad_key = all_keys(shard_dir)[4]

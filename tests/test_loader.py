@@ -82,6 +82,7 @@ def make_cfg(shards: Path, batch: int = 3, variant: str = "cavmae", workers: int
     cfg.data.train_shards = cfg.data.eval_shards = str(shards)
     cfg.data.eval_split = "train"
     cfg.data.batch_size, cfg.data.num_workers, cfg.data.shuffle_buffer = batch, workers, 4
+    cfg.eval.batch_size = batch
     cfg.labels.variant = variant
     cfg.labels.audio_labeller = cfg.labels.visual_labeller = "truth"
     cfg.run.device = "cpu"
@@ -179,6 +180,29 @@ def test_batch_whose_every_label_failed_is_left_out() -> None:
     batch = finish_batch(cfg, True, ["a", "b"], torch.zeros(2, 3, 224, 224, dtype=torch.uint8),
                          torch.zeros(2, 16000), torch.tensor([16000, 16000]), torch.zeros(2, 4), scores)
     assert batch["keys"] == [] and batch["label_failed"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_resume_position_counts_a_dropped_batch(shard_dir: Path, tmp_path: Path, loader: str) -> None:
+    """A batch whose every sample is left out (NaN label scores, on_error=skip) is consumed but not
+    yielded: `batches_consumed` (what train.py saves) counts it, so a resume starts after it."""
+    if loader == "dali":
+        from dali_pipes.iterator import build_dali_loader as make
+    else:
+        make = build_loader
+    device = {"device": "cpu"} if loader == "dali" else {}
+    keys = all_keys(shard_dir)
+    nan = np.full(NUM_LABELS, np.nan, dtype="<f2").tobytes()
+    shards = rewrite_shards(shard_dir, tmp_path / "s", lambda key, ext, data: nan if ext == "truth.f16"
+                            and key in keys[:3] else data, add_scores=True)
+    cfg = make_cfg(shards, variant="or")
+    cfg.data.on_error = "skip"
+    made = make(cfg, train=False, **device)
+    batches = iter(made)
+    assert next(batches)["keys"] == keys[3:6]                        # the first batch (keys 0-2) was dropped
+    assert made.state_dict()["batches_consumed"] == 2 and made.skipped == {"label_failed": 3}
+    resumed = make(cfg, train=False, start_batch=2, **device)
+    assert [b["keys"] for b in resumed] == [keys[6:8]]
 
 
 def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:

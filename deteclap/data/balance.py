@@ -7,13 +7,18 @@ becomes a repeat count per sample (`epoch_repeats`): the reference loader decode
 many times where its tar holds it, the DALI loader lists it that many times in its index files,
 and both shuffle with their buffers as usual. The draw is torch.multinomial (what
 WeightedRandomSampler calls) with a generator seeded by the epoch, so every rank draws the same
-counts and a resumed epoch draws them again. Class vectors are the samples' `KEY.cls` members,
-read once per process through the tar index (one small read per sample).
+counts and a resumed epoch draws them again; ranks split the draws, not the tars (`rank_share`,
+as DALI's reader splits its index), so that each gets the same number. Class vectors are the
+samples' `KEY.cls` members, read once per process through the tar index (one small read per
+sample); one missing or of another size than dataset.json's class list is a bad sample
+(`missing_member` / `bad_classes`).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,49 +38,60 @@ def sample_weights(classes: np.ndarray) -> np.ndarray:
     return classes @ (LABEL_WEIGHT_SCALE / (counts + LABEL_COUNT_EPSILON))
 
 
-def read_classes(tars: list[Path]) -> tuple[list[tuple[str, str]], np.ndarray, list[Skipped]]:
+def read_classes(tars: list[Path], num_classes: int | None = None
+                 ) -> tuple[list[tuple[str, str]], np.ndarray, list[Skipped]]:
     """Every sample's class vector, in tar order: ((tar, key) per row, uint8 [N, K], bad samples).
 
-    Bad: no `KEY.cls` member, or one whose size differs from the first sample's; they are left out."""
-    names: list[tuple[str, str]] = []
-    rows: list[bytes] = []
+    Bad (left out): no `KEY.cls` member, or one of another size than `num_classes` bytes (without
+    it, than most samples' size)."""
+    found: list[tuple[str, str, int, int]] = []        # (tar, key, offset, size)
     bad: list[Skipped] = []
     for tar in tars:
+        for key, members in index_entries(tar).items():
+            member = next(((offset, size) for ext, offset, size, _ in members if ext == CLASSES_EXT), None)
+            if member is None:
+                bad.append(Skipped(str(tar), key, "missing_member"))
+            else:
+                found.append((str(tar), key, *member))
+    if num_classes is None and found:
+        num_classes = Counter(size for *_, size in found).most_common(1)[0][0]
+    names, rows = [], []
+    for tar, samples in itertools.groupby(found, key=lambda row: row[0]):     # one open per tar
         with open(tar, "rb") as handle:
-            for key, members in index_entries(tar).items():
-                found = [(offset, size) for ext, offset, size, _ in members if ext == CLASSES_EXT]
-                if not found or (rows and found[0][1] != len(rows[0])):
-                    bad.append(Skipped(str(tar), key, "missing_member" if not found else "bad_classes"))
+            for _, key, offset, size in samples:
+                if size != num_classes:
+                    bad.append(Skipped(tar, key, "bad_classes"))
                     continue
-                handle.seek(found[0][0])
-                rows.append(handle.read(found[0][1]))
-                names.append((str(tar), key))
-    classes = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), -1) if rows else np.zeros((0, 0), np.uint8)
+                handle.seek(offset)
+                rows.append(handle.read(size))
+                names.append((tar, key))
+    classes = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), num_classes or 0)
     return names, classes, bad
 
 
 @functools.lru_cache(maxsize=4)
-def _weights(tars: tuple[Path, ...]) -> tuple[list[tuple[str, str]], torch.Tensor, list[Skipped]]:
-    names, classes, bad = read_classes(list(tars))
+def _weights(tars: tuple[Path, ...], num_classes: int | None
+             ) -> tuple[list[tuple[str, str]], torch.Tensor, list[Skipped]]:
+    names, classes, bad = read_classes(list(tars), num_classes)
     return names, torch.from_numpy(sample_weights(classes.astype(np.float64))), bad
 
 
-def epoch_repeats(tars: list[Path], seed: int, epoch: int, on_error: str = "raise"
-                  ) -> tuple[Repeats, list[Skipped]]:
+def epoch_repeats(tars: list[Path], seed: int, epoch: int, on_error: str = "raise",
+                  num_classes: int | None = None) -> tuple[Repeats, list[Skipped]]:
     """One epoch's class-balanced draw over these tars: ({tar: {key: times}}, samples left out).
 
     As many draws as samples with classes, with replacement, by `sample_weights`; keys never drawn
-    are absent. Samples without a usable `KEY.cls` raise DataError (on_error="raise") or are left
-    out and returned (on_error="skip").
+    are absent. Samples without a usable `KEY.cls` (`num_classes` bytes: dataset.json's class
+    count) raise DataError (on_error="raise") or are left out and returned (on_error="skip").
 
     Raises:
         DataError: a bad sample with on_error="raise", or no sample has any class.
     """
-    names, weights, bad = _weights(tuple(tars))
+    names, weights, bad = _weights(tuple(tars), num_classes)
     if bad and on_error == "raise":
         first = bad[0]
         raise DataError(f"{first.shard}: sample {first.key}: {first.reason}: balanced sampling needs every "
-                        f"sample's {CLASSES_EXT} member ({len(bad)} samples lack one of the common size)")
+                        f"sample's {CLASSES_EXT} member with one byte per class ({len(bad)} bad samples)")
     if not names or float(weights.sum()) <= 0:
         raise DataError(f"balanced sampling: no sample in {[str(t) for t in tars[:3]]}... has a class")
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
@@ -86,3 +102,14 @@ def epoch_repeats(tars: list[Path], seed: int, epoch: int, on_error: str = "rais
         if times:
             repeats.setdefault(tar, {})[key] = times
     return repeats, bad
+
+
+def rank_share(repeats: Repeats, order: list[Path], rank: int, world_size: int) -> Repeats:
+    """This rank's contiguous part of the epoch's draws, the draws laid out in tar `order`: ranks get
+    equal counts (+-1), a sample drawn n times may be split between two neighbouring ranks."""
+    draws = [(str(tar), key) for tar in order for key, times in repeats.get(str(tar), {}).items()
+             for _ in range(times)]
+    share: Repeats = {}
+    for tar, key in draws[rank * len(draws) // world_size:(rank + 1) * len(draws) // world_size]:
+        share.setdefault(tar, {})[key] = share.get(tar, {}).get(key, 0) + 1
+    return share

@@ -99,6 +99,7 @@ class ShardFacts:
     square_side: int | None = None    # frames stored at side x side (encoding `crop`, the default)
     score_bytes: int | None = None    # of every `KEY.<labeller>.f16`: 2 per label_vocabulary class
     codec: str | None = None          # the stored video codec
+    num_classes: int | None = None    # bytes of every `KEY.cls`: one per dataset.json `classes` entry
 
 
 def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None:
@@ -117,11 +118,11 @@ def shard_facts(spec: str) -> ShardFacts:
     if not (Path(spec) / DATASET_JSON).is_file():
         return ShardFacts()
     meta = load_dataset_json(spec)
-    encoding, vocabulary = meta.get("encoding", {}), meta.get("label_vocabulary")
+    encoding, vocabulary, classes = meta.get("encoding", {}), meta.get("label_vocabulary"), meta.get("classes")
     return ShardFacts(format_version=meta.get("format_version", 1),
                       square_side=encoding.get("short_side") if encoding.get("crop") else None,
                       score_bytes=None if vocabulary is None else 2 * len(vocabulary),
-                      codec=encoding.get("codec"))
+                      codec=encoding.get("codec"), num_classes=None if classes is None else len(classes))
 
 
 def index_path(tar: Path) -> Path:
@@ -167,6 +168,11 @@ def required_members(cfg: Config) -> list[str]:
     else:
         labellers = list(required_labellers(cfg.labels))
     return [VIDEO_EXT, AUDIO_EXT, META_EXT, CLASSES_EXT] + [name + SCORE_SUFFIX for name in labellers]
+
+
+def batch_size(cfg: Config, train: bool) -> int:
+    """Samples per batch: data.batch_size in training, eval.batch_size in evaluation."""
+    return cfg.data.batch_size if train else cfg.eval.batch_size
 
 
 def split_for_rank(tars: list[Path], train: bool, rank: int, world_size: int, seed: int, epoch: int
@@ -506,27 +512,38 @@ class ReferenceLoader:
         self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
-        self.score_size = shard_facts(spec).score_bytes
+        facts = shard_facts(spec)
+        self.score_size = facts.score_bytes
         self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)
         self.skipped: Counter[str] = Counter()
         self.skipped_samples: list[Skipped] = []
         self.batches_consumed = 0
         self.length: int | None = None
-        self.repeats = None
+        self.repeats: dict[str, dict[str, int]] | None = None     # balanced sampling: this rank's draws
         if train and cfg.finetune.balanced_sampling:
-            from deteclap.data.balance import epoch_repeats
-
-            self.repeats, bad = epoch_repeats(all_tars, data.seed, epoch, data.on_error)
-            for item in bad if rank == 0 else []:     # counted once, by rank 0
-                self.skipped[item.reason] += 1
-                self.skipped_samples.append(item)
-        if train:
-            if self.repeats is None:
-                counts = {tar: tar_sample_count(tar) for tar in all_tars}
-            else:
-                counts = {tar: sum(self.repeats.get(str(tar), {}).values()) for tar in all_tars}
+            self._draw(all_tars, rank, world_size, facts.num_classes)
+        elif train:
+            counts = {tar: tar_sample_count(tar) for tar in all_tars}
             per_rank = [split_for_rank(all_tars, True, r, world_size, data.seed, epoch) for r in range(world_size)]
             self.length = min(self._train_batches(counts, tars) for tars in per_rank)
+
+    def _draw(self, all_tars: list[Path], rank: int, world_size: int, num_classes: int | None) -> None:
+        """Balanced sampling: this epoch's draws (deteclap.data.balance), split by draw across the ranks
+        in this epoch's tar order; each rank reads the tars its share holds, and `len()` is the
+        smallest share's batch count. Samples without usable classes are counted by rank 0."""
+        from deteclap.data.balance import epoch_repeats, rank_share
+
+        data = self.cfg.data
+        drawn, bad = epoch_repeats(all_tars, data.seed, self.epoch, data.on_error, num_classes)
+        for item in bad if rank == 0 else []:
+            self.skipped[item.reason] += 1
+            self.skipped_samples.append(item)
+        order = split_for_rank(all_tars, True, 0, 1, data.seed, self.epoch)      # the epoch's shuffled tars
+        shares = [rank_share(drawn, order, r, world_size) for r in range(world_size)]
+        self.repeats = shares[rank]
+        self.tars = [tar for tar in order if str(tar) in self.repeats]
+        self.length = min(self._train_batches({tar: sum(share.get(str(tar), {}).values()) for tar in all_tars},
+                                              [tar for tar in order if str(tar) in share]) for share in shares)
 
     def _train_batches(self, counts: dict[Path, int], tars: list[Path]) -> int:
         """Full batches a rank yields: each worker batches its own tars and drops its remainder."""
@@ -553,7 +570,7 @@ class ReferenceLoader:
         # it there; mixup mixes waves before the fbank, so it keeps the fbank in finish_batch
         in_workers = device == "cpu" and workers > 0 and not (self.train and data.mixup > 0)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=data.batch_size, num_workers=workers,
+            dataset, batch_size=batch_size(self.cfg, self.train), num_workers=workers,
             collate_fn=functools.partial(collate, fbank_length=self.cfg.model.audio_length if in_workers else 0),
             drop_last=self.train, persistent_workers=False, pin_memory=device == "cuda",
             worker_init_fn=worker_init,
