@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from dali_pipes.pipelines import OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
+from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap import audio
 from deteclap.config import Config
 from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, batch_size, epoch_seed,
@@ -108,6 +108,9 @@ class DaliLoader:
         if facts.format_version >= 2 or (facts.format_version == 0 and self._all_have(FRAME_TABLE_EXT)):
             self.exts.insert(4, FRAME_TABLE_EXT)
         self.codec = facts.codec or self._video_codec()
+        if FRAME_TABLE_EXT in self.exts and self.codec not in IVF_FOURCC:
+            raise DataError(f"{spec}: {self.codec} video: the DALI pipelines cut frames out of "
+                            f"{sorted(IVF_FOURCC)} mp4s (python -m deteclap.shard writes those)")
         self.repeats: dict[str, dict[str, int]] | None = None      # balanced sampling: {tar: {key: times}}
         if train and cfg.finetune.balanced_sampling:
             from deteclap.data.balance import epoch_repeats

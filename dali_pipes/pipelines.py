@@ -29,9 +29,8 @@ from deteclap.shard import FRAME_TABLE_EXT
 
 READER_NAME = "reader"
 OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then one per label-score member
-IVF_FOURCC = {"vp9": b"VP90", "vp8": b"VP80"}
-# (mask, value) of a key frame's first byte: VP9's frame marker; VP8's key-frame bit (weaker: zeros pass)
-FRAME_MARKER = {"vp9": (0xC0, 0x80), "vp8": (0x01, 0x00)}
+IVF_FOURCC = {"vp9": b"VP90"}
+FRAME_MARKER = {"vp9": (0xC0, 0x80)}     # (mask, value) of a frame's first byte: VP9's frame marker
 IVF_FILE_HEADER = 32                      # "DKIF", version, header size, fourcc, width, height, rate, count
 
 

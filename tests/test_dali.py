@@ -143,6 +143,21 @@ def test_bad_frame_table_or_truncated_mp4_at_frame_0(shard_dir: Path, tmp_path: 
     assert loader.skipped == {reason: 1}
 
 
+def test_other_codecs_are_refused(shard_dir: Path, tmp_path: Path) -> None:
+    """Only VP9 shards are written (FFmpeg's mp4 muxer refuses VP8) and cut into IVF frames: the
+    shard writer refuses another codec, and DALI shards of another codec with a clear error."""
+    from deteclap.shard import EncodeSettings, ShardError, write_shards
+
+    with pytest.raises(ShardError, match="--codec 'vp8': choose one of"):
+        write_shards(tmp_path / "none", tmp_path / "out", settings=EncodeSettings(codec="vp8"))
+    shards = rewrite_shards(shard_dir, tmp_path / "s", keep)
+    meta = json.loads((shards / "dataset.json").read_text())
+    meta["encoding"]["codec"] = "h264"
+    (shards / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="h264 video: the DALI pipelines cut frames out of"):
+        build_dali_loader(make_cfg(shards), train=False, device="cpu")
+
+
 def test_parse_bad_member() -> None:
     message = 'Failed to create video decoder for "/d/train-000001.tar:184320:clip_2.mp4"'
     assert parse_bad_member(message) == ("/d/train-000001.tar", "clip_2", "corrupt_mp4")
