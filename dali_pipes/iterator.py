@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ import torch
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap import audio
 from deteclap.config import Config
-from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, batch_size, epoch_seed,
+from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, batch_size, epoch_seed,
                                   finish_batch, index_entries, index_path, required_members,
                                   resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.shard import FRAME_TABLE_EXT, index_text
@@ -77,7 +76,7 @@ def _dali_error_text(err: BaseException) -> str:
     return text.split("encountered:", 1)[-1].strip().splitlines()[0] if "encountered:" in text else text
 
 
-class DaliLoader:
+class DaliLoader(SkipLog):
     """Iterable of batch dicts from a DALI pipeline; `skipped` counts left-out samples by reason."""
 
     def __init__(self, cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
@@ -97,8 +96,7 @@ class DaliLoader:
         self.score_size = facts.score_bytes
         self.exts = required_members(cfg)
         self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts if ext.endswith(SCORE_SUFFIX)]
-        self.skipped: Counter[str] = Counter()
-        self.skipped_samples: list[Skipped] = []
+        super().__init__()
         self.excluded: set[tuple[str, str]] = set()
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
@@ -173,10 +171,6 @@ class DaliLoader:
                     self.excluded.add((tar, key))
                     if self.rank == 0:
                         self._count(Skipped(tar, key, problem[0]))
-
-    def _count(self, item: Skipped) -> None:
-        self.skipped[item.reason] += 1
-        self.skipped_samples.append(item)
 
     def _times(self, tar: str, key: str) -> int:
         """How often the reader lists a sample this epoch (0: excluded or not drawn)."""

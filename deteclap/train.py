@@ -216,6 +216,12 @@ def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
         epoch += 1
 
 
+def resume_state(step: int, epoch: int, loader: Any) -> dict[str, int]:
+    """The checkpoint's data position: the loader's count of batches taken from its source (a batch
+    whose every sample was left out is taken but never yielded), which `start_batch` skips."""
+    return {"step": step, "epoch": epoch, "batch_in_epoch": loader.batches_consumed}
+
+
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
     """Move tensors (and the targets dict) to the device; cast float inputs for fp16 engines."""
     def move(x: Any) -> Any:
@@ -328,7 +334,10 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     batches = training_batches(cfg, rank, world, epoch, skip)
     start_time, last_time, samples_since_log = time.time(), time.time(), 0
     samples_total, last_losses, loader, counted = 0, {}, None, None
-    skipped: Counter[str] = Counter()  # skipped samples by reason, over every epoch's loader
+    left_out: set[tuple[int, str, str, str]] = set()   # (epoch, shard, key, reason) of skipped samples
+
+    def bank(finished: Any) -> None:   # one loader per epoch; a sample split between ranks counts once
+        left_out.update((finished.epoch, s.shard, s.key, s.reason) for s in getattr(finished, "skipped_samples", ()))
     wait_s, busy_s = 0.0, 0.0  # time blocked on the data iterator vs the whole step
     total_wait_s, total_busy_s = 0.0, 0.0
     engine.train()
@@ -343,7 +352,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             epoch, batch, loader = next(batches)
             wait_s += time.perf_counter() - wait_start
             if loader is not counted:  # a new epoch's loader: bank the finished one's skips
-                skipped.update(getattr(counted, "skipped", {}) or {})
+                bank(counted)
                 counted = loader
             batch = to_device(batch, engine.device, input_dtype)
             targets = batch["classes"] if cfg.finetune.task else batch["targets"]
@@ -380,16 +389,14 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
-            # the loader's count of batches taken from its source (a batch whose every sample was
-            # left out is taken but never yielded): what `start_batch` skips on resume
-            client = {"step": step, "epoch": epoch, "batch_in_epoch": loader.batches_consumed}
+            client = resume_state(step, epoch, loader)
             save(engine, run, step, client, rank, cfg.run.keep_checkpoints, cfg.finetune.average_from_step)
     progress.close()
     elapsed = time.time() - start_time
-    skipped.update(getattr(counted, "skipped", {}) or {})
+    bank(counted)
     per_rank: list[Any] = [None] * world
-    torch.distributed.all_gather_object(per_rank, dict(skipped))
-    skipped = sum((Counter(c) for c in per_rank), Counter())
+    torch.distributed.all_gather_object(per_rank, left_out)
+    skipped = Counter(reason for *_, reason in set().union(*per_rank))
     summary = {"steps": step, "samples": samples_total, "seconds": elapsed,
                "samples_per_s": samples_total / max(elapsed, 1e-9), "world_size": world,
                "data_wait_share": total_wait_s / max(total_busy_s, 1e-9),

@@ -7,8 +7,10 @@
 # The device tool carries at most 64 MiB per call (the ~1 MB working tree included) and releases an
 # idle machine after ~30 s, so carry `.wheels/partNN` one per consecutive call, each call appending
 # it to /tmp/wheels/all.bin (`mkdir -p /tmp/wheels && cat .wheels/partNN >> /tmp/wheels/all.bin`),
-# then, in the last call, `scripts/device_wheels.sh install /tmp/wheels && scripts/gpu_check.sh`.
-# About 300 MB in 5 parts (DALI 199 MB, PyAV 36 MB, nvCOMP 29 MB, nvImageCodec 25 MB).
+# then, in the last call, `scripts/device_wheels.sh install /tmp/wheels && scripts/gpu_check.sh tests`,
+# and at once (the machine stays warm ~30 s) `scripts/gpu_check.sh bench` in the next call.
+# About 300 MB in 5 parts (DALI 199 MB, PyAV 36 MB, nvCOMP 29 MB, nvImageCodec 25 MB). six and
+# typing-extensions are on that machine too; carried anyway (tiny) so the versions are the tested ones.
 #
 # The GPU machine runs Python 3.12 (torch 2.11 + CUDA 13, torchaudio, timm, numpy, msgpack, ninja,
 # py-cpuinfo, einops, psutil, tqdm, nvidia-ml-py already there), so the wheels are fetched for
@@ -22,19 +24,21 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 WHEELS="nvidia-dali-cuda130==2.4.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0
   libcst==1.9.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnvcomp-cu13==5.3.0.16
   webdataset==1.0.2 braceexpand==0.1.7 av==18.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12
-  hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
+  hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  six==1.17.0 typing-extensions==4.16.0"
 DEEPSPEED=deepspeed==0.19.8
 SITE=/tmp/site
 PY=${PYTHON:-python3}                 # install: the GPU machine's python3 (3.12)
+BUILD_PY=${BUILD_PYTHON:-$here/.venv/bin/python}   # download: this project's environment (has torch)
 case "${1:-}" in
   download)
     rm -rf "$here/.wheels" && mkdir -p "$here/.wheels/src"
     # shellcheck disable=SC2086
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "$BUILD_PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$here/.wheels/src" $WHEELS
     # DeepSpeed's setup.py imports torch: build with this project's environment (no C++ ops compiled)
-    DS_BUILD_OPS=0 python3 -m pip wheel --no-deps --no-build-isolation -w "$here/.wheels/src" "$DEEPSPEED"
+    DS_BUILD_OPS=0 "$BUILD_PY" -m pip wheel --no-deps --no-build-isolation -w "$here/.wheels/src" "$DEEPSPEED"
     # one archive of every wheel, split into parts the device tool can carry
     (cd "$here/.wheels/src" && tar cf ../all.tar ./*.whl)
     (cd "$here/.wheels" && split -b 60M -d all.tar part && rm all.tar && sha256sum part* > SHA256SUMS)

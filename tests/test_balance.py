@@ -124,3 +124,22 @@ def test_sample_without_classes(shard_dir: Path, tmp_path: Path, loader: str) ->
     delivered = [k for batch in made for k in batch["keys"]]
     assert bad_key not in delivered and len(delivered) == 2 * len(made) > 0
     assert made.skipped == {"missing_member": 1}
+
+
+def test_bad_sample_drawn_twice_keeps_the_epoch(shard_dir: Path, tmp_path: Path) -> None:
+    """Reference loader, on_error=skip: a corrupt sample drawn n times leaves n places (so the other
+    draws all arrive and every rank keeps its batch count) and is counted once."""
+    keys = all_keys(shard_dir)
+    tars = resolve_shards(str(imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})), "train")
+    epoch, bad_key = next((e, k) for e in range(50) for per_tar in epoch_repeats(tars, 0, e)[0].values()
+                          for k, n in per_tar.items() if n == 2)
+    shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
+    bad = rewrite_shards(shards, tmp_path / "bad", corrupt(bad_key, "flac"))
+    cfg = make_cfg(bad, batch=2)
+    cfg.finetune.balanced_sampling = True
+    cfg.data.on_error = "skip"
+    repeats, _ = epoch_repeats(resolve_shards(str(bad), "train"), cfg.data.seed, epoch)
+    drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+    made = build_loader(cfg, train=True, epoch=epoch)
+    delivered = Counter(k for batch in made for k in batch["keys"])
+    assert delivered == drawn - Counter({bad_key: 2}) and made.skipped == {"corrupt_flac": 1}

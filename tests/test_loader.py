@@ -205,6 +205,28 @@ def test_resume_position_counts_a_dropped_batch(shard_dir: Path, tmp_path: Path,
     assert [b["keys"] for b in resumed] == [keys[6:8]]
 
 
+def test_training_resumes_after_a_dropped_batch(shard_dir: Path, tmp_path: Path) -> None:
+    """train.py's saved data position continues the epoch where it stopped, also after a training
+    batch whose every sample was left out (NaN label scores, on_error=skip)."""
+    import itertools
+
+    from deteclap.train import resume_state, training_batches
+
+    keys = all_keys(shard_dir)
+    nan = np.full(NUM_LABELS, np.nan, dtype="<f2").tobytes()
+    shards = rewrite_shards(shard_dir, tmp_path / "s", lambda key, ext, data: nan if ext == "truth.f16"
+                            and key == keys[2] else data, add_scores=True)
+    cfg = make_cfg(shards, batch=1, variant="or")
+    cfg.data.on_error = "skip"
+    seen = [(batch["keys"], resume_state(0, epoch, loader))
+            for epoch, batch, loader in itertools.islice(training_batches(cfg, 0, 1, 0, 0), 9)]
+    assert [state["epoch"] for _, state in seen] == [0] * 7 + [1] * 2     # 7 of epoch 0's 8 batches arrive
+    for position, (_, state) in enumerate(seen[:7]):
+        resumed = training_batches(cfg, 0, 1, state["epoch"], state["batch_in_epoch"])
+        assert [batch["keys"] for _, batch, _ in itertools.islice(resumed, 2)] == \
+            [keys for keys, _ in seen[position + 1:position + 3]], position
+
+
 def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:
     cfg = make_cfg(shard_dir)
     loader = build(cfg, train=False)

@@ -15,8 +15,9 @@ thread on the CPU (`single_cpu_thread`).
 Sharding: tars are split per rank (after a seeded per-epoch shuffle in training), then per
 DataLoader worker, so every sample is read exactly once per epoch across ranks. Training batches
 are capped to the same count on every rank (`len(loader)`); evaluation keeps partial batches and
-reads in a fixed order. With `finetune.balanced_sampling` a training epoch decodes each sample as
-many times as deteclap.data.balance drew it (CAV-MAE's class-balanced sampler). Bad samples raise
+reads in a fixed order. With `finetune.balanced_sampling` a training epoch instead decodes each
+sample as many times as deteclap.data.balance drew it (CAV-MAE's class-balanced sampler), the
+draws (not the tars) split across ranks in equal parts. Bad samples raise
 `DataError` naming the shard and key (`data.on_error=raise`) or are skipped and counted by reason
 in `loader.skipped`.
 """
@@ -196,6 +197,22 @@ class Skipped:
     reason: str
 
 
+class SkipLog:
+    """What a loader left out of its epoch: `skipped` {reason: count} and `skipped_samples`. Each
+    (shard, key, reason) counts once: a balanced draw can hold a sample several times."""
+
+    def __init__(self) -> None:
+        self.skipped: Counter[str] = Counter()
+        self.skipped_samples: list[Skipped] = []
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def _count(self, item: Skipped) -> None:
+        if (item.shard, item.key, item.reason) not in self._seen:
+            self._seen.add((item.shard, item.key, item.reason))
+            self.skipped[item.reason] += 1
+            self.skipped_samples.append(item)
+
+
 def frame_transform(img_size: int) -> Callable[[np.ndarray], torch.Tensor]:
     """CAV-MAE's image geometry (src/dataloader.py: PIL Resize(img_size, bicubic) + CenterCrop) as a
     function of a uint8 RGB array [H, W, 3] -> uint8 [3, img_size, img_size]; `normalize_frames`
@@ -339,16 +356,17 @@ class ShardSamples(torch.utils.data.IterableDataset):
 
     def _draws(self, tar: Path, key: str, members: dict[str, bytes], times: int, rng: random.Random,
                transform: Any) -> Iterator[Any]:
-        """The sample decoded `times` times (a balanced draw can repeat it), or one `Skipped` marker
-        (with on_error=skip: a bad sample is counted once, however often it was drawn)."""
-        for _ in range(times):
+        """The sample decoded `times` times (a balanced draw can repeat it). A bad one (on_error=skip)
+        gives a `Skipped` marker for each draw left, so that the stream keeps its length (and every
+        rank its batch count); the loader counts it once."""
+        for draw in range(times):
             try:
                 yield self.decode(tar, key, members, rng, transform)
             except DataError as err:
                 reason, detail = err.args
                 if self.cfg.data.on_error == "raise":
                     raise DataError(f"{tar}: sample {key}: {reason}: {detail}") from None
-                yield Skipped(str(tar), key, reason)
+                yield from [Skipped(str(tar), key, reason)] * (times - draw)
                 return
 
     def __iter__(self) -> Iterator[Any]:
@@ -499,7 +517,7 @@ def tar_sample_count(tar: Path) -> int:
     return len(scan_samples(tar))
 
 
-class ReferenceLoader:
+class ReferenceLoader(SkipLog):
     """Iterable of batch dicts for one rank and epoch; `skipped` counts left-out samples by reason.
 
     `start_batch` skips the first batches of the epoch (resume); training yields `len(self)`
@@ -515,8 +533,7 @@ class ReferenceLoader:
         facts = shard_facts(spec)
         self.score_size = facts.score_bytes
         self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)
-        self.skipped: Counter[str] = Counter()
-        self.skipped_samples: list[Skipped] = []
+        super().__init__()
         self.batches_consumed = 0
         self.length: int | None = None
         self.repeats: dict[str, dict[str, int]] | None = None     # balanced sampling: this rank's draws
@@ -536,8 +553,7 @@ class ReferenceLoader:
         data = self.cfg.data
         drawn, bad = epoch_repeats(all_tars, data.seed, self.epoch, data.on_error, num_classes)
         for item in bad if rank == 0 else []:
-            self.skipped[item.reason] += 1
-            self.skipped_samples.append(item)
+            self._count(item)
         order = split_for_rank(all_tars, True, 0, 1, data.seed, self.epoch)      # the epoch's shuffled tars
         shares = [rank_share(drawn, order, r, world_size) for r in range(world_size)]
         self.repeats = shares[rank]
@@ -578,8 +594,7 @@ class ReferenceLoader:
         self.batches_consumed = 0
         for raw in loader:
             for item in raw["skipped"]:
-                self.skipped[item.reason] += 1
-                self.skipped_samples.append(item)
+                self._count(item)
             if not raw["keys"]:
                 continue
             if self.length is not None and self.batches_consumed >= self.length:
@@ -590,8 +605,7 @@ class ReferenceLoader:
             batch = finish_batch(self.cfg, self.train, raw["keys"], raw["frames"], raw["waves"], raw["lengths"],
                                  raw["classes"], raw["scores"], device, fbank=raw.get("fbank"))
             for key in batch.pop("label_failed"):
-                self.skipped["label_failed"] += 1
-                self.skipped_samples.append(Skipped("", key, "label_failed"))
+                self._count(Skipped("", key, "label_failed"))
             if batch["keys"]:
                 yield batch
 
