@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deteclap.config import Config
 from deteclap.data.balance import epoch_repeats, read_classes, sample_weights
 from deteclap.data.loader import DataError, build_loader, resolve_shards
 from tests.test_loader import LOADERS, all_keys, corrupt, make_cfg, rewrite_shards
@@ -50,6 +51,18 @@ def test_draw_balances_classes(shard_dir: Path, tmp_path: Path) -> None:
     assert again == epoch_repeats(tars, seed=0, epoch=3)[0] != epoch_repeats(tars, seed=0, epoch=4)[0]
 
 
+def balanced_cfg(shards: Path) -> Config:
+    cfg = make_cfg(shards, batch=2)
+    cfg.finetune.balanced_sampling = True
+    return cfg
+
+
+def drawn_keys(shards: Path, seed: int, epoch: int) -> Counter:
+    """{key: times drawn} of one epoch (deteclap.data.balance)."""
+    repeats, _ = epoch_repeats(resolve_shards(str(shards), "train"), seed, epoch)
+    return Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+
+
 def _make(loader: str):
     if loader == "dali":
         from dali_pipes.iterator import build_dali_loader
@@ -63,11 +76,8 @@ def test_loaders_deliver_the_drawn_epoch(shard_dir: Path, tmp_path: Path, loader
     """A training epoch holds each sample as often as it was drawn (repeats included, others absent)."""
     keys = all_keys(shard_dir)
     shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
-    cfg = make_cfg(shards, batch=2)
-    cfg.finetune.balanced_sampling = True
-    epoch = 1
-    repeats, _ = epoch_repeats(resolve_shards(str(shards), "train"), cfg.data.seed, epoch)
-    drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+    cfg, epoch = balanced_cfg(shards), 1
+    drawn = drawn_keys(shards, cfg.data.seed, epoch)
     assert max(drawn.values()) >= 2 and len(drawn) < len(keys)      # this epoch repeats and leaves out
     made = _make(loader)(cfg, train=True, epoch=epoch)
     delivered = Counter(k for batch in made for k in batch["keys"])
@@ -81,11 +91,9 @@ def test_ranks_split_the_draws(shard_dir: Path, tmp_path: Path, loader: str) -> 
     """Two ranks: the same batch count each, together exactly the drawn epoch (draws are split, not tars)."""
     keys = all_keys(shard_dir)
     shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
-    cfg = make_cfg(shards, batch=2)
-    cfg.finetune.balanced_sampling = True
+    cfg = balanced_cfg(shards)
     for epoch in range(3):
-        repeats, _ = epoch_repeats(resolve_shards(str(shards), "train"), cfg.data.seed, epoch)
-        drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+        drawn = drawn_keys(shards, cfg.data.seed, epoch)
         ranks = [_make(loader)(cfg, train=True, rank=r, world_size=2, epoch=epoch) for r in range(2)]
         delivered = [[k for batch in made for k in batch["keys"]] for made in ranks]
         assert [len(made) for made in ranks] == [2, 2] and [len(d) for d in delivered] == [4, 4], epoch
@@ -114,9 +122,7 @@ def test_classes_of_the_wrong_size_are_the_bad_ones(shard_dir: Path, tmp_path: P
 def test_sample_without_classes(shard_dir: Path, tmp_path: Path, loader: str) -> None:
     """A sample without KEY.cls: DataError naming shard and key, or left out and counted once (skip)."""
     bad_key = all_keys(shard_dir)[4]
-    shards = rewrite_shards(shard_dir, tmp_path / "s", corrupt(bad_key, "-cls"))
-    cfg = make_cfg(shards, batch=2)
-    cfg.finetune.balanced_sampling = True
+    cfg = balanced_cfg(rewrite_shards(shard_dir, tmp_path / "s", corrupt(bad_key, "-cls")))
     with pytest.raises(DataError, match=f"train-000001.tar: sample {bad_key}: missing_member"):
         _make(loader)(cfg, train=True)
     cfg.data.on_error = "skip"
@@ -130,16 +136,12 @@ def test_bad_sample_drawn_twice_keeps_the_epoch(shard_dir: Path, tmp_path: Path)
     """Reference loader, on_error=skip: a corrupt sample drawn n times leaves n places (so the other
     draws all arrive and every rank keeps its batch count) and is counted once."""
     keys = all_keys(shard_dir)
-    tars = resolve_shards(str(imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})), "train")
-    epoch, bad_key = next((e, k) for e in range(50) for per_tar in epoch_repeats(tars, 0, e)[0].values()
-                          for k, n in per_tar.items() if n == 2)
     shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
+    epoch, bad_key = next((e, k) for e in range(50) for k, n in drawn_keys(shards, 0, e).items() if n == 2)
     bad = rewrite_shards(shards, tmp_path / "bad", corrupt(bad_key, "flac"))
-    cfg = make_cfg(bad, batch=2)
-    cfg.finetune.balanced_sampling = True
+    cfg = balanced_cfg(bad)
     cfg.data.on_error = "skip"
-    repeats, _ = epoch_repeats(resolve_shards(str(bad), "train"), cfg.data.seed, epoch)
-    drawn = Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
+    drawn = drawn_keys(bad, cfg.data.seed, epoch)
     made = build_loader(cfg, train=True, epoch=epoch)
     delivered = Counter(k for batch in made for k in batch["keys"])
     assert delivered == drawn - Counter({bad_key: 2}) and made.skipped == {"corrupt_flac": 1}
