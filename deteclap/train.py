@@ -338,6 +338,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
     def bank(finished: Any) -> None:   # one loader per epoch; a sample split between ranks counts once
         left_out.update((finished.epoch, s.shard, s.key, s.reason) for s in getattr(finished, "skipped_samples", ()))
+
     wait_s, busy_s = 0.0, 0.0  # time blocked on the data iterator vs the whole step
     total_wait_s, total_busy_s = 0.0, 0.0
     engine.train()
