@@ -51,6 +51,7 @@ def run_stage(model_name: str, stage: int, batch: int, steps: int, warmup: int, 
 
     torch.manual_seed(0)
     model = build_model(cfg.model, NUM_LABELS)
+    parameters = sum(p.numel() for p in model.parameters())   # before ZeRO-3 partitions them (numel 0)
     objective = PretrainObjective(model, cfg.loss)
     optimizer = build_optimizer([{"params": list(model.parameters())}], cfg.optim, device)
     engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer,
@@ -91,7 +92,7 @@ def run_stage(model_name: str, stage: int, batch: int, steps: int, warmup: int, 
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process max RSS
     return {"name": f"{model_name}_zero{stage}_{precision}", "model": model_name, "zero_stage": stage,
             "precision": precision, "batch": batch, "world_size": world, "device": name,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": parameters,
             "samples_per_s": batch * world * steps / seconds, "step_ms": 1000 * seconds / steps,
             "flops_per_step": flops_per_step, "achieved_tflops": achieved / 1e12,
             "mfu": None if peak is None else achieved / peak,
