@@ -222,18 +222,16 @@ def official_batches(root: Path, keys: list[str], cfg: Any) -> Iterator[dict]:
 def profile(make: Callable[[], Iterator[dict]], count: int) -> dict[str, Any]:
     """Top own-time costs (cProfile, ms per batch) of `count` batches after one warm-up batch, on one
     torch thread like a DataLoader worker (two threads on a busy 2-core machine measure OpenMP waits)."""
-    import torch
+    from deteclap.data.loader import single_cpu_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    batches = make()
-    next(batches)
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(count):
+    with single_cpu_thread():
+        batches = make()
         next(batches)
-    profiler.disable()
-    torch.set_num_threads(threads)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(count):
+            next(batches)
+        profiler.disable()
     stats = pstats.Stats(profiler)
     rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:PROFILE_TOP]
     top = [{"function": f"{Path(file).name}:{line}({func})" if line else func,

@@ -43,10 +43,9 @@ from typing import Any
 import torch
 
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
-from deteclap import audio
 from deteclap.config import Config
-from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, batch_size, epoch_seed,
-                                  finish_batch, index_entries, index_path, required_members,
+from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, bad_audio_detail, batch_size,
+                                  epoch_seed, finish_batch, index_entries, index_path, required_members,
                                   resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.shard import FRAME_TABLE_EXT, index_text
 
@@ -254,10 +253,10 @@ class DaliLoader(SkipLog):
         rates, lengths = out["rates"].view(-1).tolist(), out["lengths"].view(-1).tolist()
         keep = []
         for row, (rate, length) in enumerate(zip(rates, lengths)):
-            if rate == audio.SAMPLE_RATE and audio.num_frames(int(length)) > 0:
+            detail = bad_audio_detail(int(length), rate)
+            if detail is None:
                 keep.append(row)
                 continue
-            detail = f"{int(length)} samples at {rate:g} Hz (need >= 1 window at 16 kHz)"
             if self.cfg.data.on_error == "raise":
                 raise DataError(f"{tars[row]}: sample {keys[row]}: bad_audio: {detail}")
             self._count(Skipped(tars[row], keys[row], "bad_audio"))

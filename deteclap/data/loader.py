@@ -112,6 +112,14 @@ def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None
     return f"{wrong} bytes, not {expected} (float16 per class of dataset.json's label_vocabulary)"
 
 
+def bad_audio_detail(num_samples: int, rate: float) -> str | None:
+    """The `bad_audio` detail of a decoded FLAC, or None when it is 16 kHz and holds at least one
+    fbank window (the shards store 16 kHz; nothing is resampled). Both loaders use it."""
+    if rate == audio.SAMPLE_RATE and audio.num_frames(num_samples) > 0:
+        return None
+    return f"{num_samples} samples at {rate:g} Hz (need >= 1 window at 16 kHz)"
+
+
 def shard_facts(spec: str) -> ShardFacts:
     """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
     from deteclap.shard import DATASET_JSON, load_dataset_json
@@ -291,12 +299,6 @@ def preload_decoders() -> None:
     import torchvision.transforms  # noqa: F401
 
 
-def worker_init(worker_id: int) -> None:
-    """DataLoader worker start: flush denormal floats to zero (workers do not inherit the main
-    process's setting; denormals made the fbank's CPU ops ~2x slower)."""
-    flush_denormals(worker_id)
-
-
 def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) for consecutive members sharing a key, in tar order (streamed)."""
     key, members = None, {}
@@ -342,8 +344,9 @@ class ShardSamples(torch.utils.data.IterableDataset):
             wave, rate = decode_audio(members[AUDIO_EXT])
         except DecodeError as err:
             raise DataError("corrupt_flac", str(err)) from err
-        if rate != audio.SAMPLE_RATE or audio.num_frames(len(wave)) == 0:
-            raise DataError("bad_audio", f"{len(wave)} samples at {rate} Hz (need >= 1 window at 16 kHz)")
+        bad_audio = bad_audio_detail(len(wave), rate)
+        if bad_audio:
+            raise DataError("bad_audio", bad_audio)
         score_exts = [e for e in self.exts if e.endswith(SCORE_SUFFIX)]
         wrong = wrong_score_sizes({ext: len(members[ext]) for ext in score_exts}, self.score_size)
         if wrong:
@@ -589,7 +592,7 @@ class ReferenceLoader(SkipLog):
             dataset, batch_size=batch_size(self.cfg, self.train), num_workers=workers,
             collate_fn=functools.partial(collate, fbank_length=self.cfg.model.audio_length if in_workers else 0),
             drop_last=self.train, persistent_workers=False, pin_memory=device == "cuda",
-            worker_init_fn=worker_init,
+            worker_init_fn=flush_denormals,   # workers do not inherit it (denormals: fbank ~2x slower)
             generator=torch.Generator().manual_seed(data.seed))  # leaves the global RNG alone (resume)
         self.batches_consumed = 0
         for raw in loader:
