@@ -12,7 +12,7 @@ import pytest
 from deteclap.config import Config
 from deteclap.data.balance import epoch_repeats, read_classes, sample_weights
 from deteclap.data.loader import DataError, build_loader, resolve_shards
-from tests.test_loader import LOADERS, all_keys, corrupt, make_cfg, rewrite_shards
+from tests.test_loader import LOADERS, all_keys, corrupt, loader_factory, make_cfg, rewrite_shards
 
 
 def test_sample_weights_hand_computed() -> None:
@@ -63,14 +63,6 @@ def drawn_keys(shards: Path, seed: int, epoch: int) -> Counter:
     return Counter({key: n for per_tar in repeats.values() for key, n in per_tar.items()})
 
 
-def _make(loader: str):
-    if loader == "dali":
-        from dali_pipes.iterator import build_dali_loader
-
-        return lambda cfg, **kw: build_dali_loader(cfg, device="cpu", **kw)
-    return build_loader
-
-
 @pytest.mark.parametrize("loader", LOADERS)
 def test_loaders_deliver_the_drawn_epoch(shard_dir: Path, tmp_path: Path, loader: str) -> None:
     """A training epoch holds each sample as often as it was drawn (repeats included, others absent)."""
@@ -79,11 +71,12 @@ def test_loaders_deliver_the_drawn_epoch(shard_dir: Path, tmp_path: Path, loader
     cfg, epoch = balanced_cfg(shards), 1
     drawn = drawn_keys(shards, cfg.data.seed, epoch)
     assert max(drawn.values()) >= 2 and len(drawn) < len(keys)      # this epoch repeats and leaves out
-    made = _make(loader)(cfg, train=True, epoch=epoch)
+    made = loader_factory(loader)(cfg, train=True, epoch=epoch)
     delivered = Counter(k for batch in made for k in batch["keys"])
     assert len(made) == 4 and delivered == drawn                     # 8 draws in 4 batches of 2
     cfg.finetune.balanced_sampling = False
-    assert Counter(k for batch in _make(loader)(cfg, train=True, epoch=epoch) for k in batch["keys"]) == Counter(keys)
+    uniform = loader_factory(loader)(cfg, train=True, epoch=epoch)
+    assert Counter(k for batch in uniform for k in batch["keys"]) == Counter(keys)
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -94,7 +87,7 @@ def test_ranks_split_the_draws(shard_dir: Path, tmp_path: Path, loader: str) -> 
     cfg = balanced_cfg(shards)
     for epoch in range(3):
         drawn = drawn_keys(shards, cfg.data.seed, epoch)
-        ranks = [_make(loader)(cfg, train=True, rank=r, world_size=2, epoch=epoch) for r in range(2)]
+        ranks = [loader_factory(loader)(cfg, train=True, rank=r, world_size=2, epoch=epoch) for r in range(2)]
         delivered = [[k for batch in made for k in batch["keys"]] for made in ranks]
         assert [len(made) for made in ranks] == [2, 2] and [len(d) for d in delivered] == [4, 4], epoch
         assert Counter(delivered[0] + delivered[1]) == drawn, epoch
@@ -124,9 +117,9 @@ def test_sample_without_classes(shard_dir: Path, tmp_path: Path, loader: str) ->
     bad_key = all_keys(shard_dir)[4]
     cfg = balanced_cfg(rewrite_shards(shard_dir, tmp_path / "s", corrupt(bad_key, "-cls")))
     with pytest.raises(DataError, match=f"train-000001.tar: sample {bad_key}: missing_member"):
-        _make(loader)(cfg, train=True)
+        loader_factory(loader)(cfg, train=True)
     cfg.data.on_error = "skip"
-    made = _make(loader)(cfg, train=True)
+    made = loader_factory(loader)(cfg, train=True)
     delivered = [k for batch in made for k in batch["keys"]]
     assert bad_key not in delivered and len(delivered) == 2 * len(made) > 0
     assert made.skipped == {"missing_member": 1}

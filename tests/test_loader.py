@@ -9,6 +9,7 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,6 +141,15 @@ def _dali_available() -> bool:
     return dali_available()
 
 
+def loader_factory(loader: str) -> Callable[..., Any]:
+    """build_loader, or build_dali_loader on the CPU: called as make(cfg, train=..., ...)."""
+    if loader == "dali":
+        from dali_pipes.iterator import build_dali_loader
+
+        return lambda cfg, **kw: build_dali_loader(cfg, device="cpu", **kw)
+    return build_loader
+
+
 BAD_SAMPLES = [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member"),
                ("22k.flac", "bad_audio"), ("truth.f16", "bad_scores")]
 LOADERS = ["reference", pytest.param("dali", marks=pytest.mark.skipif(not _dali_available(), reason="no DALI"))]
@@ -150,20 +160,16 @@ LOADERS = ["reference", pytest.param("dali", marks=pytest.mark.skipif(not _dali_
 def test_bad_sample_raise_or_skip(shard_dir: Path, tmp_path: Path, loader: str, ext: str, reason: str) -> None:
     """Both loaders: a DataError naming shard, key and reason, or (on_error=skip) the sample left out and
     counted; never a silent zero tensor."""
-    if loader == "dali":
-        from dali_pipes.iterator import build_dali_loader as make
-    else:
-        make = build_loader
-    device = {"device": "cpu"} if loader == "dali" else {}
+    make = loader_factory(loader)
     bad_key = all_keys(shard_dir)[4]
     shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(bad_key, ext), add_scores=True)
     cfg = make_cfg(shards, variant="or")
     with pytest.raises(DataError) as raised:
-        list(make(cfg, train=False, **device))
+        list(make(cfg, train=False))
     assert "train-000001.tar" in str(raised.value) and bad_key in str(raised.value), raised.value
     assert reason in str(raised.value), raised.value
     cfg.data.on_error = "skip"
-    skipping = make(cfg, train=False, **device)
+    skipping = make(cfg, train=False)
     keys = [k for b in skipping for k in b["keys"]]
     assert keys == [k for k in all_keys(shard_dir) if k != bad_key]
     assert skipping.skipped == {reason: 1} and skipping.skipped_samples[0].key == bad_key
@@ -186,22 +192,18 @@ def test_batch_whose_every_label_failed_is_left_out() -> None:
 def test_resume_position_counts_a_dropped_batch(shard_dir: Path, tmp_path: Path, loader: str) -> None:
     """A batch whose every sample is left out (NaN label scores, on_error=skip) is consumed but not
     yielded: `batches_consumed` (what train.py saves) counts it, so a resume starts after it."""
-    if loader == "dali":
-        from dali_pipes.iterator import build_dali_loader as make
-    else:
-        make = build_loader
-    device = {"device": "cpu"} if loader == "dali" else {}
+    make = loader_factory(loader)
     keys = all_keys(shard_dir)
     nan = np.full(NUM_LABELS, np.nan, dtype="<f2").tobytes()
     shards = rewrite_shards(shard_dir, tmp_path / "s", lambda key, ext, data: nan if ext == "truth.f16"
                             and key in keys[:3] else data, add_scores=True)
     cfg = make_cfg(shards, variant="or")
     cfg.data.on_error = "skip"
-    made = make(cfg, train=False, **device)
+    made = make(cfg, train=False)
     batches = iter(made)
     assert next(batches)["keys"] == keys[3:6]                        # the first batch (keys 0-2) was dropped
     assert made.state_dict()["batches_consumed"] == 2 and made.skipped == {"label_failed": 3}
-    resumed = make(cfg, train=False, start_batch=2, **device)
+    resumed = make(cfg, train=False, start_batch=2)
     assert [b["keys"] for b in resumed] == [keys[6:8]]
 
 
