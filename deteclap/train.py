@@ -216,10 +216,33 @@ def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
         epoch += 1
 
 
-def resume_state(step: int, epoch: int, loader: Any) -> dict[str, int]:
-    """The checkpoint's data position: the loader's count of batches taken from its source (a batch
-    whose every sample was left out is taken but never yielded), which `start_batch` skips."""
-    return {"step": step, "epoch": epoch, "batch_in_epoch": loader.batches_consumed}
+def resume_state(step: int, epoch: int, loader: Any) -> dict[str, Any]:
+    """The checkpoint's data position: every rank's (epoch, batches taken from its loader's source).
+
+    A batch whose every sample was left out is taken but never yielded, so the rank that drops it
+    moves on one batch sooner and ranks can stand at different positions. DeepSpeed keeps rank 0's
+    client state only: the positions of all ranks are gathered into it (`positions`, by rank)."""
+    mine = [epoch, loader.batches_consumed]
+    positions: list[Any] = [mine]
+    if torch.distributed.is_initialized():
+        positions = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(positions, mine)
+    return {"step": step, "epoch": epoch, "batch_in_epoch": loader.batches_consumed, "positions": positions}
+
+
+def data_position(client: dict[str, Any], rank: int, world: int) -> tuple[int, int]:
+    """This rank's (epoch, batch in epoch) from a checkpoint's client state (see `resume_state`). A
+    checkpoint of another world size splits the data differently: every rank takes rank 0's
+    position (the epoch and its progress are kept; which samples come next is not exact)."""
+    positions = client.get("positions") or [[client["epoch"], client["batch_in_epoch"]]]
+    if len(positions) == world:
+        epoch, batch = positions[rank]
+        return int(epoch), int(batch)
+    if rank == 0:
+        print(f"warning: the checkpoint holds the data positions of {len(positions)} rank(s), this run has "
+              f"{world}: every rank resumes at rank 0's (epoch {client['epoch']}, batch {client['batch_in_epoch']}), "
+              f"which keeps the epoch's progress but not the exact next samples")
+    return client["epoch"], client["batch_in_epoch"]
 
 
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
@@ -312,7 +335,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
         if client is None:
             raise RuntimeError(f"{run.checkpoints / tag}: could not load the checkpoint")
-        step, epoch, skip = client["step"], client["epoch"], client["batch_in_epoch"]
+        step = client["step"]
+        epoch, skip = data_position(client, rank, world)
         if rank == 0:
             run.truncate_metrics(step)
             print(f"resumed from {run.checkpoints / tag} at step {step}")

@@ -212,7 +212,7 @@ def test_training_resumes_after_a_dropped_batch(shard_dir: Path, tmp_path: Path)
     batch whose every sample was left out (NaN label scores, on_error=skip)."""
     import itertools
 
-    from deteclap.train import resume_state, training_batches
+    from deteclap.train import data_position, resume_state, training_batches
 
     keys = all_keys(shard_dir)
     nan = np.full(NUM_LABELS, np.nan, dtype="<f2").tobytes()
@@ -224,9 +224,24 @@ def test_training_resumes_after_a_dropped_batch(shard_dir: Path, tmp_path: Path)
             for epoch, batch, loader in itertools.islice(training_batches(cfg, 0, 1, 0, 0), 9)]
     assert [state["epoch"] for _, state in seen] == [0] * 7 + [1] * 2     # 7 of epoch 0's 8 batches arrive
     for position, (_, state) in enumerate(seen[:7]):
-        resumed = training_batches(cfg, 0, 1, state["epoch"], state["batch_in_epoch"])
+        assert state["positions"] == [[state["epoch"], state["batch_in_epoch"]]]   # one rank: its own
+        resumed = training_batches(cfg, 0, 1, *data_position(state, 0, 1))
         assert [batch["keys"] for _, batch, _ in itertools.islice(resumed, 2)] == \
             [keys for keys, _ in seen[position + 1:position + 3]], position
+
+
+def test_each_rank_resumes_at_its_own_data_position(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ranks can stand at different positions (one dropped a batch the other trained on); a
+    checkpoint of another world size resumes every rank at rank 0's position, with a warning."""
+    from deteclap.train import data_position
+
+    client = {"step": 12, "epoch": 3, "batch_in_epoch": 5, "positions": [[3, 5], [4, 0]]}
+    assert [data_position(client, rank, 2) for rank in (0, 1)] == [(3, 5), (4, 0)]
+    assert capsys.readouterr().out == ""
+    assert [data_position(client, rank, 4) for rank in range(4)] == [(3, 5)] * 4
+    assert "2 rank(s), this run has 4" in capsys.readouterr().out
+    old = {"step": 12, "epoch": 3, "batch_in_epoch": 5}                   # no `positions`: one rank's
+    assert data_position(old, 0, 1) == (3, 5)
 
 
 def test_build_picks_reference_without_gpu(shard_dir: Path) -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "deteclap" / "train.py")
@@ -94,6 +95,9 @@ def test_deepspeed_launcher_two_processes(labelled_shards, tmp_path, stage):
     assert summary["world_size"] == 2 and summary["samples"] == 4
     files = os.listdir(run_dir / "checkpoints" / "step_00000002")
     assert sum("optim_states" in f for f in files) == 2, files  # ZeRO: one optimiser partition per rank
+    states = sorted((run_dir / "checkpoints" / "step_00000002").glob("*model_states.pt"))
+    client = torch.load(states[0], map_location="cpu", weights_only=False)   # DeepSpeed's client state
+    assert client["positions"] == [[0, 2], [0, 2]]      # both ranks' data positions (batch 1, 2 steps)
 
 
 def test_killed_run_resumes_to_the_same_losses(labelled_shards, tmp_path):
