@@ -103,7 +103,7 @@ class OptimConfig:
     lr: float = 5e-5
     weight_decay: float = 5e-7
     betas: tuple[float, float] = (0.95, 0.999)
-    warmup_steps: int = 1000          # CAV-MAE warms up linearly over its first 1000 steps
+    warmup_steps: int = 0             # linear warm-up (CAV-MAE passes --warmup True, which its trainers never read)
     decay_start_step: int = 0         # 0 = no step decay; else lr *= decay_rate every decay_every
     decay_every: int = 0
     decay_rate: float = 0.5

@@ -34,8 +34,10 @@ def build_optimizer(param_groups: Iterable[dict[str, Any]], cfg: OptimConfig,
 def lr_factor(step: int, cfg: OptimConfig) -> float:
     """Multiplier of the base lr at optimiser step `step` (0-based): linear warm-up, then step decay.
 
-    CAV-MAE warms up linearly over its first 1000 iterations and halves the lr every few epochs
-    from a start epoch (MultiStepLR); here the milestones are counted in steps.
+    CAV-MAE halves the lr every `lrscheduler_step` epochs from epoch `lrscheduler_start` on
+    (MultiStepLR, stepped once per epoch); here the milestones are counted in optimiser steps
+    (decay_start_step, decay_every). Its trainers parse `--warmup` but never read it: the official
+    recipes have no warm-up (warmup_steps 0); a warm-up here is an option of ours.
     """
     factor = 1.0
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:

@@ -44,6 +44,8 @@ MODEL_FILE = "model.pt"              # plain state dict in every checkpoint fold
 AVERAGED_MODEL_FILE = "model_wa.pt"  # finetune.average_from_step > 0: the weight average
 SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
 FINETUNE_HEAD = "mlp_head"  # the new fine-tuning layer (lr x finetune.head_lr_scale)
+# the official pretraining recipes' initialisation (egs/*/run_cavmae_pretrain*.sh: IN-initial.pth)
+IMAGENET_INIT_URL = "https://www.dropbox.com/s/9nlz523a5q52w86/ori_mae_11.pth?dl=1"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -189,6 +191,11 @@ def build_objective(cfg: Config, info: dict[str, Any]) -> tuple[torch.nn.Module,
     num_labels = len(info["label_vocabulary"]) if required_labellers(cfg.labels) else 0
     model = build_model(cfg.model, num_labels)
     if cfg.model.init_checkpoint:
+        if not Path(cfg.model.init_checkpoint).is_file():
+            raise FileNotFoundError(
+                f"model.init_checkpoint={cfg.model.init_checkpoint}: no such file. CAV-MAE's recipes start "
+                f"from its ImageNet-MAE weights: wget '{IMAGENET_INIT_URL}' -O {cfg.model.init_checkpoint} "
+                f"(or --set model.init_checkpoint= to start from random weights)")
         print(f"initialised from {cfg.model.init_checkpoint}: {load_checkpoint(model, cfg.model.init_checkpoint)}")
     objective = PretrainObjective(model, cfg.loss)
     return objective, [{"params": [p for p in model.parameters() if p.requires_grad]}]

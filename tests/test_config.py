@@ -68,3 +68,27 @@ def test_missing_file_and_missing_base_are_named(tmp_path):
     (tmp_path / "child.json").write_text(json.dumps({"extends": "gone.json"}))
     with pytest.raises(ConfigError, match=r"gone\.json: config file not found \(extended from .*child\.json\)"):
         load_config(tmp_path / "child.json")
+
+
+@pytest.mark.parametrize("name, epochs, start, every, steps_per_epoch", [
+    ("base.json", 25, 10, 5, 3827),                 # egs/*/run_cavmae_pretrain*.sh
+    ("finetune_vggsound.json", 10, 2, 1, 3827),     # egs/vggsound/run_cavmae_ft.sh
+    ("finetune_audioset20k.json", 15, 5, 1, 519),   # egs/audioset/run_cavmae_ft_bal.sh
+])
+def test_recipes_follow_cav_mae_multisteplr(name, epochs, start, every, steps_per_epoch):
+    """The shipped recipes' lr at every step is CAV-MAE's: MultiStepLR(range(start, 1000, every),
+    gamma 0.5) stepped once per epoch, no warm-up (its trainers never read --warmup)."""
+    import torch
+
+    from deteclap.optim import lr_factor
+
+    cfg = load_config(CONFIGS / name)
+    assert cfg.run.max_steps == epochs * steps_per_epoch and cfg.optim.warmup_steps == 0
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    official = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(range(start, 1000, every)), gamma=0.5)
+    for epoch in range(epochs):
+        want = optimizer.param_groups[0]["lr"]
+        for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
+            assert lr_factor(step, cfg.optim) == pytest.approx(want), (name, epoch, step)
+        optimizer.step()
+        official.step()

@@ -104,6 +104,20 @@ def test_mixup_in_pretraining_fails_at_start_up(shard_dir):
         build_objective(cfg, load_dataset_json(shard_dir))
 
 
+def test_missing_init_checkpoint_says_where_the_official_one_is(shard_dir, tmp_path):
+    """base.json starts pretraining from CAV-MAE's ImageNet-MAE weights, as its recipes do; without
+    the file the run stops at start-up and says how to get it (or how to start from random weights)."""
+    from deteclap.config import load_config
+    from deteclap.shard import load_dataset_json
+    from deteclap.train import IMAGENET_INIT_URL, build_objective
+
+    assert load_config(REPO / "configs" / "or.json").model.init_checkpoint == "weights/IN-initial.pth"
+    cfg = load_config(REPO / "configs" / "tiny.json", [f"model.init_checkpoint={tmp_path / 'IN-initial.pth'}"])
+    with pytest.raises(FileNotFoundError, match="no such file") as err:
+        build_objective(cfg, load_dataset_json(shard_dir))
+    assert IMAGENET_INIT_URL in str(err.value) and "--set model.init_checkpoint=" in str(err.value)
+
+
 @pytest.mark.parametrize("task,metric,term", [("single_label", "accuracy", "ce"), ("multi_label", "mAP", "bce")])
 def test_finetune_end_to_end_then_evaluate(pretrained, shard_dir, tmp_path, task, metric, term):
     """Fine-tune 3 steps (checkpoints at 1, 2, 3; weight average of 2 and 3), then evaluate the weight
