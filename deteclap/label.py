@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the truth noise (and random weights)")
     parser.add_argument("--clap-weights", default="", help="CLAP_weights_2023.pth (see below)")
     parser.add_argument("--clap-text-embeddings", default="",
-                        help="prompt-embedding table (.npz); computed and saved here when missing "
-                             "(default: SHARDS/clap_text_embeddings.npz)")
+                        help="prompt-embedding table (.npz); computed and saved here when missing or "
+                             "made by other weights (default: SHARDS/clap_text_embeddings.npz)")
     parser.add_argument("--yolo-weights", default="", help="yolov8x-oiv7.pt (see below)")
     parser.add_argument("--yolo-conf", type=float, default=yolo.DEFAULT_CONF,
                         help="lowest detection confidence kept (default %(default)s)")
@@ -116,20 +116,25 @@ def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[sto
 def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) -> clap.ClapLabeller:
     if not args.clap_weights and not args.random_weights:
         raise ValueError("--labellers clap needs --clap-weights CLAP_weights_2023.pth (or --random-weights)")
+    weights = None if args.random_weights else args.clap_weights
+    identity = clap.weights_identity(weights)
     table = Path(args.clap_text_embeddings or Path(args.shards) / "clap_text_embeddings.npz")
-    if table.is_file():
+    stored = clap.text_embeddings_source(table) if table.is_file() else None
+    if stored == identity:
         embeddings = clap.load_text_embeddings(table, vocabulary)
-    else:
-        if args.random_weights:
+    else:                                  # missing, or made by other weights (e.g. random ones): recompute
+        if stored is not None:
+            print(f"{table} was made by other CLAP weights ({stored or 'unknown'}): recomputing it", file=sys.stderr)
+        if weights is None:
             from transformers import GPT2Config
 
             embeddings = clap.offline_text_embeddings(vocabulary, gpt2_config=GPT2Config(
                 n_layer=RANDOM_GPT2_LAYERS, n_inner=RANDOM_GPT2_INNER))
         else:
-            embeddings = clap.clap_text_embeddings(args.clap_weights, vocabulary, device=device)
-        clap.save_text_embeddings(table, embeddings, vocabulary, source=args.clap_weights or "random")
+            embeddings = clap.clap_text_embeddings(weights, vocabulary, device=device)
+        clap.save_text_embeddings(table, embeddings, vocabulary, source=identity)
         print(f"saved CLAP prompt embeddings to {table}", file=sys.stderr)
-    encoder = clap.build_audio_encoder(None if args.random_weights else args.clap_weights, device)
+    encoder = clap.build_audio_encoder(weights, device)
     return clap.ClapLabeller(encoder, embeddings, device)
 
 
@@ -162,7 +167,8 @@ def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[s
     meta = store.load_dataset_json(shards_dir)
     lines = []
     for name in labellers:
-        rows = np.stack([s[name] for s in scores.values() if name in s] or [np.zeros((0, len(vocabulary)))])
+        stored = [s[name] for s in scores.values() if name in s]
+        rows = np.stack(stored) if stored else np.zeros((0, len(vocabulary)), store.SCORE_DTYPE)
         failed = np.isnan(rows).any(axis=1)
         threshold = THRESHOLDS.get(name, _DEFAULTS.audio_threshold)
         positive = rows[~failed].astype(np.float32) >= threshold

@@ -163,6 +163,75 @@ def test_crashed_run_resumes_with_the_remaining_shards(shards):
     assert all(np.all(s["crashy"] == np.float16(0.25)) for s in store.read_scores(shards).values())
 
 
+def sample_members(shards: Path) -> dict[str, list[str]]:
+    """key -> its member extensions in tar order, over every shard."""
+    out: dict[str, list[str]] = {}
+    for tar_path in store.shard_paths(shards):
+        with tarfile.open(tar_path) as tar:
+            for info in tar:
+                key, ext = store.split_member_name(info.name)
+                out.setdefault(key, []).append(ext)
+    return out
+
+
+def test_relabel_replaces_the_score_members(shards, synth_dir, monkeypatch):
+    vocabulary = store.load_dataset_json(shards)["label_vocabulary"]
+    rows = truth.load_truth(synth_dir / "truth.jsonl")
+    first, second = (truth.TruthLabeller(rows, vocabulary, "audio", seed=seed) for seed in (0, 1))
+    store.label_shards(shards, first)
+    members = sample_members(shards)
+    assert all(exts[-1] == "truth_audio.f16" and exts.count("truth_audio.f16") == 1 for exts in members.values())
+
+    def expected(labeller):
+        return {key: scores.astype(np.float16) for key, scores in
+                zip(rows, labeller([{"__key__": key} for key in rows])[0])}
+
+    store.label_shards(shards, second, force=True)           # python -m deteclap.label --force
+    assert sample_members(shards) == members
+    stored = store.read_scores(shards)
+    assert all(np.array_equal(stored[key]["truth_audio"], want) for key, want in expected(second).items())
+
+    # killed between rewriting the first tar and recording it: the resumed run rewrites that tar again
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    visual = truth.TruthLabeller(rows, vocabulary, "visual")
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_record_shard", killed)
+        with pytest.raises(KeyboardInterrupt):
+            store.label_shards(shards, visual)
+    report = store.label_shards(shards, visual)
+    assert report.shards_done == [p.name for p in store.shard_paths(shards)]
+    assert sample_members(shards) == {key: [*exts, "truth_visual.f16"] for key, exts in members.items()}
+    stored = store.read_scores(shards)
+    assert all(np.array_equal(stored[key]["truth_visual"], want) for key, want in expected(visual).items())
+    assert store.load_dataset_json(shards)["labellers"] == ["truth_audio", "truth_visual"]
+
+
+class _FailKeys:
+    """A labeller that scores 0.25 and fails the samples named in `failing`."""
+    name = "flaky"
+
+    def __init__(self, num_classes: int, failing: set[str]):
+        self.num_classes, self.failing = num_classes, failing
+
+    def __call__(self, samples):
+        reasons = ["audio: broken" if s["__key__"] in self.failing else None for s in samples]
+        return np.full((len(samples), self.num_classes), 0.25, np.float32), reasons
+
+
+def test_relabel_replaces_the_recorded_failures(shards):
+    num_classes = len(store.load_dataset_json(shards)["label_vocabulary"])
+    first_keys, second_keys = ([s["__key__"] for s in store.iter_samples(tar)] for tar in store.shard_paths(shards)[:2])
+    store.label_shards(shards, _FailKeys(num_classes, {first_keys[0], second_keys[0]}))
+    assert set(store.load_dataset_json(shards)["label_failures"]["flaky"]) == {first_keys[0], second_keys[0]}
+    store.label_shards(shards, _FailKeys(num_classes, {second_keys[0]}), force=True)   # first clip fixed
+    assert store.load_dataset_json(shards)["label_failures"]["flaky"] == {second_keys[0]: "audio: broken"}
+    scores = store.read_scores(shards)
+    assert np.all(scores[first_keys[0]]["flaky"] == np.float16(0.25))
+    assert np.isnan(scores[second_keys[0]]["flaky"]).all()
+
+
 @pytest.fixture(scope="module")
 def clap_parts():
     """msclap's real audio encoder with random weights and a random-text-encoder prompt table."""
@@ -209,6 +278,41 @@ def test_clap_scores_are_cosines_and_a_corrupt_flac_keeps_the_others(shards, cla
     text = torch.nn.functional.normalize(torch.from_numpy(embeddings), dim=-1)
     want = (audio @ text.T).max(dim=0).values.numpy()
     np.testing.assert_allclose(scores[good["__key__"]]["clap"].astype(np.float32), want, atol=2e-3)
+
+
+def test_clap_prompt_table_is_remade_for_other_weights(shards, clap_parts, tmp_path, monkeypatch, capsys):
+    from deteclap import label
+
+    encoder, random_table, vocabulary = clap_parts
+    real_table = np.random.default_rng(0).normal(size=random_table.shape).astype(np.float32)
+    made = []
+
+    def hub_table(weights, vocab, device):                   # stands in for the hub's GPT-2 text side
+        made.append(weights)
+        return real_table
+
+    monkeypatch.setattr(clap, "build_audio_encoder", lambda weights, device: encoder)
+    monkeypatch.setattr(clap, "offline_text_embeddings", lambda vocab, gpt2_config=None: random_table)
+    monkeypatch.setattr(clap, "clap_text_embeddings", hub_table)
+    weights, other_weights = tmp_path / "CLAP_weights_2023.pth", tmp_path / "finetuned.pth"
+    weights.write_bytes(b"stand-in weights")
+    other_weights.write_bytes(b"other weights")
+
+    def build(*options: str) -> np.ndarray:
+        args = label.build_parser().parse_args([str(shards), "--labellers", "clap", *options])
+        return label._build_clap(args, vocabulary, "cpu").text.numpy()
+
+    def normalised(table: np.ndarray) -> np.ndarray:
+        return table / np.linalg.norm(table, axis=1, keepdims=True)
+
+    np.testing.assert_allclose(build("--random-weights"), normalised(random_table), atol=1e-6)
+    np.testing.assert_allclose(build("--clap-weights", str(weights)), normalised(real_table), atol=1e-6)
+    assert made == [str(weights)] and "other CLAP weights (random)" in capsys.readouterr().err
+    np.testing.assert_allclose(build("--clap-weights", str(weights)), normalised(real_table), atol=1e-6)
+    assert made == [str(weights)]                            # same weights: the stored table is reused
+    build("--clap-weights", str(other_weights))
+    assert made == [str(weights), str(other_weights)]
+    assert clap.text_embeddings_source(shards / "clap_text_embeddings.npz") == clap.weights_identity(other_weights)
 
 
 def test_audio_windows_cover_a_long_clip():
@@ -280,3 +384,16 @@ def test_cli_help_and_errors(shards, capsys):
     assert main([str(shards / "missing"), "--labellers", "truth", "--truth", "x"]) == 2
     assert "error:" in capsys.readouterr().err
     assert json.loads((shards / "dataset.json").read_text())["labellers"] == []
+
+
+def test_cli_on_shards_without_samples(tmp_path, capsys):
+    from deteclap.label import main
+    from deteclap.shard import write_shards
+
+    (tmp_path / "broken.mp4").write_text("not a video\n")
+    (tmp_path / "truth.jsonl").write_text('{"file": "broken.mp4"}\n{"file": "missing.mp4"}\n')
+    summary = write_shards(tmp_path / "truth.jsonl", tmp_path / "shards")
+    assert summary["samples"] == 0 and summary["failed"] == 2
+    argv = [str(tmp_path / "shards"), "--labellers", "truth", "--truth", str(tmp_path / "truth.jsonl"), "--no-progress"]
+    assert main(argv) == 0
+    assert "truth_audio: 0 clips, 0 failed" in capsys.readouterr().out

@@ -1,8 +1,9 @@
 """Audio labels: MS-CLAP 2023 zero-shot tagging, cosine(audio embedding, prompt embedding) per class.
 
 The prompts "this is a sound of {label}" are embedded ONCE with CLAP's text side and stored in a
-.npz table (embeddings [C, D] float32, the vocabulary and the prompt), so labelling runs only the
-audio encoder (msclap's `AudioEncoder`: HTSAT + projection). Audio follows msclap's
+.npz table (embeddings [C, D] float32, the vocabulary, the prompt and the identity of the weights
+that made it: "random" or the weights file's sha256; other weights recompute it), so labelling
+runs only the audio encoder (msclap's `AudioEncoder`: HTSAT + projection). Audio follows msclap's
 preprocessing: the 16 kHz shard FLAC is resampled to the config's rate (44.1 kHz) as
 `torchaudio.transforms.Resample` does, and cut into windows of the config's duration (7 s): a
 shorter clip is repeated to fill one window (msclap's rule); a longer one (10 s) gets evenly spaced
@@ -15,6 +16,7 @@ Offline (tests, no hub): `build_audio_encoder(None)` has random weights, and
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ CLAP_VERSION = "2023"
 AUDIO_MEMBER = "flac"
 AUDIO_PREFIX = "audio_encoder."          # the audio side's keys in the CLAP weights file
 TEXT_BATCH = 64
+RANDOM_SOURCE = "random"                 # the weights identity of random (offline) weights
 
 
 def clap_config() -> dict[str, Any]:
@@ -141,9 +144,28 @@ def clap_text_embeddings(weights: str | Path, vocabulary: Sequence[str], prompt:
     return embed_prompts(wrapper.clap.caption_encoder, wrapper.preprocess_text, prompts_for(vocabulary, prompt))
 
 
+def weights_identity(weights: str | Path | None) -> str:
+    """What made a prompt table: RANDOM_SOURCE for random weights (None), else the file's "sha256:<hex>"."""
+    if weights is None:
+        return RANDOM_SOURCE
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"CLAP weights not found: {weights} (see --help)")
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def text_embeddings_source(path: str | Path) -> str:
+    """The weights identity stored in a prompt table ("" for a table saved without one)."""
+    with np.load(path, allow_pickle=False) as table:
+        return str(table["source"]) if "source" in table.files else ""
+
+
 def save_text_embeddings(path: str | Path, embeddings: np.ndarray, vocabulary: Sequence[str],
                          prompt: str = PROMPT, source: str = "") -> None:
-    """Store a prompt-embedding table (.npz: embeddings [C, D], vocabulary, prompt, source)."""
+    """Store a prompt-embedding table (.npz: embeddings [C, D], vocabulary, prompt, source = weights_identity)."""
     if embeddings.shape[0] != len(vocabulary):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(vocabulary)} classes")
     with open(path, "wb") as handle:

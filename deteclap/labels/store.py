@@ -165,13 +165,12 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
     ext = score_member(labeller)
     tmp = _tmp_path(tar_path)
     with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as dst:
-        members = [info for info in src if info.isfile()]
-        for pos, info in enumerate(members):
-            key, member_ext = split_member_name(info.name)
-            if member_ext == ext:
-                continue                                  # replaced below
+        # an old member of this labeller is left out; the new one follows the key's last kept member
+        kept = [info for info in src if info.isfile() and split_member_name(info.name)[1] != ext]
+        for pos, info in enumerate(kept):
+            key = split_member_name(info.name)[0]
             dst.addfile(info, src.extractfile(info))
-            last_of_key = pos + 1 == len(members) or split_member_name(members[pos + 1].name)[0] != key
+            last_of_key = pos + 1 == len(kept) or split_member_name(kept[pos + 1].name)[0] != key
             if last_of_key:
                 if key not in scores:
                     raise KeyError(f"{tar_path.name}: no {labeller} scores for sample {key!r}")
@@ -204,14 +203,19 @@ def read_scores(shards_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _record_shard(shards_dir: Path, labeller: str, tar_name: str, failures: dict[str, str],
+def _record_shard(shards_dir: Path, labeller: str, tar_name: str, keys: Sequence[str], failures: dict[str, str],
                   settings: dict[str, Any], all_tars: list[str]) -> None:
-    """Mark one shard as labelled in dataset.json (and the labeller as complete when all are)."""
+    """Mark one shard as labelled in dataset.json (and the labeller as complete when all are).
+
+    The failures of the shard's `keys` recorded by an earlier labelling are replaced by `failures`.
+    """
     meta = load_dataset_json(shards_dir)
     done = meta.setdefault("labelled_shards", {}).setdefault(labeller, [])
     if tar_name not in done:
         done.append(tar_name)
     known = meta.setdefault("label_failures", {}).setdefault(labeller, {})
+    for key in keys:                               # this labelling replaces the shard's earlier outcome
+        known.pop(key, None)
     known.update(failures)
     meta.setdefault("labeller_settings", {})[labeller] = settings
     labellers = meta.get("labellers") or []
@@ -262,7 +266,7 @@ def label_shards(shards_dir: str | Path, labeller: Labeller, batch_size: int = 1
             if progress is not None:
                 progress(len(batch))
         write_scores(tar_path, labeller.name, scores)
-        _record_shard(shards_dir, labeller.name, tar_path.name, failures, settings or {},
+        _record_shard(shards_dir, labeller.name, tar_path.name, list(scores), failures, settings or {},
                       [p.name for p in tars])
         report.shards_done.append(tar_path.name)
         report.samples += len(samples)

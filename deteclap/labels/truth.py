@@ -30,7 +30,7 @@ LABELLER_PREFIX = "truth"
 @dataclass(frozen=True)
 class ModalityNoise:
     """Score model of one modality (defaults: audio, threshold 0.5)."""
-    positive_range: tuple[float, float] = (0.45, 0.85)   # present objects (10 % fall below 0.5)
+    positive_range: tuple[float, float] = (0.45, 0.85)   # present objects (12.5 % below 0.5 before jitter)
     negative_range: tuple[float, float] = (0.0, 0.3)     # absent objects
     miss_rate: float = 0.1               # P(a present object scores like an absent one)
     false_positive_rate: float = 0.002   # P(an absent class scores like a present one), per class
