@@ -138,11 +138,14 @@ def shard_name(split: str, index: int) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def _split_labels(value) -> list[str]:
+    """A `labels` cell (a list, or names joined by ';') -> its class names, each once, in order."""
     if value is None or value == "":
         return []
     if isinstance(value, list):
-        return [str(v) for v in value]
-    return [part.strip() for part in str(value).split(";") if part.strip()]
+        names = [str(v) for v in value]
+    else:
+        names = [part.strip() for part in str(value).split(";") if part.strip()]
+    return list(dict.fromkeys(names))
 
 
 def _row_classes(row: dict) -> list[str]:
@@ -166,10 +169,13 @@ def _vggsound_file(video_dir: Path, ytid: str, start: int) -> tuple[Path, float]
 
 
 def read_rows(src: Path) -> list[dict]:
-    """Manifest rows as dicts. A CSV without a path/file header is read as VGGSound's layout."""
+    """Manifest rows as dicts. A CSV without a path/file header is read as VGGSound's layout.
+
+    A UTF-8 byte order mark (Excel's "CSV UTF-8") is dropped; CSV cells are stripped of spaces.
+    """
     if src.suffix == ".jsonl":
         rows = []
-        for line_no, line in enumerate(src.read_text().splitlines(), start=1):
+        for line_no, line in enumerate(src.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -180,11 +186,11 @@ def read_rows(src: Path) -> list[dict]:
                 raise ShardError(f"{src}:{line_no}: each line must be a JSON object")
             rows.append(row)
         return rows
-    with open(src, newline="") as f:
-        table = [r for r in csv.reader(f) if r]
+    with open(src, newline="", encoding="utf-8-sig") as f:
+        table = [[cell.strip() for cell in r] for r in csv.reader(f) if r]
     if not table:
         return []
-    header = [h.strip() for h in table[0]]
+    header = table[0]
     if "path" in header or "file" in header:
         return [dict(zip(header, r)) for r in table[1:]]
     rows = []
@@ -192,8 +198,8 @@ def read_rows(src: Path) -> list[dict]:
         if len(r) < 3:
             raise ShardError(f"{src}:{line_no}: expected a header with `path` or `file`, or VGGSound rows "
                              "(youtube_id, start_seconds, label, split)")
-        rows.append({"vggsound": True, "ytid": r[0].strip(), "start": r[1].strip(), "label": r[2].strip(),
-                     "split": r[3].strip() if len(r) > 3 else ""})
+        rows.append({"vggsound": True, "ytid": r[0], "start": r[1], "label": r[2],
+                     "split": r[3] if len(r) > 3 else ""})
     return rows
 
 
@@ -253,6 +259,10 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
         except (TypeError, ValueError):
             failures.append({"source": str(name), "reason": "bad_manifest_row", "split": row_split,
                              "detail": f"start / end not numbers: {row.get('start')!r}, {row.get('end')!r}"})
+            continue
+        if end is not None and end <= start:
+            failures.append({"source": str(name), "reason": "bad_manifest_row", "split": row_split,
+                             "detail": f"end {end:g} is not after start {start:g}"})
             continue
         if not path.exists():
             failures.append({"source": str(name), "reason": "missing_file", "split": row_split,
@@ -316,7 +326,11 @@ def frame_instants(num_source_frames: int, num_frames: int = NUM_FRAMES) -> list
 
 
 def _decode_segment(item: ClipInput, settings: EncodeSettings):
-    """Decode the segment's video frames (av.VideoFrame list) and first audio channel at 16 kHz."""
+    """Decode the segment's video frames (av.VideoFrame list) and first audio channel at 16 kHz.
+
+    `start` / `end` count from the container's start time (0 s = its first frame or sample, as
+    for ffmpeg's `-ss`), which is not 0 in stream copies and captures; audio and video share it.
+    """
     import av
 
     path = Path(item.source)
@@ -339,6 +353,7 @@ def _decode_segment(item: ClipInput, settings: EncodeSettings):
     seconds = (item.end - item.start) if item.end is not None else settings.seconds
     end = start + seconds
     with container:
+        origin = container.start_time / av.time_base if container.start_time else 0.0
         if not container.streams.video:
             raise ClipFailure("no_video", "no video stream")
         video = container.streams.video[0]
@@ -357,7 +372,7 @@ def _decode_segment(item: ClipInput, settings: EncodeSettings):
             done[audio.index] = False
         try:
             for frame in container.decode(*streams):
-                t = frame.time if frame.time is not None else 0.0
+                t = frame.time - origin if frame.time is not None else 0.0
                 if frame.__class__.__name__ == "VideoFrame":
                     if t >= end - 1e-6:
                         done[video.index] = True
@@ -576,27 +591,68 @@ def _write_failures(out: Path, rows: list[dict]) -> None:
     _atomic_write(out / "failures.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
 
 
+def _samples_per_shard(out: Path, previous: dict | None, asked: int | None) -> int:
+    """The shard size to plan with: `asked`, else the one OUT's dataset.json records, else the default.
+
+    Raises ShardError when `asked` differs from the recorded one (the plan would put other clips
+    under the existing shard names)."""
+    recorded = (previous or {}).get("samples_per_shard")
+    if asked is None:
+        return recorded or DEFAULT_SAMPLES_PER_SHARD
+    if recorded is not None and asked != recorded:
+        raise ShardError(f"{out} holds shards of --samples-per-shard {recorded}, not the --samples-per-shard "
+                         f"{asked} asked for now: leave the option out (or give {recorded}) to resume or add "
+                         "a split, or use an empty OUT")
+    return asked
+
+
+def _kept_failures(out: Path, plan: dict[str, list[list[ClipInput]]], planned_names: set[str],
+                   read_splits: set[str]) -> list[dict]:
+    """The rows of OUT's failures.jsonl that stay true after this run.
+
+    Kept: rows of the finished shards this run keeps, and every row of a split this run does not
+    shard (its shards stay listed as they are). Dropped: manifest-level rows (shard null) of the
+    splits this run reads (collect_inputs lists them again), and rows of shards written again."""
+    if not (out / "failures.jsonl").exists():
+        return []
+    kept = []
+    for line in (out / "failures.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("shard") is None:
+            keep = row.get("split") not in read_splits
+        elif row.get("split") not in plan:
+            keep = True
+        else:
+            keep = row["shard"] in planned_names and (out / f"{row['shard']}.tar").exists()
+        if keep:
+            kept.append(row)
+    return kept
+
+
 def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str = DEFAULT_SPLIT,
-                 samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD, settings: EncodeSettings | None = None,
+                 samples_per_shard: int | None = None, settings: EncodeSettings | None = None,
                  video_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Shard SRC into OUT (see module docstring); returns the summary dict that is also printed.
 
-    Summary: {"inputs", "samples" (in the listed shards), "written_now", "skipped_shards" (done by
-    an earlier run), "shards", "failed", "reasons": {reason: count}, "out"}. Raises ShardError for
-    an unusable SRC or an OUT written with other settings.
+    `samples_per_shard` None: the value OUT's dataset.json records (a resume or another split),
+    else DEFAULT_SAMPLES_PER_SHARD. Summary: {"inputs", "samples" (in the listed shards),
+    "written_now", "skipped_shards" (done by an earlier run), "shards", "failed", "reasons":
+    {reason: count}, "out"}. Raises ShardError for an unusable SRC or an OUT written with other
+    settings.
     """
     settings = settings or EncodeSettings()
     if settings.codec not in CODECS:
         raise ShardError(f"--codec {settings.codec!r}: choose one of {sorted(CODECS)}")
-    if samples_per_shard < 1:
+    if samples_per_shard is not None and samples_per_shard < 1:
         raise ShardError("--samples-per-shard must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = load_dataset_json(out) if (out / DATASET_JSON).exists() else None
+    samples_per_shard = _samples_per_shard(out, previous, samples_per_shard)
     inputs, plan_failures = collect_inputs(src, split, video_dir)
     plan, classes, dup_failures = plan_shards(inputs, samples_per_shard)
     plan_failures += dup_failures
 
-    previous = load_dataset_json(out) if (out / DATASET_JSON).exists() else None
     encoding = asdict(settings)
     if previous is not None:
         if previous.get("encoding") != encoding or previous.get("classes") != classes:
@@ -608,20 +664,9 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     for stale in out.glob(".*.tmp"):
         stale.unlink()
     planned_names = {shard_name(s, i) for s, shards in plan.items() for i in range(len(shards))}
+    read_splits = set(plan) | {r["split"] for r in plan_failures}
     failures: list[dict] = [dict(r, shard=None) for r in plan_failures]
-    if (out / "failures.jsonl").exists():
-        for line in (out / "failures.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if row.get("shard") in planned_names and (out / f"{row['shard']}.tar").exists():
-                failures.append(row)
-
-    from deteclap.labels.vocabulary import load_vocabulary
-
-    base = {"format_version": FORMAT_VERSION, "classes": classes, "label_vocabulary": load_vocabulary(),
-            "labellers": labellers, "encoding": encoding}
-    # keep what labelling recorded (labelled_shards, label_failures, labeller_settings, ...)
-    kept = {k: v for k, v in (previous or {}).items() if k not in base and k != "shards"}
-    _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": other_shards}, indent=1).encode())
+    failures += _kept_failures(out, plan, planned_names, read_splits)
 
     pending: list[tuple[str, list[ClipInput]]] = []
     skipped = 0
@@ -636,6 +681,19 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                     _atomic_write(out / f"{name}.idx", _index_from_tar(tar_path).encode())
                 continue
             pending.append((name, items))
+
+    from deteclap.labels.vocabulary import load_vocabulary
+
+    # the shards written now carry no label scores: no labeller is complete, and labelling redoes them
+    base = {"format_version": FORMAT_VERSION, "classes": classes, "label_vocabulary": load_vocabulary(),
+            "labellers": [] if pending else labellers, "encoding": encoding, "samples_per_shard": samples_per_shard}
+    # keep what labelling recorded (labelled_shards, label_failures, labeller_settings, ...)
+    kept = {k: v for k, v in (previous or {}).items() if k not in base and k != "shards"}
+    rewritten = {f"{name}.tar" for name, _ in pending}
+    if "labelled_shards" in kept:
+        kept["labelled_shards"] = {labeller: [tar for tar in tars if tar not in rewritten]
+                                   for labeller, tars in kept["labelled_shards"].items()}
+    _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": other_shards}, indent=1).encode())
 
     jobs = [(item, settings, len(classes)) for _, items in pending for item in items]
     results = _run_jobs(jobs, workers, progress)
@@ -669,13 +727,13 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
         # the new shards carry no label scores yet: `python -m deteclap.label` labels just those
         print(f"note: {len(pending)} new shard(s) have no label scores for {labellers}; run "
               f"`python -m deteclap.label {out} --labellers ...` again (it resumes)", file=sys.stderr)
-        base["labellers"] = []
     _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": all_shards}, indent=1).encode())
     _write_failures(out, failures)
-    reasons = Counter(r["reason"] for r in failures)
+    run_failures = [r for r in failures if r["split"] in read_splits]    # not the other splits' rows
+    reasons = Counter(r["reason"] for r in run_failures)
     return {"inputs": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),
             "samples": sum(s["samples"] for s in shard_rows), "written_now": written,
-            "skipped_shards": skipped, "shards": len(shard_rows), "failed": len(failures),
+            "skipped_shards": skipped, "shards": len(shard_rows), "failed": len(run_failures),
             "reasons": dict(sorted(reasons.items())), "out": str(out)}
 
 
@@ -849,7 +907,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 if any input was skipped")
     parser.add_argument("--allow-silent", action="store_true", help="store silence for inputs without audio")
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="split for inputs whose manifest row names none")
-    parser.add_argument("--samples-per-shard", type=int, default=DEFAULT_SAMPLES_PER_SHARD)
+    parser.add_argument("--samples-per-shard", type=int, default=None,
+                        help=f"samples per tar (default {DEFAULT_SAMPLES_PER_SHARD}; when OUT already holds "
+                             "shards, the value they were written with)")
     parser.add_argument("--short-side", type=int, default=DEFAULT_SHORT_SIDE, help="stored frame short side (px)")
     parser.add_argument("--no-crop", dest="crop", action="store_false",
                         help="keep the whole frame (short side resized) instead of CAV-MAE's centre square")

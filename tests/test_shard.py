@@ -321,3 +321,126 @@ def test_resharding_keeps_labelling_state_and_refuses_changed_shards(synth_dir, 
     # a different input list would put other clips under the existing shard names: refused
     with pytest.raises(ShardError, match="other clips than the inputs now planned"):
         write_shards(_manifest(synth_dir, slice(2, 8), tmp_path / "c.jsonl"), out, samples_per_shard=3, progress=False)
+
+
+def _failure_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+
+
+def test_sharding_a_second_split_keeps_the_first_splits_failures(synth_dir, tmp_path):
+    """Adding split val to OUT keeps train's failures.jsonl rows, so train resumes afterwards."""
+    (tmp_path / "broken.mp4").write_text("not a video\n" * 10)
+    train = _manifest(synth_dir, slice(0, 2), tmp_path / "train.jsonl")
+    with open(train, "a") as f:
+        f.write(json.dumps({"file": str(tmp_path / "broken.mp4"), "class": "synthetic"}) + "\n")
+        f.write(json.dumps({"file": str(tmp_path / "missing.mp4"), "class": "synthetic"}) + "\n")
+    val = _manifest(synth_dir, slice(2, 3), tmp_path / "val.jsonl")
+    out = tmp_path / "out"
+    write_shards(train, out, samples_per_shard=3)
+    train_failures = _failure_rows(out)
+    assert sorted(r["reason"] for r in train_failures) == ["missing_file", "not_media"]
+    assert write_shards(val, out, split="val", samples_per_shard=3)["failed"] == 0
+    assert _failure_rows(out) == train_failures
+    summary = write_shards(train, out, samples_per_shard=3)
+    assert summary["skipped_shards"] == 1 and summary["written_now"] == 0
+    assert _failure_rows(out) == train_failures
+    assert verify_shards(out).ok
+
+
+def test_a_regenerated_shard_is_labelled_again(labelled_shards, synth_dir, tmp_path):
+    """A labelled shard deleted and written again leaves `labelled_shards`, so labelling redoes it."""
+    from deteclap import label
+
+    out = tmp_path / "out"
+    shutil.copytree(labelled_shards, out)
+    labellers = json.loads((out / "dataset.json").read_text())["labellers"]
+    (out / "train-000001.tar").unlink()
+    summary = write_shards(synth_dir / "truth.jsonl", out, split="train", samples_per_shard=3)
+    assert summary["written_now"] == 3
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["labellers"] == []
+    assert all("train-000001.tar" not in tars and "train-000000.tar" in tars
+               for tars in meta["labelled_shards"].values())
+    truth = str(synth_dir / "truth.jsonl")
+    assert label.main([str(out), "--labellers", "truth", "--truth", truth, "--no-progress"]) == 0
+    assert json.loads((out / "dataset.json").read_text())["labellers"] == labellers
+    assert verify_shards(out).ok
+
+
+def _shift_timeline(src: Path, dst: Path, seconds: float) -> None:
+    """Remux `src` with every timestamp `seconds` later (as a stream copy or a capture has it).
+
+    The AAC priming packet (pts < 0, hidden by the source's edit list) is dropped: remuxed, it
+    would put 1024 audible samples before the first video frame."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as target:
+        streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
+        for packet in source.demux():
+            if packet.dts is None or packet.pts < 0:
+                continue
+            shift = int(seconds / packet.time_base)
+            packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            packet.stream = streams[packet.stream.index]
+            target.mux(packet)
+
+
+def test_the_container_start_time_is_the_timeline_origin(synth_dir, tmp_path):
+    """A file whose timeline starts at 1.5 s gives the frames and audio of the same file starting at 0
+    (2 s segments: counted on the absolute timeline, [0, 2) would hold 0.5 s, `truncated`)."""
+    _shift_timeline(synth_dir / "synth_00000.mp4", tmp_path / "shifted.mp4", 1.5)
+    with av.open(str(tmp_path / "shifted.mp4")) as container:
+        assert container.start_time / av.time_base > 1.4
+    rows = [{"file": str(synth_dir / "synth_00000.mp4"), "id": "zero"},
+            {"file": str(tmp_path / "shifted.mp4"), "id": "shifted"},
+            {"file": str(synth_dir / "synth_00000.mp4"), "id": "zero_late", "start": 1.0},
+            {"file": str(tmp_path / "shifted.mp4"), "id": "shifted_late", "start": 1.0}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = write_shards(tmp_path / "m.jsonl", tmp_path / "out", samples_per_shard=4,
+                           settings=EncodeSettings(seconds=2.0))
+    assert summary["failed"] == 0, _failure_rows(tmp_path / "out")
+    samples = _samples(tmp_path / "out")
+    for name in ("", "_late"):
+        zero, shifted = samples[f"zero{name}"], samples[f"shifted{name}"]
+        assert json.loads(shifted["json"])["duration"] == json.loads(zero["json"])["duration"] == 2.0
+        assert shifted["mp4"] == zero["mp4"]
+        wave, shifted_wave = decode_audio(zero["flac"])[0], decode_audio(shifted["flac"])[0]
+        assert len(wave) == len(shifted_wave) == 2 * 16000
+        middle = slice(1600, len(wave) - 1600)
+        assert np.corrcoef(wave[middle], shifted_wave[middle])[0, 1] > AUDIO_MIN_CORRELATION
+
+
+def test_duplicate_labels_are_stored_once(synth_dir, tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"file": str(synth_dir / "synth_00000.mp4"),
+                                                  "id": "dog", "labels": "Dog;Bark;Dog"}) + "\n")
+    write_shards(tmp_path / "m.jsonl", tmp_path / "out")
+    assert json.loads(_samples(tmp_path / "out")["dog"]["json"])["classes"] == ["Dog", "Bark"]
+    assert verify_shards(tmp_path / "out").ok
+
+
+def test_csv_with_a_byte_order_mark_and_spaces(synth_dir, tmp_path):
+    """A `path,label` CSV saved by Excel (UTF-8 BOM, a space after the comma) reads as written."""
+    (tmp_path / "m.csv").write_text(f"path,label\n{synth_dir / 'synth_00000.mp4'}, Dog\n", encoding="utf-8-sig")
+    summary = write_shards(tmp_path / "m.csv", tmp_path / "out")
+    assert summary["samples"] == 1 and summary["failed"] == 0
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["classes"] == ["Dog"]
+
+
+def test_end_not_after_start_is_a_bad_manifest_row(synth_dir, tmp_path):
+    clip = str(synth_dir / "synth_00000.mp4")
+    rows = [{"file": clip, "id": "backwards", "start": 2.0, "end": 1.0},
+            {"file": clip, "id": "empty", "start": 1.0, "end": 1.0}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_shards(tmp_path / "m.jsonl", tmp_path / "out")
+    failures = _failure_rows(tmp_path / "out")
+    assert [(r["reason"], r["shard"]) for r in failures] == [("bad_manifest_row", None)] * 2
+
+
+def test_resume_reuses_the_recorded_samples_per_shard(synth_dir, tmp_path, capsys):
+    manifest, out = _manifest(synth_dir, slice(0, 2), tmp_path / "m.jsonl"), tmp_path / "out"
+    assert main([str(manifest), str(out), "--quiet", "--samples-per-shard", "1"]) == 0
+    assert json.loads((out / "dataset.json").read_text())["samples_per_shard"] == 1
+    written = _tree(out)
+    assert main([str(manifest), str(out), "--quiet"]) == 0
+    assert _tree(out) == written
+    assert main([str(manifest), str(out), "--quiet", "--samples-per-shard", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "--samples-per-shard 1" in error and "--samples-per-shard 2" in error
