@@ -141,7 +141,9 @@ def decode_frame(stream: Any, index: Any | None, gpu: bool) -> Any:
     """Decode frame `index` (None: the only frame) of each encoded video -> uint8 [H, W, 3] (NVDEC or CPU)."""
     from nvidia.dali import fn
 
-    kwargs = {} if index is None else {"frames": index}
+    kwargs: dict[str, Any] = {} if index is None else {"frames": index}
+    if gpu:   # its thread pool would pin threads to cores via NVML, which sandboxed machines may refuse
+        kwargs["affine"] = False
     frames = fn.decoders.video(stream, device="mixed" if gpu else "cpu", **kwargs)   # [1, H, W, 3]
     return fn.element_extract(frames, element_map=[0])
 

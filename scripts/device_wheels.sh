@@ -2,13 +2,16 @@
 # Bring the wheels the GPU machine lacks (it reaches no package registry) in <= 60 MiB parts.
 #
 #   scripts/device_wheels.sh download          # here: fetch wheels into .wheels/, split them into parts
+#   scripts/device_wheels.sh carry N           # there, one call per part: append .wheels/partNN
 #   scripts/device_wheels.sh install DIR       # there, once every part of .wheels/ has been carried
 #
 # The device tool carries at most 64 MiB per call (the ~1 MB working tree included) and releases an
-# idle machine after ~30 s, so carry `.wheels/partNN` one per consecutive call, each call appending
-# it to /tmp/wheels/all.bin (`mkdir -p /tmp/wheels && cat .wheels/partNN >> /tmp/wheels/all.bin`),
-# then, in the last call, `scripts/device_wheels.sh install /tmp/wheels && scripts/gpu_check.sh tests`,
-# and at once (the machine stays warm ~30 s) `scripts/gpu_check.sh bench` in the next call.
+# idle machine after ~30 s, so run `carry 0`, `carry 1`, ... in consecutive calls, each with
+# carry [".wheels/partNN", ".wheels/SHA256SUMS"]. `carry N` checks the part's sha256 and that
+# /tmp/wheels/all.bin holds exactly parts 0..N-1 (exit 3 "FRESH" when the machine was given back in
+# between: start again at 0); `carry 0` also writes what the machine offers (nvidia-smi, NVDEC's
+# libnvcuvid) to $OUT/machine.txt. The last call: `scripts/device_wheels.sh install /tmp/wheels &&
+# scripts/gpu_check.sh tests`, and at once (the machine stays warm ~30 s) `scripts/gpu_check.sh bench`.
 # About 300 MB in 5 parts (DALI 199 MB, PyAV 36 MB, nvCOMP 29 MB, nvImageCodec 25 MB). six and
 # typing-extensions are on that machine too; carried anyway (tiny) so the versions are the tested ones.
 #
@@ -28,6 +31,7 @@ WHEELS="nvidia-dali-cuda130==2.4.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0 
   six==1.17.0 typing-extensions==4.16.0"
 DEEPSPEED=deepspeed==0.19.8
 SITE=/tmp/site
+PART_BYTES=$((60 * 1024 * 1024))        # split -b 60M
 PY=${PYTHON:-python3}                 # install: the GPU machine's python3 (3.12)
 BUILD_PY=${BUILD_PYTHON:-$here/.venv/bin/python}   # download: this project's environment (has torch)
 case "${1:-}" in
@@ -43,6 +47,28 @@ case "${1:-}" in
     (cd "$here/.wheels/src" && tar cf ../all.tar ./*.whl)
     (cd "$here/.wheels" && split -b 60M -d all.tar part && rm all.tar && sha256sum part* > SHA256SUMS)
     ls -la "$here/.wheels"
+    ;;
+  carry)
+    n=${2:?carry N (the part number, from 0)}
+    part=$(printf "part%02d" "$n")
+    mkdir -p /tmp/wheels
+    have=$(stat -c%s /tmp/wheels/all.bin 2>/dev/null || echo 0)
+    if [ "$n" -eq 0 ]; then
+      rm -f /tmp/wheels/all.bin
+    elif [ "$have" -ne $((n * PART_BYTES)) ]; then
+      echo "FRESH: /tmp/wheels/all.bin holds $have bytes, not parts 0..$((n - 1)): start again at carry 0" >&2
+      exit 3
+    fi
+    (cd "$here/.wheels" && grep " $part\$" SHA256SUMS | sha256sum -c --quiet) || { echo "$part: bad sha256" >&2; exit 4; }
+    cat "$here/.wheels/$part" >> /tmp/wheels/all.bin
+    echo "carried $part: /tmp/wheels/all.bin $(stat -c%s /tmp/wheels/all.bin) bytes"
+    if [ "$n" -eq 0 ]; then
+      out=${OUT:-/tmp}
+      { nvidia-smi; echo "--- NVDEC libraries:"; ldconfig -p | grep -i nvcuvid
+        find / -xdev -name 'libnvcuvid.so*' 2>/dev/null | head -5; "$PY" --version; } > "$out/machine.txt" 2>&1 || true
+      grep -q "libnvcuvid.so" "$out/machine.txt" \
+        || echo "warning: no libnvcuvid on this machine: DALI's GPU video decoder (NVDEC) cannot run" >&2
+    fi
     ;;
   install)
     dir=${2:?install DIR (the folder where the parts were appended to all.bin)}
