@@ -1,6 +1,6 @@
 """Labelling throughput: clips/s per labeller (CLAP, YOLO, truth) on the CPU and on the GPU when present.
 
-    python benchmarks/label.py [--shards DIR] [--clips 8] [--seconds 10] [--devices cpu,cuda]
+    python benchmarks/label.py [--shards DIR --truth JSONL] [--clips 8] [--seconds 10] [--devices cpu,cuda]
                                [--yolo-model yolov8x] [--batch-size 8] [--json OUT]
 
 Times `deteclap.labels.label_shards` end to end (read tar, decode FLAC / VP9, model, tar rewrite
@@ -8,6 +8,9 @@ and index) on a private copy of the shards. The models have random weights (no d
 the real architectures: msclap's CLAP 2023 audio encoder (HTSAT, 7 s windows at 44.1 kHz) and
 YOLOv8x with 601 classes at 640 pixels on the 10 frames of each clip, so the speed is that of a
 real run. Without --shards it makes `--clips` synthetic clips of `--seconds` and shards them.
+Shards already labelled are relabelled (the copy is labelled with force). A labeller that cannot run
+(truth without --truth, a missing package) or labels no clip stops the run rather than leave its
+row out or write 0 clips/s.
 Writes benchmarks/results/label.json.
 """
 
@@ -27,6 +30,7 @@ from benchmarks.common import write_result  # noqa: E402
 
 SYNTH_SIZE = (160, 120)
 SYNTH_FPS = 10
+LABELLERS = ("truth", "clap", "yolo")
 
 
 def _make_shards(work: Path, clips: int, seconds: float) -> tuple[Path, Path]:
@@ -70,15 +74,21 @@ def _build(name: str, vocabulary: list[str], device: str, args: argparse.Namespa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default=None, help="shard folder to label (a copy is labelled)")
-    parser.add_argument("--truth", default=None, help="truth.jsonl for the truth labeller with --shards")
+    parser.add_argument("--truth", default=None,
+                        help="truth.jsonl of --shards (needed there when --labellers names truth)")
     parser.add_argument("--clips", type=int, default=8, help="synthetic clips when no --shards is given")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the synthetic clips")
-    parser.add_argument("--labellers", default="truth,clap,yolo")
+    parser.add_argument("--labellers", default=",".join(LABELLERS))
     parser.add_argument("--devices", default="", help="comma list (default: cpu, plus cuda when present)")
     parser.add_argument("--yolo-model", default="yolov8x", help="ultralytics architecture (yolov8x = the paper's)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per model batch")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/label.json)")
     args = parser.parse_args(argv)
+    labellers = args.labellers.split(",")
+    if unknown := set(labellers) - set(LABELLERS):
+        parser.error(f"--labellers: unknown {sorted(unknown)} (choose from {','.join(LABELLERS)})")
+    if "truth" in labellers and args.shards and not args.truth:
+        parser.error("the truth labeller needs --truth (the truth.jsonl of --shards)")
 
     import os
 
@@ -98,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             source, truth_path = _make_shards(work, args.clips, args.seconds)
         vocabulary = store.load_dataset_json(source)["label_vocabulary"]
         for device in devices:
-            for name in args.labellers.split(","):
-                if name == "truth" and truth_path is None:
-                    continue
+            for name in labellers:
                 labeller = _build(name, vocabulary, device, args, truth_path)
                 copy = work / f"copy-{device}-{name}"
                 shutil.copytree(source, copy)
@@ -109,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                report = label_shards(copy, labeller, batch_size=args.batch_size)
+                # the copy keeps the source's labelled_shards: relabel them all
+                report = label_shards(copy, labeller, batch_size=args.batch_size, force=True)
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
+                if report.samples == 0:
+                    raise RuntimeError(f"{labeller.name}-{device}: no clip labelled in {source}; no row written")
                 row = {"name": f"{labeller.name}-{device}", "labeller": labeller.name, "device": device,
                        "clips": report.samples, "seconds": round(seconds, 3),
                        "clips_per_s": round(report.samples / seconds, 3), "batch_size": args.batch_size,

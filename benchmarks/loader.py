@@ -1,7 +1,7 @@
 """Loader benchmark: clips/s and MB/s of finished training batches from the same shards.
 
     python benchmarks/loader.py --shards DIR [--batch 32] [--workers 2] [--batches 24] [--warmup 2]
-                                [--repeats 3] [--json OUT] [--official-layout] [--profile]
+                                [--repeats 3] [--json OUT] [--official-layout [--official-dir DIR]] [--profile]
 
 Loaders: `reference` (deteclap.data.loader: PyAV + soundfile + PIL + the fbank in DataLoader
 workers), `dali_cpu` (dali_pipes with device_id=None; fbank in the main process), `dali_gpu`
@@ -11,10 +11,12 @@ the same clips exported to CAV-MAE's own layout (10 JPEG frames per clip at shor
 CenterCrop / ToTensor / Normalize; the wav read with soundfile, as torchaudio.load needs
 torchcodec in torchaudio 2.11; then torchaudio.compliance.kaldi.fbank, padding, normalisation,
 noise and roll), a random one of the 10 frames, same batch size and workers (written anew here,
-not copied). Training mode; our loaders use a shuffle buffer of SHUFFLE_BUFFER samples (see
-there). Every loader gets the same treatment: denormals flushed in the main process (as
-deteclap/train.py does) and in every DataLoader worker (worker_init_fn); a fresh loader per
-epoch, as the trainers build them (so epoch starts are inside the timed batches).
+not copied). The export stays in --official-dir and is reused while the shards are the same ones
+(their fingerprint in its source.json); other shards clear it. Training mode; our loaders use a
+shuffle buffer of SHUFFLE_BUFFER samples (see there). Every loader gets the same treatment:
+denormals flushed in the main process (as deteclap/train.py does) and in every DataLoader worker
+(worker_init_fn); a fresh loader per epoch, as the trainers build them (so epoch starts are inside
+the timed batches).
 
 Each loader is timed `--repeats` times over `--batches` batches after `--warmup` untimed ones
 (worker start-up, pipeline build), the loaders taking turns (run 1 of each, then run 2 of each,
@@ -33,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,6 +54,7 @@ from benchmarks.common import RESULTS_DIR, write_result  # noqa: E402
 MB = 1e6
 JPEG_QUALITY = 95
 OFFICIAL_FRAMES = 10
+OFFICIAL_SOURCE = "source.json"  # in the export folder: the fingerprint of the shards it was made from
 PROFILE_TOP = 8                 # costs kept per loader in the JSON `profile` field
 PROFILE_BATCHES = 4
 # Samples per shuffle buffer. The training default (1000) holds a whole small benchmark set: each
@@ -126,8 +131,18 @@ def summarise(name: str, runs: list[dict[str, Any]], warmup: int, count: int) ->
 
 # ----------------------------------------------------------------------------------------------
 # CAV-MAE's own layout, read per sample the way its src/dataloader.py does (written here anew)
+def shards_fingerprint(tars: list[Path], img_size: int) -> dict[str, Any]:
+    """What an export was made from: every tar's resolved path, size and mtime, and the frame size."""
+    return {"img_size": img_size,
+            "tars": [[str(tar.resolve()), tar.stat().st_size, tar.stat().st_mtime_ns] for tar in tars]}
+
+
 def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
-    """Write out/frame_{i}/KEY.jpg (short side img_size) and out/audio/KEY.wav; return the keys."""
+    """Write out/frame_{i}/KEY.jpg (short side img_size) and out/audio/KEY.wav; return the keys.
+
+    out/OFFICIAL_SOURCE records the shards' fingerprint: files of the same fingerprint are reused (a
+    resumed export), an export of other shards (synthetic keys repeat between sets) is cleared first.
+    """
     import PIL.Image
     import soundfile
     from tqdm import tqdm
@@ -137,12 +152,19 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
 
     keys = []
     tars = resolve_shards(shards, "train")
+    fingerprint = shards_fingerprint(tars, img_size)
+    source = out / OFFICIAL_SOURCE
+    if not source.is_file() or json.loads(source.read_text()) != fingerprint:
+        for folder in ["audio", *(f"frame_{i}" for i in range(OFFICIAL_FRAMES))]:
+            shutil.rmtree(out / folder, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        source.write_text(json.dumps(fingerprint, indent=1) + "\n")
     for tar in tqdm(tars, desc="export CAV-MAE layout"):
         for key, members in iter_tar_samples(tar):
             keys.append(key)
             last_frame = out / f"frame_{OFFICIAL_FRAMES - 1}" / f"{key}.jpg"
             if (out / "audio" / f"{key}.wav").is_file() and last_frame.is_file():
-                continue                   # exported by an earlier run
+                continue                   # exported by an earlier run from the same shards
             frames = decode_video_frames(members["mp4"])
             for i in range(OFFICIAL_FRAMES):
                 image = PIL.Image.fromarray(frames[min(i, len(frames) - 1)])

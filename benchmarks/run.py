@@ -1,11 +1,12 @@
 """Run every benchmark that fits this machine, then regenerate the README's results section.
 
-    python -m benchmarks [--shards DIR] [--clips N] [--skip shard,loader,label,train_step]
+    python -m benchmarks [--shards DIR [--truth JSONL]] [--clips N] [--skip shard,loader,label,train_step]
 
 Shard, loader, label and train-step benchmarks write JSON under benchmarks/results/ with the
 machine description; `benchmarks/report.py` turns those files into the README table and plots.
 The loader and label benchmarks run on a synthetic shard set made here (kept under
-benchmarks/results/.data/) unless --shards names one.
+benchmarks/results/.data/) unless --shards names one; the truth labeller's row needs that set's
+truth.jsonl (the synthetic set's, or --truth), so --shards without --truth times CLAP and YOLO only.
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", default=None, help="shard folder for the loader / label benchmarks")
+    parser.add_argument("--truth", default=None, help="truth.jsonl of --shards (for the truth labeller's row)")
     parser.add_argument("--clips", type=int, default=256, help="synthetic 10 s clips when no --shards is given")
     parser.add_argument("--skip", default="", help="comma-separated benchmarks to skip: shard,loader,label,train_step")
     args = parser.parse_args(argv)
+    if args.truth and not args.shards:
+        parser.error("--truth goes with --shards (the synthetic set brings its own)")
     skip = set(filter(None, args.skip.split(",")))
-    shards = args.shards
+    shards, truth = args.shards, args.truth
     if shards is None:
-        shards = str(DATA / "shards")
+        shards, truth = str(DATA / "shards"), str(DATA / "clips" / "truth.jsonl")
         if not (DATA / "shards" / "dataset.json").is_file():
             _run(["-m", "deteclap.synth", str(DATA / "clips"), "--clips", str(args.clips), "--workers", "2"])
             _run(["-m", "deteclap.shard", str(DATA / "clips" / "truth.jsonl"), shards, "--workers", "2",
@@ -45,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         _run(["benchmarks/loader.py", "--shards", shards, "--batch", "32", "--official-layout",
               "--official-dir", str(DATA / "official")])
     if "label" not in skip:
-        _run(["benchmarks/label.py", "--shards", shards])
+        _run(["benchmarks/label.py", "--shards", shards,
+              *(["--truth", truth] if truth else ["--labellers", "clap,yolo"])])
     if "train_step" not in skip:
         _run(["benchmarks/train_step.py"])
     _run(["benchmarks/report.py"])

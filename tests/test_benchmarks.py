@@ -43,3 +43,75 @@ def test_train_step_benchmark_runs_every_zero_stage(tmp_path):
     expected = sum(p.numel() for p in build_model(load_config(repo / "configs" / "tiny.json").model, 601).parameters())
     assert [r["zero_stage"] for r in results] == [0, 3]
     assert all(r["parameters"] == expected and r["samples_per_s"] > 0 and r["flops_per_step"] > 0 for r in results)
+
+
+def test_label_benchmark_relabels_labelled_shards_and_refuses_zero_clips(labelled_shards, synth_dir, tmp_path,
+                                                                         monkeypatch):
+    """Shards already labelled are timed anew (not 0 clips/s); a run that labels no clip writes no row."""
+    import pytest
+
+    from benchmarks import label as label_bench
+    from deteclap import labels
+    from deteclap.labels import store
+
+    out = tmp_path / "label.json"
+    args = ["--shards", str(labelled_shards), "--truth", str(synth_dir / "truth.jsonl"), "--labellers", "truth",
+            "--devices", "cpu", "--json", str(out)]
+    assert label_bench.main(args) == 0
+    [row] = json.loads(out.read_text())["results"]
+    assert row["clips"] == 8 and row["clips_per_s"] > 0
+    out.unlink()
+    monkeypatch.setattr(labels, "label_shards", lambda *a, **k: store.LabelReport("truth_audio"))
+    with pytest.raises(RuntimeError, match="no clip labelled"):
+        label_bench.main(args)
+    assert not out.exists()
+
+
+def test_label_benchmark_refuses_a_labeller_it_cannot_run(shard_dir, tmp_path):
+    """The truth labeller without --truth is an error, not a run that leaves its row out."""
+    import pytest
+
+    from benchmarks import label as label_bench
+
+    out = tmp_path / "label.json"
+    with pytest.raises(SystemExit):
+        label_bench.main(["--shards", str(shard_dir), "--labellers", "truth", "--devices", "cpu", "--json", str(out)])
+    with pytest.raises(SystemExit):
+        label_bench.main(["--shards", str(shard_dir), "--labellers", "clip", "--devices", "cpu", "--json", str(out)])
+    assert not out.exists()
+
+
+def test_run_gives_the_label_benchmark_the_synthetic_truth(monkeypatch):
+    """`python -m benchmarks` times the truth labeller on its synthetic set (the README's truth_audio row)."""
+    from benchmarks import run
+
+    calls = []
+    monkeypatch.setattr(run, "_run", calls.append)
+    assert run.main(["--skip", "shard,loader,train_step"]) == 0
+    [label_call] = [c for c in calls if c[0] == "benchmarks/label.py"]
+    assert label_call[label_call.index("--truth") + 1] == str(run.DATA / "clips" / "truth.jsonl")
+    calls.clear()
+    assert run.main(["--shards", "elsewhere", "--skip", "shard,loader,train_step"]) == 0
+    [label_call] = [c for c in calls if c[0] == "benchmarks/label.py"]
+    assert "--truth" not in label_call and label_call[label_call.index("--labellers") + 1] == "clap,yolo"
+
+
+def test_official_layout_export_is_redone_for_other_shards(shard_dir, tmp_path):
+    """Synthetic keys repeat between sets: an export of other shards is cleared, not reused."""
+    import soundfile
+
+    from benchmarks.loader import export_official_layout
+    from deteclap.shard import write_shards
+    from deteclap.synth import generate
+
+    out = tmp_path / "official"
+    keys = export_official_layout(str(shard_dir), out, 224)
+    wav = out / "audio" / f"{keys[0]}.wav"
+    assert soundfile.info(str(wav)).duration == 3.0
+    written = wav.stat().st_mtime_ns
+    assert export_official_layout(str(shard_dir), out, 224) == keys and wav.stat().st_mtime_ns == written  # reused
+    generate(tmp_path / "synth", 2, seconds=1.0, seed=5, size=(64, 48), fps=10)
+    write_shards(tmp_path / "synth" / "truth.jsonl", tmp_path / "shards", split="train")
+    other = export_official_layout(str(tmp_path / "shards"), out, 224)
+    assert other == keys[:2] and soundfile.info(str(wav)).duration == 1.0
+    assert sorted(p.stem for p in (out / "audio").iterdir()) == other
