@@ -5,18 +5,21 @@
 Retrieval follows CAV-MAE's src/retrieval.py: embeddings from the joint layer with the modality
 norms (`model.embed_audio` / `model.embed_video`: mean-pooled, no masking, evaluation frame 5),
 L2-normalised, cosine similarity (one matrix product instead of its Python double loop), and for
-each query the rank of its own pair; R@1/5/10, median rank, on `eval.per_class` clips per class
-(CAV-MAE: 5). sumR = the six recalls (R@1/5/10, both directions) added, as a percentage sum.
-a2v: audio queries retrieve visual items; v2a: the reverse. With a fine-tuning config
-(`finetune.task`) it reports accuracy (single-label, VGGSound) or mAP (multi-label, AudioSet), on
-frame `data.eval_frame`, or with `eval.average_frames` as CAV-MAE reports it: softmax / sigmoid
-outputs averaged over the frame instants 0..num_frames-1 (one pass over the data per frame).
+each query the rank of its own pair; R@k for k in `eval.recall_at` (1/5/10), median rank (CAV-MAE's
+`np.median(ranks) + 1`), on `eval.per_class` clips per class (CAV-MAE: 5; clips with no class left
+out). sumR = those recalls of both directions added, as a percentage sum. a2v: audio queries retrieve
+visual items; v2a: the reverse. Evaluation reads no label scores: the eval shards need none.
+With a fine-tuning config (`finetune.task`) it reports accuracy (single-label, VGGSound) or mAP
+(multi-label, AudioSet), on frame `data.eval_frame`, or with `eval.average_frames` as CAV-MAE reports
+it: softmax / sigmoid outputs averaged over the frame instants 0..num_frames-1 (one pass over the
+data per frame).
 Fine-tuned with `finetune.average_from_step`, pass RUN/model_wa.pt for CAV-MAE's weight average.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -43,10 +46,14 @@ def ranks_of_pairs(sim: torch.Tensor) -> torch.Tensor:
 
 
 def recall_metrics(sim: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
-    """R@k in percent and the median rank (1-based) of the true pairs of a similarity matrix."""
+    """R@k in percent and the median rank (1-based) of the true pairs of a similarity matrix.
+
+    The median rank is CAV-MAE's `np.median(ranks) + 1`: for an even count, the mean of the two
+    middle ranks (torch.median would take the lower one).
+    """
     ranks = ranks_of_pairs(sim).double()
     out = {f"r{k}": float((ranks < k).double().mean() * 100) for k in ks}
-    out["median_rank"] = float(ranks.median() + 1)
+    out["median_rank"] = float(np.median(ranks.numpy()) + 1)
     return out
 
 
@@ -91,17 +98,18 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first `per_class` clips of each class (in loader order); all when 0.
 
-    classes [N, C] multi-hot; a clip counts for its first class.
+    classes [N, C] multi-hot; a clip counts for its first class, and a clip with no class (an
+    all-zero row) is left out of the subset.
     """
     if per_class <= 0:
         return np.arange(len(classes))
     if classes.shape[1] == 0:
         raise ValueError("eval.per_class needs class labels, and these shards have none (sharded from a plain "
                          "folder?): set eval.per_class=0 to evaluate on every clip")
-    first = classes.argmax(1)
+    first, has_class = classes.argmax(1), classes.any(1)
     chosen, counts = [], {}
     for index, cls in enumerate(first):
-        if counts.get(cls, 0) < per_class:
+        if has_class[index] and counts.get(cls, 0) < per_class:
             counts[cls] = counts.get(cls, 0) + 1
             chosen.append(index)
     return np.asarray(chosen, dtype=np.int64)
@@ -111,9 +119,16 @@ def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
 # running a checkpoint
 @torch.no_grad()
 def collect(cfg: Config, model: torch.nn.Module, device: torch.device, finetune: bool) -> dict[str, Any]:
-    """Run the evaluation loader once; return embeddings (or logits), classes and keys."""
+    """Run the evaluation loader once; return embeddings (or logits), classes and keys.
+
+    The loader runs on a copy of the config with labels.variant "cavmae": evaluation uses no label
+    scores, so the eval shards need no `KEY.<labeller>.f16` members, and a clip whose labelling failed
+    (NaN scores) is evaluated like any other. Raises RuntimeError when no clip could be read.
+    """
     from deteclap.data import build
 
+    cfg = copy.deepcopy(cfg)
+    cfg.labels.variant = "cavmae"
     loader = build(cfg, train=False)
     audio, visual, logits, classes, keys = [], [], [], [], []
     model.eval()
@@ -127,8 +142,11 @@ def collect(cfg: Config, model: torch.nn.Module, device: torch.device, finetune:
             visual.append(model.embed_video(frames).float().cpu())
         classes.append(batch["classes"].float().cpu())
         keys.extend(batch["keys"])
-    out: dict[str, Any] = {"classes": torch.cat(classes).numpy(), "keys": keys,
-                           "skipped": dict(getattr(loader, "skipped", {}) or {})}
+    skipped = dict(getattr(loader, "skipped", {}) or {})
+    if not keys:
+        raise RuntimeError(f"no clip of {cfg.data.eval_shards} (split {cfg.data.eval_split!r}) could be read "
+                           f"(skipped: {skipped}); check them with deteclap.shard --verify")
+    out: dict[str, Any] = {"classes": torch.cat(classes).numpy(), "keys": keys, "skipped": skipped}
     if finetune:
         out["logits"] = torch.cat(logits).numpy()
     else:
@@ -140,8 +158,6 @@ def class_probabilities(cfg: Config, model: torch.nn.Module, device: torch.devic
     """Fine-tuned model -> {"probs" [N, K] (softmax single-label, sigmoid multi-label), "classes",
     "keys", "skipped", "frames"}: on data.eval_frame, or the mean over frames 0..num_frames-1 with
     eval.average_frames (CAV-MAE's multi-frame evaluation)."""
-    import copy
-
     frames = list(range(cfg.data.num_frames)) if cfg.eval.average_frames else [cfg.data.eval_frame]
     total, first = None, None
     for frame in frames:
@@ -198,14 +214,18 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    """Rows name -> retrieval result, as the paper's Table I (R@1/5/10 a->v and v->a)."""
-    recalls = f"{'R@1':>8} {'R@5':>6} {'R@10':>6}"
+    """Rows name -> retrieval result, as the paper's Table I (R@k a->v and v->a, then sumR).
+
+    The columns are the first row's recalls (`r<k>` keys of its a2v: eval.recall_at).
+    """
+    keys = [key for key in next(iter(rows.values()))["a2v"] if key[0] == "r" and key[1:].isdigit()]
+    widths = [8] + [6] * (len(keys) - 1)
+    recalls = " ".join(f"{'R@' + key[1:]:>{width}}" for key, width in zip(keys, widths))
     head = f"{'model':<14} | {'a->v':<4}{recalls[4:]} | {'v->a':<4}{recalls[4:]} | {'sumR':>6}"
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
-        a, v = r["a2v"], r["v2a"]
-        lines.append(f"{name:<14} | {a['r1']:8.1f} {a['r5']:6.1f} {a['r10']:6.1f} | "
-                     f"{v['r1']:8.1f} {v['r5']:6.1f} {v['r10']:6.1f} | {r['sumR']:6.1f}")
+        a, v = (" ".join(f"{r[d][key]:{width}.1f}" for key, width in zip(keys, widths)) for d in ("a2v", "v2a"))
+        lines.append(f"{name:<14} | {a} | {v} | {r['sumR']:6.1f}")
     return "\n".join(lines)
 
 
@@ -219,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     result = evaluate(cfg, args.checkpoint)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if "a2v" in result:
         print(format_table({Path(cfg.source.split(" ")[0]).stem: result}))
     else:
         print(json.dumps({k: v for k, v in result.items() if k in ("accuracy", "mAP", "num_clips")}))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

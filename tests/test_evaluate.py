@@ -1,11 +1,21 @@
-"""Retrieval and classification metrics against hand-computed cases and a reference mAP."""
+"""Retrieval and classification metrics against hand-computed cases and a reference mAP; retrieval
+evaluation of a checkpoint on the synthetic shards (no label scores needed) and its CLI."""
+
+import json
+import re
+import shutil
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from deteclap.evaluate import (accuracy, mean_average_precision, per_class_subset, ranks_of_pairs,
-                               recall_metrics, retrieval_metrics)
+from deteclap.config import load_config
+from deteclap.evaluate import (accuracy, collect, evaluate, format_table, main, mean_average_precision,
+                               per_class_subset, ranks_of_pairs, recall_metrics, retrieval_metrics)
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.json"   # labels.variant "or"
 
 
 def test_ranks_and_recalls_of_a_hand_made_similarity_matrix():
@@ -16,6 +26,15 @@ def test_ranks_and_recalls_of_a_hand_made_similarity_matrix():
     assert ranks_of_pairs(sim).tolist() == [0, 1, 3, 1]
     metrics = recall_metrics(sim, ks=(1, 2, 5))
     assert metrics == {"r1": 25.0, "r2": 75.0, "r5": 100.0, "median_rank": 2.0}
+
+
+def test_median_rank_of_an_even_count_is_the_mean_of_the_two_middle_ranks():
+    sim = torch.tensor([[0.9, 0.1, 0.2, 0.0],    # rank 1
+                        [0.1, 0.9, 0.2, 0.0],    # rank 1
+                        [0.7, 0.6, 0.1, 0.3],    # rank 4
+                        [0.1, 0.2, 0.3, 0.25]])  # rank 2
+    # CAV-MAE: np.median([0, 0, 3, 1]) + 1 = (0 + 1) / 2 + 1
+    assert recall_metrics(sim)["median_rank"] == 1.5
 
 
 def test_retrieval_metrics_are_directional_and_perfect_for_identical_embeddings():
@@ -50,3 +69,86 @@ def test_accuracy_and_per_class_subset():
     assert accuracy(logits, labels) == pytest.approx(100 * 4 / 7)
     assert per_class_subset(labels, 2).tolist() == [0, 1, 2, 3, 4]
     assert per_class_subset(labels, 0).tolist() == list(range(7))
+
+
+def test_per_class_subset_leaves_out_clips_without_a_class():
+    classes = np.array([[0, 0], [1, 0], [0, 1], [1, 0]])   # clip 0 has no class
+    assert per_class_subset(classes, 1).tolist() == [1, 2]
+    assert per_class_subset(classes, 0).tolist() == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# a checkpoint on the synthetic shards
+def eval_cfg(shards: Path, *extra: str):
+    return load_config(CONFIG, [f"data.eval_shards={shards}", "data.eval_split=train", "data.loader=reference",
+                                "data.num_workers=0", *extra])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny model (with label heads) as a plain state dict."""
+    from deteclap.model import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
+    torch.save(build_model(eval_cfg(Path("unused")).model, 601).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_retrieval_of_an_or_config_needs_no_label_scores(shard_dir, checkpoint, on_error):
+    result = evaluate(eval_cfg(shard_dir, f"data.on_error={on_error}"), checkpoint)   # shards never labelled
+    assert result["num_clips"] == 8 and result["skipped_samples"] == {}
+
+
+def test_retrieval_keeps_clips_whose_labelling_failed(labelled_shards, checkpoint, tmp_path):
+    from deteclap.labels.store import read_scores, shard_paths, write_scores
+
+    shards = tmp_path / "shards"
+    shutil.copytree(labelled_shards, shards)
+    tar = shard_paths(shards)[0]
+    scores = read_scores(shards)
+    with tarfile.open(tar) as fh:
+        keys = {name.split(".")[0] for name in fh.getnames()}
+    table = {key: np.full_like(scores[key]["truth_audio"], np.nan, dtype=np.float32) for key in keys}
+    write_scores(tar, "truth_audio", table)                 # NaN scores: this tar's labelling failed
+    result = evaluate(eval_cfg(shards, "data.on_error=skip"), checkpoint)
+    assert result["num_clips"] == 8 and result["skipped_samples"] == {}
+
+
+def test_collect_names_the_shards_when_no_clip_could_be_read(shard_dir, tmp_path):
+    from deteclap.data.loader import index_entries
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir, shards)
+    for tar in shards.glob("*.tar"):                        # every mp4 zeroed: every sample skipped
+        with open(tar, "r+b") as fh:
+            for members in index_entries(tar).values():
+                for ext, offset, size, _ in members:
+                    if ext == "mp4":
+                        fh.seek(offset)
+                        fh.write(bytes(size))
+    cfg = eval_cfg(shards, "data.on_error=skip")
+    with pytest.raises(RuntimeError, match=re.escape(str(shards))):
+        collect(cfg, torch.nn.Identity(), torch.device("cpu"), finetune=False)
+
+
+def test_cli_writes_json_and_a_table_of_the_configured_recalls(labelled_shards, checkpoint, tmp_path, capsys,
+                                                               monkeypatch):
+    out = tmp_path / "eval.json"
+    argv = ["--config", str(CONFIG), "--checkpoint", str(checkpoint), "--json", str(out)]
+    for override in (f"data.eval_shards={labelled_shards}", "data.eval_split=train", "data.loader=reference",
+                     "data.num_workers=0", "eval.recall_at=[1,2,20]"):
+        argv += ["--set", override]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["a2v"]) == {"r1", "r2", "r20", "median_rank"}
+    head, _, row = capsys.readouterr().out.splitlines()
+    assert head.split("|")[1].split() == ["a->v", "R@1", "R@2", "R@20"]
+    assert row.split("|")[2].split() == [f"{result['v2a'][k]:.1f}" for k in ("r1", "r2", "r20")]
+    assert format_table({"tiny": result}) == "\n".join([head, _, row])
+    out.unlink()                                            # the JSON comes first: a failing table keeps it
+    monkeypatch.setattr("deteclap.evaluate.format_table", lambda rows: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(argv)
+    assert json.loads(out.read_text()) == result
