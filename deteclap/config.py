@@ -294,6 +294,36 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     return _build(raw, source)
 
 
+def config_differences(run_dir: str | Path, cfg: Config, ignore: tuple[str, ...] = ("run.out_dir",)) -> list[str]:
+    """How `cfg` differs from the config a run was trained with (RUN/config.json, which
+    deteclap/train.py writes): one "section.key: stored -> wanted" line per differing value, [] when
+    the run was trained with `cfg`. A missing or unreadable config.json is one difference.
+
+    `ignore` names the keys that may differ without changing the run; by default only run.out_dir
+    (where the run is written: the same folder may be reached by another path). Everything else
+    counts, run.max_steps and even run.log_every (the logged loss curves) included.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return [f"{path} is missing or unreadable"]
+    wanted = json.loads(json.dumps(cfg.to_dict()))      # tuples -> lists, as config.json holds them
+    absent = object()
+
+    def show(value: Any) -> str:
+        return "(absent)" if value is absent else json.dumps(value)
+
+    differences = []
+    for section in dict.fromkeys([*wanted, *stored]):
+        old, new = stored.get(section, {}), wanted.get(section, {})
+        for key in dict.fromkeys([*new, *old]):
+            old_value, new_value = old.get(key, absent), new.get(key, absent)
+            if f"{section}.{key}" not in ignore and old_value != new_value:
+                differences.append(f"{section}.{key}: {show(old_value)} -> {show(new_value)}")
+    return differences
+
+
 def add_config_args(parser: Any, required: bool = True) -> None:
     """Add `--config` and repeatable `--set section.key=value` to an argparse parser."""
     parser.add_argument("--config", required=required, help="JSON config file (see configs/)")

@@ -7,8 +7,14 @@ shards it, labels it with the ground-truth labeller (with per-modality noise, st
 and YOLO), pretrains a small CAV-MAE and a small DETECLAP (OR) with the same seed, data and budget
 through the real training code (deteclap/train.py, DeepSpeed), evaluates retrieval both ways and
 prints a table like the paper's Table I. Writes DIR/results.json (per variant: `a2v` and `v2a` with
-`r1`, `r5`, `r10`, means over seeds, plus `sumR` and `per_seed`), DIR/run_info.json, DIR/table.txt
-and DIR/results.png (loss curves, recall bars, retrieved examples). Uses DALI on a GPU when present.
+`r1`, `r5`, `r10`, means over seeds, plus `sumR` and `per_seed` with each `seed`), DIR/run_info.json,
+DIR/table.txt and DIR/results.png (loss curves, recall bars, retrieved examples). Uses DALI on a GPU
+when present.
+
+Runs are kept in DIR/runs/<variant>_seed<N>/: a run finished with the same config (steps, --set
+values) is not trained again, one trained with another config is moved aside and trained again (see
+`deteclap.sweep.reset_if_other_config`). The results cover every seed of DIR whose runs of both
+variants finished with this call's config, so `--seeds 2,3` after `--seeds 0,1` summarises all four.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from deteclap.config import load_config
+from deteclap.sweep import finished, reset_if_other_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.json"
@@ -58,15 +68,25 @@ def make_data(out: Path, train_clips: int, test_clips: int, seconds: float, work
     return paths
 
 
-def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Path, steps: int,
-                  extra: list[str]) -> Path:
-    """Train one variant through the real application (a subprocess, as a user runs it)."""
+def train_overrides(variant: str, seed: int, shards: dict[str, Path], run_dir: Path, steps: int,
+                    extra: list[str]) -> list[str]:
+    """The `--set` values of one demo run on top of configs/demo.json."""
     overrides = [f"labels.variant={variant}", f"run.seed={seed}", f"data.seed={seed}",
                  f"data.train_shards={shards['train']}", f"data.eval_shards={shards['test']}",
                  f"run.out_dir={run_dir}", *extra]
     if steps:
         overrides.append(f"run.max_steps={steps}")
-    if (run_dir / "summary.json").is_file():
+    return overrides
+
+
+def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Path, steps: int,
+                  extra: list[str]) -> Path:
+    """Train one variant through the real application (a subprocess, as a user runs it), unless
+    run_dir holds a run finished with the same config; a run of another config is trained again."""
+    overrides = train_overrides(variant, seed, shards, run_dir, steps, extra)
+    cfg = load_config(DEMO_CONFIG, overrides)
+    reset_if_other_config(run_dir, cfg)
+    if finished(run_dir, cfg):
         return run_dir
     cmd = [sys.executable, str(REPO / "deteclap" / "train.py"), "--config", str(DEMO_CONFIG), "--resume"]
     for item in overrides:
@@ -76,9 +96,26 @@ def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Pat
     return run_dir
 
 
+def run_path(out: Path, variant: str, seed: int) -> Path:
+    """DIR/runs/<variant>_seed<N>: the run folder of one variant and seed."""
+    return out / "runs" / f"{variant}_seed{seed}"
+
+
+def finished_seeds(out: Path, shards: dict[str, Path], steps: int, extra: list[str]) -> list[int]:
+    """Seeds in DIR/runs (from earlier calls too) whose runs of every variant finished with this
+    call's config; nothing is trained or deleted."""
+    def done(variant: str, seed: int) -> bool:
+        run_dir = run_path(out, variant, seed)
+        return finished(run_dir, load_config(DEMO_CONFIG, train_overrides(variant, seed, shards, run_dir, steps,
+                                                                           extra)))
+
+    seeds = {int(match[1]) for path in (out / "runs").glob("*_seed*")
+             if (match := re.fullmatch(r"\w+_seed(\d+)", path.name))}
+    return [seed for seed in sorted(seeds) if all(done(variant, seed) for variant in VARIANTS)]
+
+
 def evaluate_run(variant: str, seed: int, shards: dict[str, Path], run_dir: Path,
                  extra: list[str]) -> dict[str, Any]:
-    from deteclap.config import load_config
     from deteclap.evaluate import evaluate
 
     cfg = load_config(DEMO_CONFIG, [f"labels.variant={variant}", f"data.train_shards={shards['train']}",
@@ -88,8 +125,8 @@ def evaluate_run(variant: str, seed: int, shards: dict[str, Path], run_dir: Path
     return result
 
 
-def summarise(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Mean over seeds of each recall, per variant; per-seed results kept beside them."""
+def summarise(per_seed: dict[str, list[dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """Mean over seeds of each recall, per variant; per-seed results (in the order of `seeds`) kept beside them."""
     out: dict[str, Any] = {}
     for variant, results in per_seed.items():
         entry: dict[str, Any] = {}
@@ -97,7 +134,8 @@ def summarise(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             entry[direction] = {k: statistics.fmean(r[direction][k] for r in results) for k in ("r1", "r5", "r10")}
         entry["sumR"] = statistics.fmean(r["sumR"] for r in results)
         entry["sumR_std"] = statistics.pstdev([r["sumR"] for r in results])
-        entry["per_seed"] = [{"a2v": r["a2v"], "v2a": r["v2a"], "sumR": r["sumR"]} for r in results]
+        entry["per_seed"] = [{"seed": seed, "a2v": r["a2v"], "v2a": r["v2a"], "sumR": r["sumR"]}
+                             for seed, r in zip(seeds, results)]
         out[variant] = entry
     return out
 
@@ -122,14 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     shards = make_data(out, args.train_clips, args.test_clips, args.seconds, args.workers)
     per_seed: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     runs = {}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    requested = [int(s) for s in args.seeds.split(",")]
+    earlier = [s for s in finished_seeds(out, shards, args.steps, args.overrides) if s not in requested]
+    if earlier:
+        print(f"also summarising seeds {earlier}: finished in {out / 'runs'} with this config", flush=True)
+    seeds = sorted({*requested, *earlier})
+    for seed in seeds:
         for variant in VARIANTS:
             _step(f"train {variant} (seed {seed})")
-            run_dir = out / "runs" / f"{variant}_seed{seed}"
+            run_dir = run_path(out, variant, seed)
             train_variant(variant, seed, shards, run_dir, args.steps, args.overrides)
             per_seed[variant].append(evaluate_run(variant, seed, shards, run_dir, args.overrides))
             runs.setdefault(variant, []).append(run_dir)
-    results = summarise(per_seed)
+    results = summarise(per_seed, seeds)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     from deteclap.evaluate import format_table
 
@@ -139,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = (f"sumR difference OR - CAV-MAE: {delta:+.1f} (mean over {len(per_seed['or'])} seeds; "
                f"OR higher in {wins} of {len(per_seed['or'])})")
     (out / "table.txt").write_text(table + "\n" + verdict + "\n")
-    info = {"seconds": time.time() - started, "seeds": args.seeds, "train_clips": args.train_clips,
+    info = {"seconds": time.time() - started, "seeds": seeds, "train_clips": args.train_clips,
             "test_clips": args.test_clips, "clip_seconds": args.seconds, "config": str(DEMO_CONFIG),
             "runs": {v: [str(p) for p in r] for v, r in runs.items()}}
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -12,8 +12,12 @@ DIR/<name>/, then retrieval evaluation (`deteclap.evaluate`) of its last checkpo
 All runs read the SAME stored label scores: a threshold only changes the config
 (`--set labels.audio_threshold=...`), never the shards, so the sweep needs no relabelling.
 
-Resumable: a run whose summary.json reports `run.max_steps` steps is not trained again and a stored
-DIR/<name>/eval.json is reused; an unfinished run continues from its latest checkpoint (--resume).
+Resumable: a run trained with the same config (its config.json, all but run.out_dir: see
+`deteclap.config.config_differences`) whose summary.json reports `run.max_steps` steps is not trained
+again and a stored DIR/<name>/eval.json is reused; an unfinished one continues from its latest checkpoint
+(--resume). A run folder trained with another config (other --set values, variant or steps under the
+same DIR) is moved aside to DIR/<name>.replaced-N, naming the differences, and trained again
+from step 0.
 Writes DIR/sweep.json (per run: thresholds, sumR, a2v / v2a recalls) and DIR/sweep.png
 (sumR vs threshold, one panel per labeller; a heat map with --grid). Training logs: DIR/<name>.log.
 """
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deteclap.config import Config, ConfigError, add_config_args, load_config
+from deteclap.config import Config, ConfigError, add_config_args, config_differences, load_config
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 DEFAULT_OUT = "runs/sweep"
@@ -84,10 +88,24 @@ def plan(cfg: Config, audio: list[float], visual: list[float], grid: bool) -> li
             + [SweepPoint("visual", cfg.labels.audio_threshold, v) for v in visual])
 
 
-def finished(run_dir: Path, max_steps: int) -> bool:
-    """True when the run's summary.json says it reached max_steps."""
+def finished(run_dir: Path, cfg: Config) -> bool:
+    """True when run_dir holds a run trained with `cfg` whose summary.json says it reached run.max_steps."""
     summary = run_dir / "summary.json"
-    return summary.is_file() and json.loads(summary.read_text()).get("steps", 0) >= max_steps
+    return (summary.is_file() and not config_differences(run_dir, cfg)
+            and json.loads(summary.read_text()).get("steps", 0) >= cfg.run.max_steps)
+
+
+def reset_if_other_config(run_dir: Path, cfg: Config) -> None:
+    """Move a run folder trained with another config than `cfg` aside (to `<run_dir>.replaced-N`),
+    printing the differences, so that the run is trained again from step 0 instead of being reused
+    or resumed; nothing is deleted."""
+    differences = config_differences(run_dir, cfg) if run_dir.exists() else []
+    if differences:
+        aside = next(run_dir.with_name(f"{run_dir.name}.replaced-{n}") for n in range(1, 10**6)
+                     if not run_dir.with_name(f"{run_dir.name}.replaced-{n}").exists())
+        print(f"{run_dir} is not a run of this config ({'; '.join(differences)}): moved to {aside}, training "
+              f"it again", flush=True)
+        run_dir.rename(aside)
 
 
 def train_point(config: str, overrides: list[str], run_dir: Path, log: Path, launcher: list[str]) -> None:
@@ -106,11 +124,12 @@ def train_point(config: str, overrides: list[str], run_dir: Path, log: Path, lau
 
 
 def evaluate_point(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Retrieval metrics of the run's latest checkpoint (cached in RUN/eval.json)."""
+    """Retrieval metrics of the run's latest checkpoint (cached in RUN/eval.json while the run's
+    config.json matches `cfg`)."""
     from deteclap.evaluate import evaluate
 
     cached = run_dir / EVAL_FILE
-    if cached.is_file():
+    if cached.is_file() and not config_differences(run_dir, cfg):
         return json.loads(cached.read_text())
     result = evaluate(cfg, run_dir)
     cached.write_text(json.dumps(result, indent=2) + "\n")
@@ -119,7 +138,8 @@ def evaluate_point(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 def run_sweep(config: str, overrides: list[str], points: list[SweepPoint], out: Path,
               launcher: list[str] | None = None) -> dict[str, Any]:
-    """Train and evaluate every point (skipping finished ones); write out/sweep.json and sweep.png."""
+    """Train and evaluate every point (skipping runs finished with the same config); write
+    out/sweep.json and sweep.png."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +149,8 @@ def run_sweep(config: str, overrides: list[str], points: list[SweepPoint], out: 
         point_overrides = [*overrides, *point.overrides(out)]
         cfg = load_config(config, point_overrides)
         run_dir = out / point.name
-        if not finished(run_dir, cfg.run.max_steps):
+        reset_if_other_config(run_dir, cfg)
+        if not finished(run_dir, cfg):
             (run_dir / EVAL_FILE).unlink(missing_ok=True)     # a stale evaluation of an older checkpoint
             train_point(config, point_overrides, run_dir, out / f"{point.name}.log", launcher)
         metrics = evaluate_point(cfg, run_dir)

@@ -76,3 +76,108 @@ def test_plan_axes_grid_and_variants_that_ignore_a_threshold():
         sweep.parse_thresholds("0.3,1.5")
     with pytest.raises(SystemExit):
         sweep.main(["--config", CONFIG])                 # no thresholds: a usage error
+
+
+def fake_train_point(calls: list[str]):
+    """Stands in for sweep.train_point: writes what train.py writes at the start and the end of a run."""
+    from deteclap.config import load_config
+
+    def train_point(config, overrides, run_dir, log, launcher):
+        cfg = load_config(config, overrides)
+        calls.append(run_dir.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+        (run_dir / "summary.json").write_text(json.dumps({"steps": cfg.run.max_steps}))
+    return train_point
+
+
+def fake_evaluate(calls: list[str]):
+    """Stands in for deteclap.evaluate.evaluate: sumR 100 for a run trained as `or`, 200 otherwise."""
+    def evaluate(cfg, run_dir):
+        calls.append(run_dir.name)
+        trained = json.loads((run_dir / "config.json").read_text())
+        return {"a2v": {}, "v2a": {}, "num_clips": 0, "sumR": 100.0 if trained["labels"]["variant"] == "or" else 200.0}
+    return evaluate
+
+
+@pytest.fixture
+def stub_sweep(monkeypatch):
+    """Stubs training, evaluation and the figure of deteclap.sweep; returns (trained, evaluated) run names."""
+    from deteclap import evaluate, sweep
+
+    trained, evaluated = [], []
+    monkeypatch.setattr(sweep, "train_point", fake_train_point(trained))
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate(evaluated))
+    monkeypatch.setattr(sweep, "plot_sweep", lambda s, path: path)
+    return trained, evaluated
+
+
+def test_sweep_retrains_a_run_of_another_config_under_the_same_folder(stub_sweep, tmp_path, capsys):
+    from deteclap import sweep
+    from deteclap.config import load_config
+
+    trained, evaluated = stub_sweep
+    out = tmp_path / "sweep"
+
+    def run(*overrides):
+        points = sweep.plan(load_config(CONFIG, overrides), [0.3], [], grid=False)
+        return sweep.run_sweep(CONFIG, list(overrides), points, out)["runs"][0]["sumR"]
+
+    assert run("labels.variant=or") == 100.0
+    assert run("labels.variant=or") == 100.0           # same config: neither trained nor evaluated again
+    assert trained == evaluated == ["audio_0.3"]
+    assert run("labels.variant=and") == 200.0          # the `or` run of audio_0.3 is not reused
+    assert "labels.variant: \"or\" -> \"and\"" in capsys.readouterr().out
+    assert run("labels.variant=and", "run.max_steps=3") == 200.0   # nor one of fewer steps
+    assert trained == evaluated == ["audio_0.3"] * 3
+    assert "run.max_steps: 50 -> 3" in capsys.readouterr().out
+    moved = sorted(p.name for p in out.glob("audio_0.3.replaced-*"))      # set aside, not deleted
+    assert moved == ["audio_0.3.replaced-1", "audio_0.3.replaced-2"]
+    assert json.loads((out / moved[0] / "config.json").read_text())["labels"]["variant"] == "or"
+
+
+def test_sweep_resumes_an_unfinished_run_of_the_same_config(stub_sweep, tmp_path):
+    from deteclap import sweep
+    from deteclap.config import load_config
+
+    trained, _ = stub_sweep
+    out = tmp_path / "sweep"
+    point = sweep.plan(load_config(CONFIG), [0.3], [], grid=False)[0]
+    cfg = load_config(CONFIG, point.overrides(out))
+    run_dir = out / point.name
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))   # killed before summary.json
+    (run_dir / "checkpoints" / "latest").write_text("step_00000001\n")
+    sweep.run_sweep(CONFIG, [], [point], out)
+    assert trained == ["audio_0.3"] and (run_dir / "checkpoints" / "latest").is_file()   # kept for --resume
+
+
+def test_evaluation_cache_is_reused_only_for_the_same_config(stub_sweep, tmp_path):
+    from deteclap import sweep
+    from deteclap.config import load_config
+
+    _, evaluated = stub_sweep
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trained_as = load_config(CONFIG, ["labels.variant=and"])
+    (run_dir / "config.json").write_text(json.dumps(trained_as.to_dict()))
+    (run_dir / sweep.EVAL_FILE).write_text(json.dumps({"sumR": 1.0}))
+    assert sweep.evaluate_point(trained_as, run_dir)["sumR"] == 1.0
+    (run_dir / "config.json").write_text(json.dumps(load_config(CONFIG, ["labels.variant=or"]).to_dict()))
+    assert sweep.evaluate_point(trained_as, run_dir)["sumR"] == 100.0   # eval.json of the `and` run: stale
+    assert evaluated == ["run"]
+
+
+def test_config_differences_name_each_changed_key_but_not_the_run_folder(tmp_path):
+    from deteclap.config import config_differences, load_config
+
+    assert config_differences(tmp_path, load_config(CONFIG)) == [f"{tmp_path / 'config.json'} is missing or unreadable"]
+    stored = load_config(CONFIG, ["run.out_dir=elsewhere"]).to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert config_differences(tmp_path, load_config(CONFIG)) == []
+    assert config_differences(tmp_path, load_config(CONFIG, ["labels.audio_threshold=0.3", "run.log_every=1"])) == [
+        f"labels.audio_threshold: {stored['labels']['audio_threshold']} -> 0.3",
+        f"run.log_every: {stored['run']['log_every']} -> 1"]
+    del stored["loss"]["bidirectional"]                 # a config.json of an older version
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    assert config_differences(tmp_path, load_config(CONFIG)) == ["loss.bidirectional: (absent) -> false"]
