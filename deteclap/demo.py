@@ -7,7 +7,7 @@ shards it, labels it with the ground-truth labeller (with per-modality noise, st
 and YOLO), pretrains a small CAV-MAE and a small DETECLAP (OR) with the same seed, data and budget
 through the real training code (deteclap/train.py, DeepSpeed), evaluates retrieval both ways and
 prints a table like the paper's Table I. Writes DIR/results.json (per variant: `a2v` and `v2a` with
-`r1`, `r5`, `r10`, means over seeds, plus `sumR` and `per_seed` with each `seed`), DIR/run_info.json,
+`r1`, `r5`, `r10` (eval.recall_at), means over seeds, plus `sumR` and `per_seed` with each `seed`), DIR/run_info.json,
 DIR/table.txt and DIR/results.png (loss curves, recall bars, retrieved examples). Uses DALI on a GPU
 when present.
 
@@ -131,7 +131,8 @@ def summarise(per_seed: dict[str, list[dict[str, Any]]], seeds: list[int]) -> di
     for variant, results in per_seed.items():
         entry: dict[str, Any] = {}
         for direction in ("a2v", "v2a"):
-            entry[direction] = {k: statistics.fmean(r[direction][k] for r in results) for k in ("r1", "r5", "r10")}
+            recalls = [k for k in results[0][direction] if k[0] == "r" and k[1:].isdigit()]   # eval.recall_at
+            entry[direction] = {k: statistics.fmean(r[direction][k] for r in results) for k in recalls}
         entry["sumR"] = statistics.fmean(r["sumR"] for r in results)
         entry["sumR_std"] = statistics.pstdev([r["sumR"] for r in results])
         entry["per_seed"] = [{"seed": seed, "a2v": r["a2v"], "v2a": r["v2a"], "sumR": r["sumR"]}

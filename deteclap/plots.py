@@ -57,7 +57,8 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     top = (audio @ visual.T).topk(TOP_K, dim=1).indices.numpy()
     queries = np.linspace(0, len(data["keys"]) - 1, EXAMPLE_QUERIES).astype(int)
     names = load_dataset_json(test_shards)["classes"]
-    classes = [names[c] for c in data["classes"].argmax(1)] if names else [""] * len(data["keys"])
+    classes = [names[c] if row.any() else "" for c, row in zip(data["classes"].argmax(1), data["classes"])] \
+        if names else [""] * len(data["keys"])
     return {"keys": data["keys"], "classes": classes, "queries": queries.tolist(), "top": top[queries].tolist()}
 
 

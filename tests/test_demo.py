@@ -96,3 +96,18 @@ def test_demo_summarises_every_finished_seed_of_the_folder(stub_demo, tmp_path):
     assert summarised("--seeds", "2", "--steps", "4") == [21.0]                       # other steps: not seeds 0, 1, 3
     assert summarised("--seeds", "1", "--steps", "3") == [1.0, 11.0, 31.0]            # seed 2's runs now have 4 steps
     assert len(stub_demo) == 10
+
+
+def test_demo_tables_the_configured_recalls(stub_demo, tmp_path, monkeypatch):
+    from deteclap import evaluate
+
+    def evaluate_recalls(cfg, run_dir):                      # R@k for the configured k only
+        recalls = {f"r{k}": float(k) for k in cfg.eval.recall_at}
+        return {"a2v": recalls, "v2a": recalls, "sumR": 2.0 * sum(recalls.values())}
+
+    monkeypatch.setattr(evaluate, "evaluate", evaluate_recalls)
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--seeds", "0", "--steps", "3", "--set", "eval.recall_at=[1,2]"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["or"]["a2v"] == {"r1": 1.0, "r2": 2.0}
+    assert "R@2" in (out / "table.txt").read_text()
