@@ -39,6 +39,8 @@ from deteclap.config import Config, ConfigError, add_config_args, config_differe
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 DEFAULT_OUT = "runs/sweep"
 EVAL_FILE = "eval.json"
+# of the evaluation in eval.json; 2: median rank as CAV-MAE computes it, eval shards read without labels
+EVAL_VERSION = 2
 LOG_TAIL_CHARS = 3000
 # Variants whose targets depend on each threshold (deteclap.data.targets: soft variants ignore both).
 THRESHOLD_VARIANTS = {"audio": ("audio", "separate", "and", "or"),
@@ -124,15 +126,18 @@ def train_point(config: str, overrides: list[str], run_dir: Path, log: Path, lau
 
 
 def evaluate_point(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Retrieval metrics of the run's latest checkpoint (cached in RUN/eval.json while the run's
-    config.json matches `cfg`)."""
+    """Retrieval metrics of the run's latest checkpoint, cached in RUN/eval.json with the
+    EVAL_VERSION that wrote it; reused while the run's config.json matches `cfg` and the version
+    is this one (an evaluation by older code, e.g. its median rank, is redone)."""
     from deteclap.evaluate import evaluate
 
     cached = run_dir / EVAL_FILE
     if cached.is_file() and not config_differences(run_dir, cfg):
-        return json.loads(cached.read_text())
+        result = json.loads(cached.read_text())
+        if result.pop("version", None) == EVAL_VERSION:
+            return result
     result = evaluate(cfg, run_dir)
-    cached.write_text(json.dumps(result, indent=2) + "\n")
+    cached.write_text(json.dumps({**result, "version": EVAL_VERSION}, indent=2) + "\n")
     return result
 
 

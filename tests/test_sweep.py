@@ -161,11 +161,16 @@ def test_evaluation_cache_is_reused_only_for_the_same_config(stub_sweep, tmp_pat
     run_dir.mkdir()
     trained_as = load_config(CONFIG, ["labels.variant=and"])
     (run_dir / "config.json").write_text(json.dumps(trained_as.to_dict()))
-    (run_dir / sweep.EVAL_FILE).write_text(json.dumps({"sumR": 1.0}))
-    assert sweep.evaluate_point(trained_as, run_dir)["sumR"] == 1.0
+    (run_dir / sweep.EVAL_FILE).write_text(json.dumps({"sumR": 1.0, "version": sweep.EVAL_VERSION}))
+    assert sweep.evaluate_point(trained_as, run_dir) == {"sumR": 1.0}
     (run_dir / "config.json").write_text(json.dumps(load_config(CONFIG, ["labels.variant=or"]).to_dict()))
     assert sweep.evaluate_point(trained_as, run_dir)["sumR"] == 100.0   # eval.json of the `and` run: stale
     assert evaluated == ["run"]
+    (run_dir / "config.json").write_text(json.dumps(trained_as.to_dict()))
+    (run_dir / sweep.EVAL_FILE).write_text(json.dumps({"sumR": 1.0}))   # written by older code: no version
+    assert sweep.evaluate_point(trained_as, run_dir)["sumR"] == 200.0     # evaluated again (an `and` run)
+    assert evaluated == ["run", "run"]
+    assert json.loads((run_dir / sweep.EVAL_FILE).read_text())["version"] == sweep.EVAL_VERSION
 
 
 def test_config_differences_name_each_changed_key_but_not_the_run_folder(tmp_path):
