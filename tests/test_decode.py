@@ -49,3 +49,27 @@ def test_audio_first_channel_and_rate():
 def test_audio_bad_bytes_raise(data):
     with pytest.raises(DecodeError):
         decode_audio(data)
+
+
+def test_frame_table_of_an_mp4_with_several_chunks():
+    """FFmpeg starts a new mp4 chunk after 1 MiB, so 10 large key frames (e.g. --no-crop) give a
+    sample-to-chunk table of several entries: the frame table, the loader's single-frame decode and
+    a full decode agree on every frame."""
+    import av
+    import struct
+
+    from deteclap.data import mp4
+    from deteclap.data.loader import decode_frame
+    from deteclap.shard import EncodeSettings, _encode_video, frame_table
+
+    rng = np.random.default_rng(0)        # noise: ~150 kB per VP9 key frame at 432 x 768
+    frames = [av.VideoFrame.from_ndarray(rng.integers(0, 256, (432, 768, 3), dtype=np.uint8), format="rgb24")
+              for _ in range(10)]
+    video, width, height = _encode_video(frames, EncodeSettings(crop=False, short_side=432))
+    assert struct.unpack_from(">I", video, mp4._tables(video)[b"stsc"])[0] > 1      # several chunk runs
+    samples = mp4.read_samples(video)
+    assert len(samples) == 10 and all(s.keyframe for s in samples)
+    assert len(frame_table(video, width, height)) > 0
+    decoded = decode_video_frames(video)
+    for index in (0, 6, 9):
+        np.testing.assert_array_equal(decode_frame(video, index), decoded[index])

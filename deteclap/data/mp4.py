@@ -75,9 +75,10 @@ def _tables(data: bytes) -> dict[bytes, int]:
 
 
 def _uints(data: bytes, at: int, fmt: str) -> tuple[int, ...]:
-    """A count-prefixed array of big-endian unsigned ints ("I" or "Q") starting at `at`."""
+    """A count-prefixed array of big-endian unsigned-int entries starting at `at`, flat: `fmt` is
+    one entry ("I", "Q", or "III" for stsc's three fields), the count is of entries."""
     count = struct.unpack_from(">I", data, at)[0]
-    return struct.unpack_from(f">{count}{fmt}", data, at + 4)
+    return struct.unpack_from(f">{count * len(fmt)}{fmt[0]}", data, at + 4)
 
 
 def read_samples(data: bytes) -> list[Sample]:
