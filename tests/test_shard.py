@@ -26,8 +26,9 @@ import pytest
 from scipy.signal import resample_poly
 
 from deteclap.data.decode import decode_audio, decode_video_frames
-from deteclap.shard import EncodeSettings, frame_instants, main, read_tar_samples, verify_shards, write_shards
-from deteclap.synth import make_broken_files
+from deteclap.shard import (SEEK_MARGIN, EncodeSettings, _segment_video, frame_instants, main, read_tar_samples,
+                            verify_shards, write_shards)
+from deteclap.synth import make_broken_files, write_mp4
 
 VIDEO_MAE_TOLERANCE = 8.0
 AUDIO_MIN_CORRELATION = 0.99
@@ -444,3 +445,58 @@ def test_resume_reuses_the_recorded_samples_per_shard(synth_dir, tmp_path, capsy
     assert main([str(manifest), str(out), "--quiet", "--samples-per-shard", "2"]) == 2
     error = capsys.readouterr().err
     assert "--samples-per-shard 1" in error and "--samples-per-shard 2" in error
+
+
+LONG_SECONDS = 45.0          # a whole video: segments far from its start are reached by seeking
+LONG_RATE = 22050
+
+
+@pytest.fixture(scope="module")
+def long_source(tmp_path_factory) -> Path:
+    """A 45 s mp4 (64x48, 10 fps H.264 with key frames 25 s apart; stereo AAC at 22050 Hz)."""
+    fps, (width, height) = 10, (64, 48)
+    rng = np.random.default_rng(7)
+    n = int(LONG_SECONDS * fps)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        base = (xx * 3 + yy + 2 * i) % 256
+        frames[i] = np.stack([base, (base + 85) % 256, (255 - base)], -1) + rng.integers(0, 6, (height, width, 3))
+    t = np.arange(int(LONG_SECONDS * LONG_RATE)) / LONG_RATE
+    audio = rng.normal(0, 0.03, (2, len(t))) + 0.3 * np.sin(2 * np.pi * 440 * t * (1 + 0.1 * np.sin(t)))
+    path = tmp_path_factory.mktemp("long") / "whole.mp4"
+    write_mp4(path, frames, audio.astype(np.float32), fps, LONG_RATE)
+    return path
+
+
+def _shard_segments(manifest: Path, out: Path, monkeypatch, **constants) -> dict[str, dict[str, bytes]]:
+    with monkeypatch.context() as patch:
+        for name, value in constants.items():
+            patch.setattr(f"deteclap.shard.{name}", value)
+        summary = write_shards(manifest, out, samples_per_shard=8, settings=EncodeSettings(min_seconds=0.5))
+    assert summary["failed"] == 0, _failure_rows(out)
+    return _samples(out)
+
+
+def test_seeking_stores_the_samples_of_a_decode_from_the_start(long_source, tmp_path, monkeypatch):
+    """Segments of a whole video: the members written when the video is sought to a key frame before
+    `start` are byte-identical to those of decoding everything from the file's start (seeking off),
+    for starts far from the start, at it, within its first second (sought there too with smaller
+    constants), and a segment running past the file's end."""
+    rows = [{"file": str(long_source), "id": name, "start": start, **({"end": end} if end else {})}
+            for name, start, end in [("zero", 0.0, None), ("first_second", 0.4, None), ("late", 30.0, None),
+                                     ("short", 7.25, 9.0), ("past_the_end", 38.5, None)]]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    whole = _shard_segments(manifest, tmp_path / "whole", monkeypatch, SEEK_MIN_START=float("inf"))
+    sought = _shard_segments(manifest, tmp_path / "sought", monkeypatch)
+    early = _shard_segments(manifest, tmp_path / "early", monkeypatch, SEEK_MIN_START=0.3, SEEK_MARGIN=0.2)
+    assert set(whole) == {row["id"] for row in rows}
+    assert json.loads(whole["past_the_end"]["json"])["num_samples"] == 6.5 * 16000
+    for key, members in whole.items():
+        assert sought[key] == members, key
+        assert early[key] == members, key
+
+    # the late segment really was decoded from the key frame at 25 s, not from 0 s
+    frames, first = _segment_video(long_source, 0.0, 30.0, 40.0)
+    assert 0 < first <= 30.0 - SEEK_MARGIN and len(frames) == 100
