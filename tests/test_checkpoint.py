@@ -116,6 +116,24 @@ def test_wrapped_state_dicts(wrap: str) -> None:
     assert all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
 
 
+def test_deepspeed_module_states_of_train_py_load(tmp_path: Path) -> None:
+    """train.py's DeepSpeed checkpoints hold the training objective's state dict (keys `model.*`
+    under `module`): they load into the bare model; a file none of whose keys fit raises."""
+    from deteclap.config import LossConfig
+    from deteclap.model.losses import PretrainObjective
+
+    source = CAVMAE(**SMALL, **SMALL_DECODER)
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": PretrainObjective(source, LossConfig()).state_dict(), "ds_version": "0.19.8",
+                "step": 4}, path)
+    model = CAVMAE(**SMALL, **SMALL_DECODER)
+    report = load_checkpoint(model, path)
+    assert report.missing == [] and report.unexpected == []
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match="none of its 2 keys is a key of this model"):
+        load_checkpoint(model, {"encoder.weight": torch.zeros(2), "head.bias": torch.zeros(1)})
+
+
 def test_shape_mismatch_names_the_key_and_loads_nothing() -> None:
     model = CAVMAE(**SMALL, **SMALL_DECODER, num_label_classes=3)
     state = CAVMAE(**SMALL, **SMALL_DECODER, num_label_classes=4).state_dict()

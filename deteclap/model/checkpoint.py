@@ -22,6 +22,7 @@ import torch.nn as nn
 
 WRAPPER_KEYS = ("module", "model", "state_dict")
 DATA_PARALLEL_PREFIX = "module."
+OBJECTIVE_PREFIX = "model."   # train.py's DeepSpeed module states: the objective wraps the model
 
 
 class CheckpointError(ValueError):
@@ -80,13 +81,21 @@ def load_checkpoint(model: nn.Module,
                     path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> LoadReport:
     """Load weights non-strictly; return the missing / unexpected keys.
 
-    Accepts official CAV-MAE files, DeepSpeed module states and our own saves. Keys whose shapes
-    differ from the model's raise CheckpointError naming every such key (nothing is loaded).
-    Typical reports: label heads missing when loading CAV-MAE weights into a DETECLAP model;
-    decoder keys unexpected and mlp_head missing when loading pretraining weights into CAVMAEFT.
+    Accepts official CAV-MAE files, DeepSpeed module states (train.py's, whose keys carry the
+    training objective's `model.` prefix: stripped) and our own saves. Keys whose shapes differ
+    from the model's, or a checkpoint none of whose keys the model has, raise CheckpointError
+    (nothing is loaded). Typical reports: label heads missing when loading CAV-MAE weights into a
+    DETECLAP model; decoder keys unexpected and mlp_head missing when loading pretraining weights
+    into CAVMAEFT.
     """
     state = read_state_dict(path_or_state_dict)
     own = model.state_dict()
+    if state and not set(state) & set(own) and all(k.startswith(OBJECTIVE_PREFIX) for k in state):
+        state = {k[len(OBJECTIVE_PREFIX):]: v for k, v in state.items()}
+    if state and not set(state) & set(own):
+        source = "state dict" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+        raise CheckpointError(f"{source}: none of its {len(state)} keys is a key of this model "
+                              f"(e.g. {sorted(state)[:3]}); nothing loaded")
     mismatched = [f"{k}: checkpoint {list(v.shape)} vs model {list(own[k].shape)}"
                   for k, v in state.items() if k in own and v.shape != own[k].shape]
     if mismatched:
