@@ -11,15 +11,19 @@ deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sam
 Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
 whole pipeline ("Current pipeline object is no longer valid"). DALI's error text names the member
 ("TAR:OFFSET:KEY.ext"), and for a missing member at build time only the tar ("Underful sample").
+A shard path may hold spaces: the member is found by the loader's own tar paths in the text.
 A video frame whose cut (dali_pipes.pipelines.cut_frame) is empty, lies in a truncated mp4 or
-lacks the codec's frame marker is named too; damage inside a frame's bytes fails in DALI's decoder
-without a name: that error is re-raised with a note pointing to `python -m deteclap.shard --verify`.
+lacks the codec's frame marker is named too. DALI's audio decoder names no sample when a FLAC is
+empty or not a FLAC ("Format not recognised"): on an error naming no sample (and only then) the
+FLAC members read this epoch are checked for the b"fLaC" magic, and a bad one is named
+(`corrupt_flac`). Damage inside a frame's bytes fails in DALI's decoder without a name: an error
+this check does not explain is re-raised with a note pointing to `python -m deteclap.shard --verify`.
 Found from the index before any decoding: label-score members of the wrong size (`bad_scores`) and
 frame tables too short for the sampled frames (`corrupt_mp4`). After the pipeline: audio that is
 not 16 kHz or shorter than one fbank window (`bad_audio`, dropped from its batch, as the reference
 loader drops it).
 - data.on_error=raise: `DataError` naming the shard and key (for a missing member the tar is
-  scanned to find the key).
+  scanned to find the key, for a bad FLAC the FLAC headers).
 - data.on_error=skip: samples missing a member or found bad from the index are left out of the
   (filtered) index files given to the reader, counted once (by rank 0); `bad_audio` rows are
   dropped and counted by the rank that reads them; a sample that fails to decode is
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +48,16 @@ import torch
 
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
-from deteclap.data.loader import (SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, bad_audio_detail, batch_size,
-                                  epoch_seed, finish_batch, index_entries, index_path, required_members,
+from deteclap.data.loader import (AUDIO_EXT, SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, bad_audio_detail,
+                                  batch_size, epoch_seed, finish_batch, index_entries, index_path, required_members,
                                   resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.shard import FRAME_TABLE_EXT, index_text
 
-SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)")
+MEMBER = r"(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)"     # "OFFSET:KEY.EXT" after "TAR:"
+SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):" + MEMBER)                   # a tar path without spaces
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
 REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
+FLAC_MAGIC = b"fLaC"                # the first bytes of every FLAC stream
 THREADS = 2
 
 
@@ -60,13 +66,21 @@ def write_index(samples: list[list[Entry]], path: Path) -> None:
     path.write_text(index_text(samples))
 
 
-def parse_bad_member(message: str) -> tuple[str, str, str] | None:
-    """(tar, key, reason) of the member a DALI error names, or None."""
-    match = SOURCE_RE.search(message)
-    if match is None:
-        return None
+def parse_bad_member(message: str, tars: Iterable[str] = ()) -> tuple[str, str, str] | None:
+    """(tar, key, reason) of the member a DALI error names ("TAR:OFFSET:KEY.EXT"), or None. One of
+    `tars` is found by its path (which may hold spaces; the longest that matches), another tar by
+    SOURCE_RE."""
+    for tar in sorted(tars, key=len, reverse=True):
+        match = re.search(re.escape(tar) + ":" + MEMBER, message)
+        if match is not None:
+            break
+    else:
+        match = SOURCE_RE.search(message)
+        if match is None:
+            return None
+        tar = match["tar"]
     ext = match["ext"]
-    return match["tar"], match["key"], REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
+    return tar, match["key"], REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
 
 
 def _dali_error_text(err: BaseException) -> str:
@@ -312,14 +326,45 @@ class DaliLoader(SkipLog):
             else:
                 return
 
+    def _bad_flacs(self) -> list[tuple[str, str, str]]:
+        """(tar, key, problem) of each FLAC member read this epoch that is empty or does not start
+        with FLAC_MAGIC (DALI's audio decoder refuses those naming no sample), from its first bytes
+        read at its tar offset. Called only after DALI raised an error naming no sample."""
+        bad = []
+        for tar, samples in self.entries.items():
+            with open(tar, "rb") as handle:
+                for key, members in samples.items():
+                    if not self._times(tar, key):
+                        continue
+                    for ext, offset, size, _ in members:
+                        if ext != AUDIO_EXT:
+                            continue
+                        handle.seek(offset)
+                        head = handle.read(min(size, len(FLAC_MAGIC)))
+                        if head != FLAC_MAGIC:
+                            bad.append((tar, key, f"its {AUDIO_EXT} member ({size} bytes) does not start "
+                                                  f"with {FLAC_MAGIC!r} (starts with {head!r})"))
+        return bad
+
     def _handle(self, err: RuntimeError) -> None:
-        """A pipeline error: raise DataError naming shard and key, or count and exclude (skip)."""
-        bad = parse_bad_member(str(err))
+        """A pipeline error: raise DataError naming shard and key, or count and exclude (skip). An
+        error naming no sample is explained by the FLAC headers when one is bad (see _bad_flacs)."""
+        bad = parse_bad_member(str(err), self.entries)
         if bad is None:
-            err.add_note("DALI names no sample in this error. If it is bad data (e.g. damage inside a video "
-                         "frame's bytes), `python -m deteclap.shard --verify SHARDS` finds it and "
-                         "data.loader=reference names it.")
-            raise err
+            flacs = self._bad_flacs()
+            if not flacs:
+                err.add_note("DALI names no sample in this error. If it is bad data (e.g. damage inside a video "
+                             "frame's bytes), `python -m deteclap.shard --verify SHARDS` finds it and "
+                             "data.loader=reference names it.")
+                raise err
+            if self.cfg.data.on_error == "raise":
+                tar, key, problem = flacs[0]
+                detail = f"{problem}; DALI: {_dali_error_text(err)}"
+                raise DataError(f"{tar}: sample {key}: corrupt_flac: {detail}") from err
+            for tar, key, _ in flacs:
+                self._count(Skipped(tar, key, "corrupt_flac"))
+                self.excluded.add((tar, key))
+            return
         tar, key, reason = bad
         if self.cfg.data.on_error == "raise" or (tar, key) in self.excluded or tar not in self.entries:
             raise DataError(f"{tar}: sample {key}: {reason}: {_dali_error_text(err)}") from err

@@ -143,6 +143,49 @@ def test_bad_frame_table_or_truncated_mp4_at_frame_0(shard_dir: Path, tmp_path: 
     assert loader.skipped == {reason: 1}
 
 
+FLAC_DAMAGE = {"empty": lambda data: b"", "zeroed": lambda data: bytes(len(data)),
+               "wrong-magic": lambda data: b"xxxx" + data[4:]}
+
+
+@pytest.mark.parametrize("damage", list(FLAC_DAMAGE))
+def test_bad_flac_header_is_found(shard_dir: Path, tmp_path: Path, damage: str) -> None:
+    """DALI's audio decoder refuses an empty, zeroed or non-FLAC KEY.flac naming no sample ("Format not
+    recognised"): the loader finds it by its header, skips and counts it as the reference loader does,
+    or (data.on_error=raise) raises a DataError naming shard and key."""
+    bad_key = all_keys(shard_dir)[4]
+
+    def edit(key: str, ext: str, data: bytes) -> bytes:
+        return FLAC_DAMAGE[damage](data) if (key, ext) == (bad_key, "flac") else data
+
+    cfg = make_cfg(rewrite_shards(shard_dir, tmp_path / "bad", edit))
+    cfg.data.on_error = "skip"
+    ref, dali = build_loader(cfg, train=False), build_dali_loader(cfg, train=False, device="cpu")
+    ref_keys = [k for b in ref for k in b["keys"]]
+    assert ref_keys == [k for k in all_keys(shard_dir) if k != bad_key]
+    assert [k for b in dali for k in b["keys"]] == ref_keys
+    assert dali.skipped == ref.skipped == {"corrupt_flac": 1}
+    cfg.data.on_error = "raise"
+    with pytest.raises(DataError) as raised:
+        list(build_dali_loader(cfg, train=False, device="cpu"))
+    assert f"train-000001.tar: sample {bad_key}: corrupt_flac" in str(raised.value)
+
+
+def test_shard_path_with_a_space(shard_dir: Path, tmp_path: Path) -> None:
+    """DALI names a bad member by its whole tar path, spaces included: a corrupt mp4 in a shard folder
+    whose path holds a space is skipped and counted, or named with that path (data.on_error=raise)."""
+    bad_key = all_keys(shard_dir)[4]
+    shards = rewrite_shards(shard_dir, tmp_path / "with space", corrupt(bad_key, "mp4"))
+    cfg = make_cfg(shards)
+    cfg.data.on_error = "skip"
+    loader = build_dali_loader(cfg, train=False, device="cpu")
+    assert [k for b in loader for k in b["keys"]] == [k for k in all_keys(shard_dir) if k != bad_key]
+    assert loader.skipped == {"corrupt_mp4": 1}
+    cfg.data.on_error = "raise"
+    with pytest.raises(DataError) as raised:
+        list(build_dali_loader(cfg, train=False, device="cpu"))
+    assert str(raised.value).startswith(f"{shards / 'train-000001.tar'}: sample {bad_key}: corrupt_mp4")
+
+
 def test_other_codecs_are_refused(shard_dir: Path, tmp_path: Path) -> None:
     """Only VP9 shards are written (FFmpeg's mp4 muxer refuses VP8) and cut into IVF frames: the
     shard writer refuses another codec, and DALI shards of another codec with a clear error."""
@@ -163,6 +206,8 @@ def test_parse_bad_member() -> None:
     assert parse_bad_member(message) == ("/d/train-000001.tar", "clip_2", "corrupt_mp4")
     assert parse_bad_member("Error decoding file /d/a.tar:28:k.flac. Error: x") == ("/d/a.tar", "k", "corrupt_flac")
     assert parse_bad_member("no member named") is None
+    spaced = 'Failed to create video decoder for "/d/my shards/t.tar:28:k.mp4"'
+    assert parse_bad_member(spaced, ["/d/my shards/t.tar"]) == ("/d/my shards/t.tar", "k", "corrupt_mp4")
 
 
 def test_build_picks_dali(shard_dir: Path) -> None:
