@@ -12,6 +12,9 @@ finetune.average_from_step > 0 the model.pt of every checkpoint from that step o
 their mean written to model_wa.pt at the end (CAV-MAE's weight averaging).
 `--resume` continues from checkpoints/latest with the same optimiser, lr schedule, step, data
 position and random stream, so a killed run resumed reaches the same losses as an uninterrupted one.
+A fresh start (no --resume, or nothing to resume) in a folder that holds an earlier run first moves
+that run's files (checkpoints/, config.json, metrics.jsonl, tb/, summary.json, model_wa.pt,
+eval.json) to RUN/replaced-N/, so the new run neither prunes, averages nor reports them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ if __package__ in (None, ""):  # run as a script (deepspeed / torchrun launch a 
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -46,6 +50,8 @@ SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
 FINETUNE_HEAD = "mlp_head"  # the new fine-tuning layer (lr x finetune.head_lr_scale)
 # the official pretraining recipes' initialisation (egs/*/run_cavmae_pretrain*.sh: IN-initial.pth)
 IMAGENET_INIT_URL = "https://www.dropbox.com/s/9nlz523a5q52w86/ori_mae_11.pth?dl=1"
+# what a run leaves in RUN besides checkpoints/ and config.json (eval.json: deteclap/sweep.py)
+RUN_OUTPUTS = ("metrics.jsonl", "tb", "summary.json", AVERAGED_MODEL_FILE, "eval.json")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -109,6 +115,20 @@ class RunDir:
         tmp.write_text(tag + "\n")
         os.replace(tmp, self.checkpoints / LATEST)
 
+    def set_aside(self) -> Path | None:
+        """Move an earlier run's checkpoints, config.json and RUN_OUTPUTS to RUN/replaced-N (the first
+        free N), so that a fresh run starts clean and nothing is lost; None when there is none."""
+        if not (any(self.checkpoints.glob("step_*")) or (self.checkpoints / LATEST).exists()
+                or any((self.root / name).exists() for name in RUN_OUTPUTS)):
+            return None
+        aside = next(self.root / f"replaced-{n}" for n in itertools.count(1)
+                     if not (self.root / f"replaced-{n}").exists())
+        aside.mkdir()
+        for name in ("checkpoints", "config.json", *RUN_OUTPUTS):
+            if (self.root / name).exists():
+                (self.root / name).rename(aside / name)
+        return aside
+
     def prune(self, keep: int, keep_models_from: int = 0) -> None:
         """Delete all but the newest `keep` complete checkpoints (never the one `latest` names); of
         those from step `keep_models_from` on (> 0) the model.pt stays, for weight averaging."""
@@ -124,13 +144,14 @@ class RunDir:
             else:
                 shutil.rmtree(self.checkpoints / tag, ignore_errors=True)
 
-    def average_models(self, from_step: int) -> dict[str, Any] | None:
-        """RUN/model_wa.pt = the mean of the model.pt of every checkpoint from `from_step` on
-        (CAV-MAE's weight averaging of its fine-tuning epochs); None when there is none."""
+    def average_models(self, from_step: int, to_step: float = math.inf) -> dict[str, Any] | None:
+        """RUN/model_wa.pt = the mean of the model.pt of every checkpoint from `from_step` on, up to
+        `to_step` (the run's final step), as CAV-MAE averages its fine-tuning epochs; None when there
+        is none."""
         from deteclap.model.checkpoint import average_state_dicts, save_state_dict
 
         tags = sorted(p.parent.name for p in self.checkpoints.glob(f"step_*/{MODEL_FILE}")
-                      if step_of(p.parent.name) >= from_step)
+                      if from_step <= step_of(p.parent.name) <= to_step)
         if not tags:
             return None
         save_state_dict(average_state_dicts([self.checkpoints / t / MODEL_FILE for t in tags]),
@@ -317,8 +338,16 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     rank, world, device = setup_distributed(cfg.run.device)
     run = RunDir(cfg.run.out_dir)
     if rank == 0:
+        tag = run.latest_tag() if resume else None
+        if resume and tag is None:
+            print(f"--resume: no checkpoint under {run.checkpoints}, starting from step 0")
+        aside = run.set_aside() if tag is None else None
+        if aside is not None:
+            print(f"{run.root} held an earlier run: moved its files to {aside} (--resume continues a run)")
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         (run.root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    torch.distributed.barrier()  # no rank reads the folder before an earlier run is set aside
+    tag = run.latest_tag() if resume else None
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     info = load_dataset_json(cfg.data.train_shards)
     objective, groups = build_objective(cfg, info)
@@ -335,9 +364,6 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
               f"multiples of run.checkpoint_every={cfg.run.checkpoint_every}: the weight average gives a partial "
               f"period the weight of a whole one (CAV-MAE averages whole epochs)")
     step, epoch, skip = 0, 0, 0
-    tag = run.latest_tag() if resume else None
-    if resume and tag is None and rank == 0:
-        print(f"--resume: no checkpoint under {run.checkpoints}, starting from step 0")
     if tag is not None:
         _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
         if client is None:
@@ -347,8 +373,6 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         if rank == 0:
             run.truncate_metrics(step)
             print(f"resumed from {run.checkpoints / tag} at step {step}")
-    elif rank == 0 and run.metrics.exists():
-        run.metrics.unlink()
 
     writer = None
     if rank == 0:
@@ -436,7 +460,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
                "skipped_samples": dict(skipped)}
     if rank == 0 and cfg.finetune.average_from_step > 0:
-        summary["weight_average"] = run.average_models(cfg.finetune.average_from_step)
+        summary["weight_average"] = run.average_models(cfg.finetune.average_from_step, step)
         if summary["weight_average"] is None:
             print(f"warning: no checkpoint at or after finetune.average_from_step={cfg.finetune.average_from_step}: "
                   f"no {AVERAGED_MODEL_FILE} written")

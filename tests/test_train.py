@@ -2,8 +2,8 @@
 
 A tiny model on the synthetic shards: one process; the deepspeed launcher with 2 processes (gloo)
 under ZeRO-2 and ZeRO-3; a run killed with SIGKILL and resumed reaches the losses of the
-uninterrupted run; a NaN stops the run and keeps the last good checkpoint; evaluation reads the
-checkpoint.
+uninterrupted run; a fresh run in the folder of an earlier one moves that run aside; a NaN stops
+the run and keeps the last good checkpoint; evaluation reads the checkpoint.
 """
 
 from __future__ import annotations
@@ -123,6 +123,28 @@ def test_killed_run_resumes_to_the_same_losses(labelled_shards, tmp_path):
     for ra, rb in zip(a, b):
         for term in TERMS:
             assert rb[term] == pytest.approx(ra[term], rel=1e-5, abs=1e-6), (ra["step"], term, resumed_from)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fresh_run_moves_an_earlier_run_aside(labelled_shards, tmp_path):
+    """A fresh run with fewer steps in an earlier run's folder: the earlier run's newer checkpoints
+    would outlive the new ones in prune() (and be weight-averaged); they go to RUN/replaced-1."""
+    run_dir = tmp_path / "run"
+    run_train(overrides(labelled_shards, run_dir, **{"run.max_steps": 6}))
+    earlier = files(run_dir)
+    assert "checkpoints/step_00000006/model.pt" in earlier and "summary.json" in earlier
+    proc = run_train(overrides(labelled_shards, run_dir, **{"run.max_steps": 3, "run.checkpoint_every": 1,
+                                                             "run.keep_checkpoints": 2}))
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_00000002", "step_00000003"]
+    assert (checkpoints / "latest").read_text().strip() == "step_00000003"
+    assert str(run_dir / "replaced-1") in proc.stdout
+    assert files(run_dir / "replaced-1") == earlier
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(labelled_shards, tmp_path):
