@@ -4,6 +4,7 @@ resume, bad samples in both loaders (raise naming shard and key, or skip and cou
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import tarfile
 import zlib
@@ -123,6 +124,73 @@ def test_each_sample_once_across_ranks_with_workers(shard_dir: Path) -> None:
     keys = [[k for b in loader for k in b["keys"]] for loader in train]
     assert not set(keys[0]) & set(keys[1]) and all(len(k) == len(set(k)) for k in keys)
     assert all(len(k) == 2 * len(train[0]) for k in keys)
+
+
+def uneven_shards(src: Path, dst: Path, sizes: list[int], edit: Edit = keep) -> Path:
+    """Tars of `sizes` samples (a glob: no dataset.json, no .idx) filled with src's train samples in
+    turn, each copy under a key of its own, through `edit(key, ext, data)` (None drops the member)."""
+    samples = [sample for tar in sorted(src.glob("train-*.tar")) for sample in iter_tar_samples(tar)]
+    dst.mkdir(parents=True)
+    copies = itertools.count()
+    for number, size in enumerate(sizes):
+        with tarfile.open(dst / f"train-{number:06d}.tar", "w") as out:
+            for copy in itertools.islice(copies, size):
+                key, members = samples[copy % len(samples)]
+                for ext, data in members.items():
+                    data = edit(f"copy{copy:03d}_{key}", ext, data)
+                    if data is not None:
+                        _add(out, f"copy{copy:03d}_{key}.{ext}", data)
+    return dst
+
+
+@pytest.mark.parametrize("world_size,workers", [(2, 0), (3, 0), (2, 2)])
+def test_ranks_split_an_uneven_epoch_by_sample(shard_dir: Path, tmp_path: Path, world_size: int,
+                                                workers: int) -> None:
+    """Tars of 3, 3, 3, 3, 1 samples: ranks split each training epoch's samples (not its tars) in equal
+    parts, read none twice and yield the same number of full batches. A rank's share is N // W samples
+    or one more; each of its K DataLoader workers (K = 1 without) drops fewer than B (batch) of them,
+    and the cap to the smallest rank's count costs no more, so at most N % W + W * K * (B - 1) samples
+    of the epoch stay unread (without workers, each rank yields exactly (N // W) // B batches)."""
+    shards = uneven_shards(shard_dir, tmp_path / "s", [3, 3, 3, 3, 1])
+    keys, batch = all_keys(shards), 2
+    cfg = make_cfg(shards, batch=batch, workers=workers)
+    for epoch in range(3):
+        ranks = [build_loader(cfg, train=True, rank=r, world_size=world_size, epoch=epoch)
+                 for r in range(world_size)]
+        batches = [[b["keys"] for b in loader] for loader in ranks]
+        assert {len(loader) for loader in ranks} == {len(b) for b in batches} == {len(batches[0])}, epoch
+        assert all(len(b) == batch for rank in batches for b in rank), epoch
+        seen = [k for rank in batches for b in rank for k in b]
+        assert len(seen) == len(set(seen)) and set(seen) <= set(keys), epoch    # no sample twice
+        unread = len(keys) - len(seen)
+        assert unread <= len(keys) % world_size + world_size * max(workers, 1) * (batch - 1), (epoch, unread)
+        if workers == 0:
+            assert len(batches[0]) == len(keys) // world_size // batch, epoch
+
+
+def test_uneven_split_resumes_and_skips(shard_dir: Path, tmp_path: Path) -> None:
+    """Split by sample, each rank resumes its own epoch where it stopped; a sample missing a member
+    raises, or (on_error=skip) is left out and counted by the rank whose share holds it, every
+    rank's batch count unchanged."""
+    sizes, world_size = [3, 3, 3, 3, 1], 2
+    cfg = make_cfg(uneven_shards(shard_dir, tmp_path / "s", sizes), batch=2)
+    full = [[b["keys"] for b in build_loader(cfg, train=True, rank=r, world_size=world_size, epoch=1)]
+            for r in range(world_size)]
+    for rank in range(world_size):
+        resumed = build_loader(cfg, train=True, rank=rank, world_size=world_size, epoch=1, start_batch=2)
+        assert [b["keys"] for b in resumed] == full[rank][2:]
+        assert resumed.state_dict() == {"epoch": 1, "batches_consumed": len(full[rank])} and len(full[rank]) == 3
+    bad_key = full[1][1][0]
+    cfg = make_cfg(uneven_shards(shard_dir, tmp_path / "bad", sizes, corrupt(bad_key, "-flac")), batch=2)
+    with pytest.raises(DataError, match=f"sample {bad_key}: missing_member"):
+        list(build_loader(cfg, train=True, rank=1, world_size=world_size, epoch=1))
+    cfg.data.on_error = "skip"
+    ranks = [build_loader(cfg, train=True, rank=r, world_size=world_size, epoch=1) for r in range(world_size)]
+    batches = [[b["keys"] for b in loader] for loader in ranks]
+    assert [len(loader) for loader in ranks] == [len(b) for b in batches] == [3, 3]
+    assert batches[0] == full[0] and ranks[0].skipped == {}
+    assert sorted(k for b in batches[1] for k in b) == sorted(k for b in full[1] for k in b if k != bad_key)
+    assert ranks[1].skipped == {"missing_member": 1}
 
 
 def test_resume_skips_batches(shard_dir: Path) -> None:

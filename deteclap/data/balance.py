@@ -7,7 +7,7 @@ becomes a repeat count per sample (`epoch_repeats`): the reference loader decode
 many times where its tar holds it, the DALI loader lists it that many times in its index files,
 and both shuffle with their buffers as usual. The draw is torch.multinomial (what
 WeightedRandomSampler calls) with a generator seeded by the epoch, so every rank draws the same
-counts and a resumed epoch draws them again; ranks split the draws, not the tars (`rank_share`,
+counts and a resumed epoch draws them again; ranks split the draws, not the tars (`rank_shares`,
 as DALI's reader splits its index), so that each gets the same number. Class vectors are the
 samples' `KEY.cls` members, read once per process through the tar index (one small read per
 sample); one missing or of another size than dataset.json's class list is a bad sample
@@ -104,12 +104,16 @@ def epoch_repeats(tars: list[Path], seed: int, epoch: int, on_error: str = "rais
     return repeats, bad
 
 
-def rank_share(repeats: Repeats, order: list[Path], rank: int, world_size: int) -> Repeats:
-    """This rank's contiguous part of the epoch's draws, the draws laid out in tar `order`: ranks get
-    equal counts (+-1), a sample drawn n times may be split between two neighbouring ranks."""
+def rank_shares(repeats: Repeats, order: list[Path], world_size: int) -> list[Repeats]:
+    """Each rank's contiguous part of the epoch's draws, the draws laid out in tar `order`: ranks get
+    equal counts (+-1), a sample drawn n times may be split between two neighbouring ranks. The
+    reference loader splits a uniform epoch ({tar: {key: 1}}) the same way."""
     draws = [(str(tar), key) for tar in order for key, times in repeats.get(str(tar), {}).items()
              for _ in range(times)]
-    share: Repeats = {}
-    for tar, key in draws[rank * len(draws) // world_size:(rank + 1) * len(draws) // world_size]:
-        share.setdefault(tar, {})[key] = share.get(tar, {}).get(key, 0) + 1
-    return share
+    shares: list[Repeats] = []
+    for rank in range(world_size):
+        share: Repeats = {}
+        for tar, key in draws[rank * len(draws) // world_size:(rank + 1) * len(draws) // world_size]:
+            share.setdefault(tar, {})[key] = share.get(tar, {}).get(key, 0) + 1
+        shares.append(share)
+    return shares

@@ -12,12 +12,14 @@ CPU, in the main process on a GPU or with mixup), SpecAugment / noise in trainin
 deteclap.data.targets. Workers flush denormals; the main process finishes a batch on one torch
 thread on the CPU (`single_cpu_thread`).
 
-Sharding: tars are split per rank (after a seeded per-epoch shuffle in training), then per
-DataLoader worker, so every sample is read exactly once per epoch across ranks. Training batches
-are capped to the same count on every rank (`len(loader)`); evaluation keeps partial batches and
-reads in a fixed order. With `finetune.balanced_sampling` a training epoch instead decodes each
-sample as many times as deteclap.data.balance drew it (CAV-MAE's class-balanced sampler), the
-draws (not the tars) split across ranks in equal parts. Bad samples raise
+Sharding: a training epoch is a draw, {tar: {key: times}}: every sample once, or with
+`finetune.balanced_sampling` as many times as deteclap.data.balance drew it (CAV-MAE's
+class-balanced sampler). Its draws, laid out in the epoch's seeded shuffle of the tars, are split
+across ranks in equal contiguous parts (not by tar: tars differ in size); each rank reads the tars
+its part touches, decodes only its samples, and splits those tars across its DataLoader workers.
+Every rank yields the same number of full batches (`len(loader)`, the smallest rank's), so an epoch
+leaves out at most its per-rank and per-worker remainders. Evaluation reads every sample once:
+every `world_size`-th tar per rank in a fixed order, partial batches kept. Bad samples raise
 `DataError` naming the shard and key (`data.on_error=raise`) or are skipped and counted by reason
 in `loader.skipped`.
 """
@@ -186,7 +188,9 @@ def batch_size(cfg: Config, train: bool) -> int:
 
 def split_for_rank(tars: list[Path], train: bool, rank: int, world_size: int, seed: int, epoch: int
                    ) -> list[Path]:
-    """This rank's tars: every `world_size`-th after a per-epoch seeded shuffle (training)."""
+    """This rank's tars: every `world_size`-th, after a per-epoch seeded shuffle in training. The loader
+    splits evaluation so; a training epoch takes the shuffle (rank 0 of 1) as its tar order and is
+    split by sample (`ReferenceLoader._draw`)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     order = list(tars)
@@ -323,7 +327,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
     def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None,
                  repeats: dict[str, dict[str, int]] | None = None) -> None:
         self.tars, self.cfg, self.train, self.seed, self.score_size = tars, cfg, train, seed, score_size
-        self.repeats = repeats            # balanced sampling: times each sample was drawn (absent: 0)
+        self.repeats = repeats            # training: this rank's times per sample (absent: 0); None: each once
         self.exts = required_members(cfg)
 
     def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
@@ -520,11 +524,19 @@ def tar_sample_count(tar: Path) -> int:
     return len(scan_samples(tar))
 
 
+@functools.lru_cache(maxsize=4)
+def every_sample_once(tars: tuple[Path, ...]) -> dict[str, dict[str, int]]:
+    """A uniform training epoch as a draw: {tar: {key: 1}} for every sample of these tars (read once
+    per process; the caller must not modify it)."""
+    return {str(tar): dict.fromkeys(scan_samples(tar), 1) for tar in tars}
+
+
 class ReferenceLoader(SkipLog):
     """Iterable of batch dicts for one rank and epoch; `skipped` counts left-out samples by reason.
 
     `start_batch` skips the first batches of the epoch (resume); training yields `len(self)`
-    batches on every rank (the smallest rank's count), evaluation every sample once.
+    batches on every rank (the smallest rank's count) from this rank's share of the epoch's samples,
+    evaluation every sample once.
     """
 
     def __init__(self, cfg: Config, train: bool, rank: int = 0, world_size: int = 1, epoch: int = 0,
@@ -535,30 +547,30 @@ class ReferenceLoader(SkipLog):
         all_tars = resolve_shards(spec, split)
         facts = shard_facts(spec)
         self.score_size = facts.score_bytes
-        self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)
+        self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)   # training: `_draw`'s
         super().__init__()
         self.batches_consumed = 0
         self.length: int | None = None
-        self.repeats: dict[str, dict[str, int]] | None = None     # balanced sampling: this rank's draws
-        if train and cfg.finetune.balanced_sampling:
+        self.repeats: dict[str, dict[str, int]] | None = None     # training: this rank's share of the draw
+        if train:
             self._draw(all_tars, rank, world_size, facts.num_classes)
-        elif train:
-            counts = {tar: tar_sample_count(tar) for tar in all_tars}
-            per_rank = [split_for_rank(all_tars, True, r, world_size, data.seed, epoch) for r in range(world_size)]
-            self.length = min(self._train_batches(counts, tars) for tars in per_rank)
 
     def _draw(self, all_tars: list[Path], rank: int, world_size: int, num_classes: int | None) -> None:
-        """Balanced sampling: this epoch's draws (deteclap.data.balance), split by draw across the ranks
-        in this epoch's tar order; each rank reads the tars its share holds, and `len()` is the
-        smallest share's batch count. Samples without usable classes are counted by rank 0."""
-        from deteclap.data.balance import epoch_repeats, rank_share
+        """This training epoch's draw (every sample once, or deteclap.data.balance's with balanced
+        sampling), split by draw across the ranks in this epoch's tar order; each rank reads the tars
+        its share holds, and `len()` is the smallest share's batch count. Samples without usable
+        classes (balanced sampling) are counted by rank 0."""
+        from deteclap.data.balance import epoch_repeats, rank_shares
 
         data = self.cfg.data
-        drawn, bad = epoch_repeats(all_tars, data.seed, self.epoch, data.on_error, num_classes)
+        if self.cfg.finetune.balanced_sampling:
+            drawn, bad = epoch_repeats(all_tars, data.seed, self.epoch, data.on_error, num_classes)
+        else:
+            drawn, bad = every_sample_once(tuple(all_tars)), []
         for item in bad if rank == 0 else []:
             self._count(item)
         order = split_for_rank(all_tars, True, 0, 1, data.seed, self.epoch)      # the epoch's shuffled tars
-        shares = [rank_share(drawn, order, r, world_size) for r in range(world_size)]
+        shares = rank_shares(drawn, order, world_size)
         self.repeats = shares[rank]
         self.tars = [tar for tar in order if str(tar) in self.repeats]
         self.length = min(self._train_batches({tar: sum(share.get(str(tar), {}).values()) for tar in all_tars},
