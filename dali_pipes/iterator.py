@@ -286,13 +286,13 @@ class DaliLoader(SkipLog):
         if len(keep) < len(keys):
             rows = torch.tensor(keep, dtype=torch.long)
             out = {name: value.index_select(0, rows.to(value.device)) for name, value in out.items()}
-            keys = [keys[row] for row in keep]
+            keys, tars = [keys[row] for row in keep], [tars[row] for row in keep]
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
         batch = finish_batch(self.cfg, self.train, keys, out["frames"], out["waves"], out["lengths"].view(-1),
-                             out["classes"], scores, device)
-        for key in batch.pop("label_failed"):
-            self._count(Skipped("", key, "label_failed"))
+                             out["classes"], scores, device, shards=tars)
+        for tar, key in batch.pop("label_failed"):
+            self._count(Skipped(tar, key, "label_failed"))
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -3,6 +3,7 @@
 Both loaders either raise naming the sample or, with data.on_error=skip, leave it out and count it.
 """
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -35,10 +36,20 @@ def cfg_for(shards: Path, on_error: str):
                                 "data.num_workers=0", "data.batch_size=2", f"data.on_error={on_error}"])
 
 
-def test_reference_loader_raises_naming_the_sample(one_failed):
+def test_loaders_raise_naming_the_shard_sample_and_reason(one_failed):
+    """data.on_error=raise: a DataError naming the shard, the key and `label_failed`, on both loaders
+    (as for every other reason)."""
     shards, bad_key, _ = one_failed
-    with pytest.raises(DataError, match=bad_key):
+    want = rf"train-000000\.tar: sample {bad_key}: label_failed: label scores are NaN"
+    with pytest.raises(DataError, match=want):
         list(build_loader(cfg_for(shards, "raise"), train=False))
+    if importlib.util.find_spec("nvidia.dali") is not None:
+        from dali_pipes.iterator import build_dali_loader
+
+        cfg = cfg_for(shards, "raise")
+        cfg.data.dali_device = "cpu"
+        with pytest.raises(DataError, match=want):
+            list(build_dali_loader(cfg, train=False))
 
 
 def test_reference_loader_skips_and_counts_it(one_failed):

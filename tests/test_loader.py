@@ -252,8 +252,9 @@ def test_batch_whose_every_label_failed_is_left_out() -> None:
     cfg.data.on_error = "skip"
     scores = {"truth": torch.full((2, NUM_LABELS), float("nan"), dtype=torch.float16)}
     batch = finish_batch(cfg, True, ["a", "b"], torch.zeros(2, 3, 224, 224, dtype=torch.uint8),
-                         torch.zeros(2, 16000), torch.tensor([16000, 16000]), torch.zeros(2, 4), scores)
-    assert batch["keys"] == [] and batch["label_failed"] == ["a", "b"]
+                         torch.zeros(2, 16000), torch.tensor([16000, 16000]), torch.zeros(2, 4), scores,
+                         shards=["s.tar", "s.tar"])
+    assert batch["keys"] == [] and batch["label_failed"] == [("s.tar", "a"), ("s.tar", "b")]
 
 
 @pytest.mark.parametrize("loader", LOADERS)

@@ -357,7 +357,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
             raise DataError("bad_scores", wrong)
         scores = {ext[: -len(SCORE_SUFFIX)]: torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
                   for ext in score_exts}
-        return {"key": key, "frame": transform(frame), "wave": torch.from_numpy(wave),
+        return {"key": key, "shard": str(tar), "frame": transform(frame), "wave": torch.from_numpy(wave),
                 "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
                 "scores": scores}
 
@@ -407,7 +407,8 @@ def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
     """
     skipped = [item for item in items if isinstance(item, Skipped)]
     good = [item for item in items if not isinstance(item, Skipped)]
-    out: dict[str, Any] = {"skipped": skipped, "keys": [item["key"] for item in good]}
+    out: dict[str, Any] = {"skipped": skipped, "keys": [item["key"] for item in good],
+                           "shards": [item["shard"] for item in good]}
     if not good:
         return out
     lengths = torch.tensor([item["wave"].numel() for item in good])
@@ -444,20 +445,24 @@ def single_cpu_thread(active: bool = True) -> Iterator[None]:
 
 def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor | None,
                  lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu", fbank: torch.Tensor | None = None) -> dict[str, Any]:
+                 device: torch.device | str = "cpu", fbank: torch.Tensor | None = None,
+                 shards: list[str] | None = None) -> dict[str, Any]:
     """Decoded batch -> the batch dict: fbank contract (+ mixup, SpecAugment, noise in training),
     frame dtype, targets built from the label scores. waves [B, S] padded, lengths [B].
 
     `fbank` [B, audio_length, 128]: the unnormalised fbank when already computed (in the
     DataLoader workers; `waves` may then be None); only valid without mixup, which mixes the
-    waves first. On the CPU this runs on one torch thread (see `single_cpu_thread`)."""
+    waves first. `shards` [B]: each sample's tar, for the DataError of a failed labelling and the
+    `label_failed` list of (shard, key). On the CPU this runs on one torch thread (see
+    `single_cpu_thread`)."""
     with single_cpu_thread(torch.device(device).type == "cpu"):
-        return _finish_batch(cfg, train, keys, frames, waves, lengths, classes, scores, device, fbank)
+        return _finish_batch(cfg, train, keys, frames, waves, lengths, classes, scores, device, fbank,
+                             shards or [""] * len(keys))
 
 
 def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor | None,
                   lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
-                  device: torch.device | str, fbank: torch.Tensor | None) -> dict[str, Any]:
+                  device: torch.device | str, fbank: torch.Tensor | None, shards: list[str]) -> dict[str, Any]:
     from deteclap.data.targets import build_targets
 
     if fbank is None and waves is None:
@@ -465,13 +470,16 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
     if fbank is not None and train and cfg.data.mixup > 0:
         raise ValueError("a precomputed fbank cannot be used with mixup (mixup mixes the waves)")
     data = cfg.data
-    failed = [keys[i] for i in failed_label_rows(scores)]
+    rows = failed_label_rows(scores)
+    failed = [(shards[i], keys[i]) for i in rows]
     if failed and data.on_error == "raise":
-        raise DataError(f"samples {failed}: label scores are NaN (their labelling failed, see dataset.json "
-                        f"label_failures); relabel them or set data.on_error=skip")
+        more = f" (and {len(failed) - 1} more in this batch)" if len(failed) > 1 else ""
+        raise DataError(f"{failed[0][0]}: sample {failed[0][1]}: label_failed: label scores are NaN (its labelling "
+                        f"failed, see dataset.json label_failures){more}; relabel or set data.on_error=skip")
     if failed:
-        keep = torch.tensor([k not in failed for k in keys])
-        keys = [k for k in keys if k not in failed]
+        keep = torch.ones(len(keys), dtype=torch.bool)
+        keep[rows] = False
+        keys = [k for k, kept in zip(keys, keep.tolist()) if kept]
         frames, lengths, classes = frames[keep], lengths[keep], classes[keep]
         waves = None if waves is None else waves[keep]
         scores = {name: value[keep] for name, value in scores.items()}
@@ -618,9 +626,9 @@ class ReferenceLoader(SkipLog):
             if self.batches_consumed <= self.start_batch:
                 continue
             batch = finish_batch(self.cfg, self.train, raw["keys"], raw["frames"], raw["waves"], raw["lengths"],
-                                 raw["classes"], raw["scores"], device, fbank=raw.get("fbank"))
-            for key in batch.pop("label_failed"):
-                self._count(Skipped("", key, "label_failed"))
+                                 raw["classes"], raw["scores"], device, fbank=raw.get("fbank"), shards=raw["shards"])
+            for shard, key in batch.pop("label_failed"):
+                self._count(Skipped(shard, key, "label_failed"))
             if batch["keys"]:
                 yield batch
 
