@@ -186,17 +186,12 @@ def batch_size(cfg: Config, train: bool) -> int:
     return cfg.data.batch_size if train else cfg.eval.batch_size
 
 
-def split_for_rank(tars: list[Path], train: bool, rank: int, world_size: int, seed: int, epoch: int
-                   ) -> list[Path]:
-    """This rank's tars: every `world_size`-th, after a per-epoch seeded shuffle in training. The loader
-    splits evaluation so; a training epoch takes the shuffle (rank 0 of 1) as its tar order and is
-    split by sample (`ReferenceLoader._draw`)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world size {world_size}")
+def epoch_tar_order(tars: list[Path], seed: int, epoch: int) -> list[Path]:
+    """A training epoch's tar order: a per-epoch seeded shuffle (the reference loader lays the
+    epoch's draws out in it before splitting them across ranks, `ReferenceLoader._draw`)."""
     order = list(tars)
-    if train:
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-    return order[rank::world_size]
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
 
 
 # ----------------------------------------------------------------------------------------------
@@ -555,13 +550,16 @@ class ReferenceLoader(SkipLog):
         all_tars = resolve_shards(spec, split)
         facts = shard_facts(spec)
         self.score_size = facts.score_bytes
-        self.tars = split_for_rank(all_tars, train, rank, world_size, data.seed, epoch)   # training: `_draw`'s
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
         super().__init__()
         self.batches_consumed = 0
         self.length: int | None = None
         self.repeats: dict[str, dict[str, int]] | None = None     # training: this rank's share of the draw
         if train:
             self._draw(all_tars, rank, world_size, facts.num_classes)
+        else:                                                       # every world_size-th tar, in order
+            self.tars = all_tars[rank::world_size]
 
     def _draw(self, all_tars: list[Path], rank: int, world_size: int, num_classes: int | None) -> None:
         """This training epoch's draw (every sample once, or deteclap.data.balance's with balanced
@@ -577,7 +575,7 @@ class ReferenceLoader(SkipLog):
             drawn, bad = every_sample_once(tuple(all_tars)), []
         for item in bad if rank == 0 else []:
             self._count(item)
-        order = split_for_rank(all_tars, True, 0, 1, data.seed, self.epoch)      # the epoch's shuffled tars
+        order = epoch_tar_order(all_tars, data.seed, self.epoch)
         shares = rank_shares(drawn, order, world_size)
         self.repeats = shares[rank]
         self.tars = [tar for tar in order if str(tar) in self.repeats]
