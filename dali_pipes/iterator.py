@@ -32,20 +32,36 @@ loader drops it).
   Limits: the replay is exact for evaluation (no shuffle, one rank); in training and with several
   ranks, removing a sample changes the shuffle / shard boundaries of the rest of that epoch.
 
+Video decoder (GPU pipelines, `data.video_decode`): `cpu` decodes with DALI's CPU decoder and moves
+the frames to the GPU (resize, normalisation and the fbank stay there); `gpu` and `auto` use NVDEC
+when dali_pipes.nvdec finds one that decodes the shards' VP9. Without one, `gpu` raises
+`HardwareError` and `auto` falls back to the CPU decoder once per process, with a warning naming the
+reason (`loader.video_fallback`, written to the run's summary.json by deteclap/train.py). A pipeline
+error while NVDEC decodes is told apart from bad data before anything is counted: a sample it
+names is decoded again on the CPU (PyAV), and one that decodes there is a decoder or driver
+failure, as is an error naming no sample that names the decoder or comes with no usable NVDEC;
+`auto` then rebuilds the pipeline once with the CPU decoder, `gpu` raises HardwareError saying what
+to do. DALI's CPU threads: `data.dali_threads` (0: the cores available per rank, `dali_threads`).
+The waves come out of DALI as int16 and are scaled to float where the fbank runs.
+
 Balanced sampling (`finetune.balanced_sampling`, training): the index files list each sample as
 often as deteclap.data.balance drew it this epoch.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dali_pipes.nvdec import probe_nvdec
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
 from deteclap.data.loader import (AUDIO_EXT, SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, bad_audio_detail,
@@ -58,7 +74,60 @@ SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):" + MEMBER)                   #
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
 REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
 FLAC_MAGIC = b"fLaC"                # the first bytes of every FLAC stream
-THREADS = 2
+INT16_SCALE = 1.0 / 32768           # int16 samples -> float in [-1, 1), as libsndfile reads 16-bit audio
+# words of DALI / CUDA errors that come from the decoder's hardware or driver, not from a sample
+HARDWARE_WORDS = ("nvcuvid", "nvdec", "cuvid", "cuda driver", "cuda-capable", "cuda_error", "decoder caps")
+# device id -> why NVDEC is not used in this process (data.video_decode=auto fell back once)
+_NVDEC_FALLBACK: dict[int, str] = {}
+
+
+class HardwareError(RuntimeError):
+    """The GPU's video decoder (NVDEC) or its driver failed on data that decodes on the CPU."""
+
+
+def dali_threads(setting: int) -> int:
+    """DALI's CPU threads per pipeline: `data.dali_threads`, or (0) the cores this process may use
+    divided by the ranks on this machine (LOCAL_WORLD_SIZE, set by torchrun / the deepspeed launcher)."""
+    if setting > 0:
+        return setting
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def fall_back_to_cpu_decoder(device_id: int, reason: str) -> None:
+    """Record for this process that NVDEC is not used on `device_id`, and say so loudly (once)."""
+    if device_id in _NVDEC_FALLBACK:
+        return
+    _NVDEC_FALLBACK[device_id] = reason
+    message = (f"data.video_decode=auto: NVDEC is not usable on GPU {device_id} ({reason}); decoding video "
+               f"frames with DALI's CPU decoder instead (frames moved to the GPU; resize, fbank and the rest "
+               f"stay there). Expect a lower clips/s; data.video_decode=gpu makes this an error.")
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def choose_video_decoder(setting: str, gpu: bool, device_id: int | None,
+                         probe: Any = probe_nvdec) -> tuple[str, str | None]:
+    """("mixed" | "cpu", why NVDEC is not used when `data.video_decode=auto` fell back, else None).
+
+    A CPU pipeline decodes on the CPU. A GPU pipeline: `cpu` asks for the CPU decoder; `gpu` and
+    `auto` ask `probe(device_id)` (dali_pipes.nvdec: None when NVDEC decodes the shards' VP9) unless
+    this process already fell back; `gpu` raises HardwareError where `auto` falls back (once per
+    process and device: later epochs' loaders keep the CPU decoder without asking again)."""
+    if not gpu or setting == "cpu":
+        return "cpu", None
+    device = device_id or 0
+    if setting == "auto" and device in _NVDEC_FALLBACK:
+        return "cpu", _NVDEC_FALLBACK[device]
+    reason = probe(device)
+    if reason is None:
+        return "mixed", None
+    if setting == "gpu":
+        raise HardwareError(f"data.video_decode=gpu: NVDEC cannot decode the shards' VP9 on GPU {device}: {reason}. "
+                            f"Run on a GPU with NVDEC (a whole GPU or a MIG slice with decoders, the driver's "
+                            f"video library libnvcuvid.so.1 installed), or set data.video_decode=auto or cpu")
+    fall_back_to_cpu_decoder(device, reason)
+    return "cpu", reason
 
 
 def write_index(samples: list[list[Entry]], path: Path) -> None:
@@ -102,6 +171,8 @@ class DaliLoader(SkipLog):
         if device == "auto":
             device = "gpu" if torch.cuda.is_available() else "cpu"
         self.gpu = device == "gpu"
+        self.device_id = torch.cuda.current_device() if self.gpu else None
+        self.video_decoder, self.video_fallback = choose_video_decoder(data.video_decode, self.gpu, self.device_id)
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         self.tars = resolve_shards(spec, split)
         facts = shard_facts(spec)
@@ -127,10 +198,12 @@ class DaliLoader(SkipLog):
             from deteclap.data.balance import epoch_repeats
 
             self.repeats, bad = epoch_repeats(self.tars, data.seed, epoch, data.on_error, facts.num_classes)
+            self.epoch_samples = len(bad)
             for item in bad:
                 if rank == 0:
                     self._count(item)
                 self.excluded.add((item.shard, item.key))
+        self.epoch_samples += self.num_samples()      # the skip budget's base (deteclap.data.budget)
         self._check_members()
 
     def _all_have(self, ext: str) -> bool:
@@ -230,12 +303,11 @@ class DaliLoader(SkipLog):
 
     def spec(self) -> PipeSpec:
         data = self.cfg.data
-        device_id = torch.cuda.current_device() if self.gpu else None
         tars, index_paths = self._reader_files()
         return PipeSpec(
             tars=tars, exts=self.exts, index_paths=index_paths,
-            batch_size=batch_size(self.cfg, self.train), num_threads=max(data.num_workers, THREADS),
-            device_id=device_id,
+            batch_size=batch_size(self.cfg, self.train), num_threads=dali_threads(data.dali_threads),
+            device_id=self.device_id, video_decoder=self.video_decoder,
             shard_id=self.rank, num_shards=self.world_size, seed=epoch_seed(data.seed, self.epoch),
             shuffle=self.train, initial_fill=max(data.shuffle_buffer, 1),
             missing_component_behavior="error", img_size=self.cfg.model.img_size,
@@ -289,7 +361,8 @@ class DaliLoader(SkipLog):
             keys, tars = [keys[row] for row in keep], [tars[row] for row in keep]
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
-        batch = finish_batch(self.cfg, self.train, keys, out["frames"], out["waves"], out["lengths"].view(-1),
+        waves = out["waves"].to(torch.float32).mul_(INT16_SCALE)   # where DALI put them (the GPU in GPU mode)
+        batch = finish_batch(self.cfg, self.train, keys, out["frames"], waves, out["lengths"].view(-1),
                              out["classes"], scores, device, shards=tars)
         for tar, key in batch.pop("label_failed"):
             self._count(Skipped(tar, key, "label_failed"))
@@ -346,10 +419,53 @@ class DaliLoader(SkipLog):
                                                   f"with {FLAC_MAGIC!r} (starts with {head!r})"))
         return bad
 
+    def _decodes_on_cpu(self, tar: str, key: str) -> bool:
+        """Whether the sample's mp4 decodes with the reference loader's CPU decoder (PyAV), every frame."""
+        from deteclap.data.decode import DecodeError, decode_video_frames
+
+        member = next((m for m in self.entries.get(tar, {}).get(key, []) if m[0] == "mp4"), None)
+        if member is None:
+            return False
+        with open(tar, "rb") as handle:
+            handle.seek(member[1])
+            data = handle.read(member[2])
+        try:
+            return len(decode_video_frames(data)) > 0
+        except DecodeError:
+            return False
+
+    def _nvdec_failure(self, err: RuntimeError, bad: tuple[str, str, str] | None) -> str | None:
+        """Why an error of a pipeline decoding with NVDEC is the decoder's, not the data's (None: it may
+        be the data's). A sample it names is decoded again on the CPU first: one that decodes there is
+        not bad data. An error naming no sample is the decoder's when it says so (HARDWARE_WORDS) or
+        when dali_pipes.nvdec finds no usable NVDEC."""
+        text = _dali_error_text(err)
+        if bad is not None:
+            tar, key, reason = bad
+            if reason == "corrupt_mp4" and self._decodes_on_cpu(tar, key):
+                return f"NVDEC failed on {tar}: sample {key}, which decodes on the CPU (DALI: {text})"
+            return None
+        if any(word in str(err).lower() for word in HARDWARE_WORDS):
+            return f"the GPU video decoder failed (DALI: {text})"
+        probed = probe_nvdec(self.device_id or 0)
+        return None if probed is None else f"{probed} (DALI: {text})"
+
     def _handle(self, err: RuntimeError) -> None:
         """A pipeline error: raise DataError naming shard and key, or count and exclude (skip). An
-        error naming no sample is explained by the FLAC headers when one is bad (see _bad_flacs)."""
+        error naming no sample is explained by the FLAC headers when one is bad (see _bad_flacs).
+        With NVDEC decoding, a decoder or driver failure is told apart from bad data first
+        (_nvdec_failure): data.video_decode=auto falls back to the CPU decoder for good (the pipeline
+        is rebuilt once), gpu raises HardwareError; it is never counted as a bad sample."""
         bad = parse_bad_member(str(err), self.entries)
+        if self.video_decoder == "mixed" and (reason := self._nvdec_failure(err, bad)) is not None:
+            if self.cfg.data.video_decode == "gpu":
+                raise HardwareError(
+                    f"{reason}. This is a hardware or driver problem, not bad data: check `nvidia-smi` and "
+                    f"`python -m dali_pipes.nvdec`, run on a GPU with NVDEC, or set data.video_decode=auto "
+                    f"(falls back to DALI's CPU decoder) or cpu") from err
+            fall_back_to_cpu_decoder(self.device_id or 0, reason)
+            self.video_decoder, self.video_fallback = "cpu", reason
+            return
         if bad is None:
             flacs = self._bad_flacs()
             if not flacs:

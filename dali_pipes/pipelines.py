@@ -2,14 +2,15 @@
 
 Only graph definitions live here (DALI is imported inside the functions); dali_pipes.iterator runs
 them. Per sample the pipelines decode ONE frame of the shard's VP9 mp4 (training: a random instant
-in [0, num_frames); evaluation: `eval_frame`) on "mixed" (NVDEC) with a GPU or on the "cpu" with
-`device_id=None`. DALI's video decoder does not seek (2.4 decodes from frame 0 up to the frame asked
-for: frame 9 cost 8x frame 0), so the frame's bytes are cut out of the mp4 with the sample's
+in [0, num_frames); evaluation: `eval_frame`) with `spec.video_decoder`: "mixed" (NVDEC) or "cpu"
+(in a GPU pipeline its frames then move to the GPU; a CPU pipeline has `device_id=None`). DALI's
+video decoder does not seek (2.4 decodes from frame 0 up to the frame asked for: frame 9 cost 8x
+frame 0), so the frame's bytes are cut out of the mp4 with the sample's
 `KEY.frames` table and decoded alone, wrapped in a 44-byte IVF header (`cut_frame`); shards without
 the table (format version 1) decode from frame 0. Then: resize the short side to `img_size` with
 DALI's cubic filter with antialiasing (the closest DALI has to PIL's antialiased BICUBIC; skipped
 for the img_size x img_size frames the shard writer stores by default), centre-crop, normalise
-with CAV-MAE's mean/std to NCHW; decode the FLAC (mono float, its rate returned: the iterator
+with CAV-MAE's mean/std to NCHW; decode the FLAC (mono int16, its rate returned: the iterator
 refuses anything but 16 kHz) and pad it in the batch with its length;
 reinterpret the raw label members (`.f16` -> float16 [C], `.cls` -> uint8 [C]). The Kaldi fbank is
 NOT computed here: DALI's mel filter bank is not Kaldi's, so the iterator applies deteclap.audio
@@ -56,6 +57,8 @@ class PipeSpec:
     pad_last_batch: bool = False
     prefetch_queue_depth: int = 2
     codec: str = "vp9"                      # the shards' video codec (read from the first mp4)
+    video_decoder: str = "cpu"              # "mixed" (NVDEC; needs device_id) | "cpu" (frames then moved
+                                            # to the GPU when device_id is set)
     resize: bool = True                     # False: the shards store img_size x img_size frames
 
 
@@ -137,14 +140,15 @@ def cut_frame(mp4: Any, table: Any, index: Any, codec: str) -> Any:
                   frame)
 
 
-def decode_frame(stream: Any, index: Any | None, gpu: bool) -> Any:
-    """Decode frame `index` (None: the only frame) of each encoded video -> uint8 [H, W, 3] (NVDEC or CPU)."""
+def decode_frame(stream: Any, index: Any | None, decoder: str) -> Any:
+    """Decode frame `index` (None: the only frame) of each encoded video -> uint8 [H, W, 3], with
+    `decoder` "mixed" (NVDEC, output on the GPU) or "cpu"."""
     from nvidia.dali import fn
 
     kwargs: dict[str, Any] = {} if index is None else {"frames": index}
-    if gpu:   # its thread pool would pin threads to cores via NVML, which sandboxed machines may refuse
+    if decoder == "mixed":   # its thread pool would pin threads to cores via NVML, which sandboxed machines may refuse
         kwargs["affine"] = False
-    frames = fn.decoders.video(stream, device="mixed" if gpu else "cpu", **kwargs)   # [1, H, W, 3]
+    frames = fn.decoders.video(stream, device=decoder, **kwargs)   # [1, H, W, 3]
     return fn.element_extract(frames, element_map=[0])
 
 
@@ -167,15 +171,17 @@ def prepare_frame(frame: Any, img_size: int, frame_dtype: str, resize: bool = Tr
 
 
 def decode_wave(flac: Any) -> tuple[Any, Any, Any]:
-    """FLAC bytes -> (float wave padded to the batch's longest [S], its length int32 [1], its sample
-    rate). No resampling: the shards store 16 kHz, and the iterator refuses another rate as the
-    reference loader does."""
+    """FLAC bytes -> (int16 wave padded to the batch's longest [S], its length int32 [1], its sample
+    rate). int16, not float: half the bytes to pad and copy to the GPU; the iterator scales by
+    1 / 32768 where the fbank runs, which is the float libsndfile (so DALI's float output and the
+    reference loader's soundfile) gives for the shards' 16-bit FLAC. No resampling: the shards store
+    16 kHz, and the iterator refuses another rate as the reference loader does."""
     from nvidia.dali import fn, types
 
-    wave, rate = fn.decoders.audio(flac, downmix=False, dtype=types.FLOAT)   # [S, C], float []
+    wave, rate = fn.decoders.audio(flac, downmix=False, dtype=types.INT16)   # [S, C], float []
     wave = wave[:, 0]                           # the first channel, as CAV-MAE's `sox remix 1`
     length = wave.shape(dtype=types.INT32)      # [1]
-    return fn.pad(wave, fill_value=0.0, axes=[0]), length, rate
+    return fn.pad(wave, fill_value=0, axes=[0]), length, rate
 
 
 def label_scores(member: Any) -> Any:
@@ -197,9 +203,11 @@ def _outputs(spec: PipeSpec, nodes: list[Any], index: Any) -> tuple[Any, ...]:
     members = dict(zip(spec.exts, nodes))
     mp4, gpu = members["mp4"], spec.device_id is not None
     if FRAME_TABLE_EXT in members:
-        frame = decode_frame(cut_frame(mp4, members[FRAME_TABLE_EXT], index, spec.codec), None, gpu)
+        frame = decode_frame(cut_frame(mp4, members[FRAME_TABLE_EXT], index, spec.codec), None, spec.video_decoder)
     else:
-        frame = decode_frame(mp4, index, gpu)
+        frame = decode_frame(mp4, index, spec.video_decoder)
+    if gpu and spec.video_decoder == "cpu":
+        frame = frame.gpu()                     # decoded on the CPU; resized and normalised on the GPU
     frames = prepare_frame(frame, spec.img_size, spec.frame_dtype, spec.resize)
     wave, length, rate = decode_wave(members["flac"])
     if gpu:

@@ -60,6 +60,8 @@ class DataConfig:
     eval_split: str = "test"
     loader: str = "auto"              # auto | dali | reference
     dali_device: str = "auto"         # auto | gpu | cpu
+    video_decode: str = "auto"        # GPU pipelines: auto (NVDEC, else DALI's CPU decoder, loudly) | gpu | cpu
+    dali_threads: int = 0             # DALI CPU threads per pipeline (0 = the cores available per rank)
     batch_size: int = 48
     num_workers: int = 2
     shuffle_buffer: int = 1000
@@ -71,6 +73,7 @@ class DataConfig:
     timem: int = 0                    # SpecAugment time mask width (fine-tuning: 192)
     mixup: float = 0.0                # probability of mixup (fine-tuning)
     on_error: str = "raise"           # raise | skip  (bad sample inside a shard)
+    max_skip_fraction: float = 0.01   # on_error=skip: training stops when more of an epoch's samples are skipped
     seed: int = 0
 
 
@@ -169,6 +172,7 @@ class Config:
 _CHOICES = {
     ("data", "loader"): ("auto", "dali", "reference"),
     ("data", "dali_device"): ("auto", "gpu", "cpu"),
+    ("data", "video_decode"): ("auto", "gpu", "cpu"),
     ("data", "frame_dtype"): ("float32", "float16"),
     ("data", "on_error"): ("raise", "skip"),
     ("labels", "variant"): VARIANTS,
@@ -179,8 +183,10 @@ _CHOICES = {
     ("finetune", "mode"): ("multimodal", "audioonly", "videoonly"),
     ("run", "device"): ("auto", "cpu", "cuda"),
 }
-_RANGES = {  # (section, key): [low, high)
-    ("finetune", "label_smooth"): (0.0, 1.0),
+_RANGES = {  # (section, key): (low, high, whether high is allowed); high None: no upper bound
+    ("finetune", "label_smooth"): (0.0, 1.0, False),
+    ("data", "max_skip_fraction"): (0.0, 1.0, True),
+    ("data", "dali_threads"): (0, None, False),
 }
 
 
@@ -254,11 +260,18 @@ def _build(raw: dict[str, Any], source: str) -> Config:
             choices = _CHOICES.get((name, key))
             if choices is not None and parsed[key] not in choices:
                 raise ConfigError(f"{where}: {json.dumps(value)} is not one of {list(choices)}")
-            low, high = _RANGES.get((name, key), (None, None))
-            if low is not None and not low <= parsed[key] < high:
-                raise ConfigError(f"{where}: {json.dumps(value)} must lie in [{low:g}, {high:g})")
+            if (name, key) in _RANGES:
+                _check_range(parsed[key], *_RANGES[name, key], where)
         kwargs[name] = cls(**parsed)
     return Config(**kwargs, source=source)
+
+
+def _check_range(value: float, low: float, high: float | None, closed: bool, where: str) -> None:
+    """ConfigError naming `where` when value is outside [low, high) ([low, high] when closed)."""
+    inside = low <= value and (high is None or value < high or (closed and value == high))
+    if not inside:
+        bound = f"be >= {low:g}" if high is None else f"lie in [{low:g}, {high:g}{']' if closed else ')'}"
+        raise ConfigError(f"{where}: {json.dumps(value)} must {bound}")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -230,6 +230,7 @@ def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
     starts it at batch `skip`, so the batches after a resume are the ones the uninterrupted run saw.
     """
     from deteclap.data import build
+    from deteclap.data.budget import check_skip_budget
 
     while True:
         loader = build(cfg, train=True, rank=rank, world_size=world, epoch=epoch, start_batch=skip)
@@ -237,6 +238,8 @@ def training_batches(cfg: Config, rank: int, world: int, epoch: int, skip: int
         for batch in loader:
             produced = True
             yield epoch, batch, loader
+        if cfg.data.on_error == "skip":     # (also when every batch was left out)
+            check_skip_budget(loader, cfg.data.max_skip_fraction)
         if not produced and skip == 0:
             raise RuntimeError(f"{cfg.data.train_shards}: the training loader produced no batch "
                                f"(fewer samples than data.batch_size={cfg.data.batch_size} per rank?)")
@@ -384,6 +387,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
     from tqdm import tqdm
 
+    from deteclap.data.budget import check_skip_budget
+
     accum = cfg.deepspeed.grad_accum_steps
     progress = tqdm(total=cfg.run.max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
     batches = training_batches(cfg, rank, world, epoch, skip)
@@ -407,6 +412,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             wait_start = time.perf_counter()
             epoch, batch, loader = next(batches)
             wait_s += time.perf_counter() - wait_start
+            if cfg.data.on_error == "skip":
+                check_skip_budget(loader, cfg.data.max_skip_fraction)
             if loader is not counted:  # a new epoch's loader: bank the finished one's skips
                 bank(counted)
                 counted = loader
@@ -451,14 +458,16 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     elapsed = time.time() - start_time
     bank(counted)
     per_rank: list[Any] = [None] * world
-    torch.distributed.all_gather_object(per_rank, left_out)
-    skipped = Counter(reason for *_, reason in set().union(*per_rank))
+    # DALI's data.video_decode=auto: why a rank decoded video on the CPU instead of NVDEC (None: it did not)
+    torch.distributed.all_gather_object(per_rank, (left_out, getattr(loader, "video_fallback", None)))
+    skipped = Counter(reason for *_, reason in set().union(*(items for items, _ in per_rank)))
+    fallbacks = {r: why for r, (_, why) in enumerate(per_rank) if why}
     summary = {"steps": step, "samples": samples_total, "seconds": elapsed,
                "samples_per_s": samples_total / max(elapsed, 1e-9), "world_size": world,
                "data_wait_share": total_wait_s / max(total_busy_s, 1e-9),
                "final": {k: v for k, v in last_losses.items() if math.isfinite(v)},
                "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
-               "skipped_samples": dict(skipped)}
+               "skipped_samples": dict(skipped), "video_decode_fallback": fallbacks}
     if rank == 0 and cfg.finetune.average_from_step > 0:
         summary["weight_average"] = run.average_models(cfg.finetune.average_from_step, step)
         if summary["weight_average"] is None:

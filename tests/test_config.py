@@ -45,6 +45,11 @@ def test_overrides_parse_json_values_and_strings():
     ("labels.variant=xor", "labels.variant: \"xor\" is not one of"),
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage: 4 is not one of"),
     ("finetune.label_smooth=1.5", "finetune.label_smooth: 1.5 must lie in [0, 1)"),
+    ("data.video_decode=nvdec", "data.video_decode: \"nvdec\" is not one of ['auto', 'gpu', 'cpu']"),
+    ("data.max_skip_fraction=1.5", "data.max_skip_fraction: 1.5 must lie in [0, 1]"),
+    ("data.max_skip_fraction=-0.1", "data.max_skip_fraction: -0.1 must lie in [0, 1]"),
+    ("data.dali_threads=-1", "data.dali_threads: -1 must be >= 0"),
+    ("data.dali_threads=2.5", "data.dali_threads: expected int"),
     ("run.max_steps", "expected section.key=value"),
 ])
 def test_bad_values_name_the_key_and_the_file(override, fragment):
@@ -53,6 +58,13 @@ def test_bad_values_name_the_key_and_the_file(override, fragment):
     assert fragment in str(err.value)
     if "section.key" not in fragment:
         assert "tiny.json" in str(err.value)
+
+
+def test_data_path_keys_accept_their_bounds():
+    cfg = load_config(CONFIGS / "tiny.json", ["data.max_skip_fraction=1", "data.dali_threads=0",
+                                              "data.video_decode=cpu"])
+    assert (cfg.data.max_skip_fraction, cfg.data.dali_threads, cfg.data.video_decode) == (1.0, 0, "cpu")
+    assert load_config(CONFIGS / "tiny.json", ["data.max_skip_fraction=0"]).data.max_skip_fraction == 0.0
 
 
 def test_unknown_key_in_a_file_names_that_file(tmp_path):

@@ -228,3 +228,154 @@ def test_empty_marker_shard_is_left_out(shard_dir: Path, tmp_path: Path) -> None
     cfg = make_cfg(shards, batch=2)
     for loader in (build_loader(cfg, train=False), build_dali_loader(cfg, train=False, device="cpu")):
         assert sorted(k for b in loader for k in b["keys"]) == sorted(all_keys(shard_dir))
+
+
+# -- data.video_decode, NVDEC failures, data.dali_threads -------------------------------------------
+# This machine has no GPU: the GPU branch is simulated with a CPU pipeline asked to decode with
+# DALI's "mixed" (NVDEC) decoder. DALI refuses it when the pipeline is built, naming no sample, as it
+# does on a machine whose NVDEC is unusable; everything after that error is the real code path.
+@pytest.fixture
+def fresh_fallback(monkeypatch):
+    """Forget the process's NVDEC fallback (it is kept once per process on purpose)."""
+    from dali_pipes import iterator
+
+    monkeypatch.setattr(iterator, "_NVDEC_FALLBACK", {})
+    return iterator
+
+
+def test_video_decoder_choice(fresh_fallback) -> None:
+    from dali_pipes.iterator import HardwareError, choose_video_decoder
+
+    asked: list[int] = []
+
+    def no_nvdec(device: int) -> str:
+        asked.append(device)
+        return "no NVDEC (simulated)"
+
+    assert choose_video_decoder("auto", False, None, no_nvdec) == ("cpu", None)     # a CPU pipeline
+    assert choose_video_decoder("cpu", True, 0, no_nvdec) == ("cpu", None)
+    assert asked == []                                                             # not even asked
+    assert choose_video_decoder("auto", True, 0, lambda device: None) == ("mixed", None)
+    with pytest.raises(HardwareError, match="data.video_decode=gpu: NVDEC cannot decode .* no NVDEC .simulated"):
+        choose_video_decoder("gpu", True, 0, no_nvdec)
+    with pytest.warns(RuntimeWarning, match="NVDEC is not usable on GPU 0 .no NVDEC .simulated.*CPU decoder"):
+        assert choose_video_decoder("auto", True, 0, no_nvdec) == ("cpu", "no NVDEC (simulated)")
+    # once per process: the next epoch's loader keeps the CPU decoder without asking or warning again
+    asked.clear()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose_video_decoder("auto", True, 0, no_nvdec) == ("cpu", "no NVDEC (simulated)")
+    assert asked == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a GPU may have NVDEC")
+def test_nvdec_probe_without_a_gpu_gives_a_reason_and_a_verdict_line() -> None:
+    import subprocess
+    import sys
+
+    from dali_pipes.nvdec import probe_nvdec
+
+    reason = probe_nvdec(0)
+    assert reason is not None and ("libnvcuvid.so.1" in reason or "libcuda.so.1" in reason or "cuInit" in reason)
+    done = subprocess.run([sys.executable, "-m", "dali_pipes.nvdec"], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 3 and done.stdout.count("\n") == 1 and done.stdout.startswith("NVDEC: no (")
+
+
+def simulated_nvdec_loader(cfg, on_error: str = "raise") -> DaliLoader:
+    cfg.data.on_error = on_error
+    loader = build_dali_loader(cfg, train=False, device="cpu")
+    loader.video_decoder = "mixed"            # as if this CPU pipeline were a GPU one that chose NVDEC
+    return loader
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_auto_falls_back_to_the_cpu_decoder_once_and_loudly(shard_dir: Path, fresh_fallback, on_error) -> None:
+    cfg = make_cfg(shard_dir)
+    expected = list(build_dali_loader(cfg, train=False, device="cpu"))
+    loader = simulated_nvdec_loader(cfg, on_error)
+    with pytest.warns(RuntimeWarning, match="data.video_decode=auto: NVDEC is not usable") as caught:
+        got = list(loader)
+    assert len([w for w in caught if "NVDEC" in str(w.message)]) == 1
+    assert [b["keys"] for b in got] == [b["keys"] for b in expected]
+    for a, b in zip(expected, got):
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["fbank"], b["fbank"])
+    assert loader.video_decoder == "cpu" and "DALI:" in loader.video_fallback
+    assert loader.skipped == {}                                        # a decoder failure is not bad data
+    assert fresh_fallback._NVDEC_FALLBACK == {0: loader.video_fallback}
+
+
+def test_gpu_setting_fails_instead_of_falling_back(shard_dir: Path, fresh_fallback) -> None:
+    from dali_pipes.iterator import HardwareError
+
+    cfg = make_cfg(shard_dir)
+    cfg.data.video_decode = "gpu"
+    loader = simulated_nvdec_loader(cfg, "skip")
+    with pytest.raises(HardwareError, match="hardware or driver problem, not bad data.*data.video_decode=auto"):
+        list(loader)
+    assert loader.skipped == {} and fresh_fallback._NVDEC_FALLBACK == {}
+
+
+def named_decoder_error(shards: Path, key: str) -> tuple[str, RuntimeError]:
+    """DALI's error for a video it cannot open, naming the sample's mp4 member as DALI does."""
+    from deteclap.data.loader import index_entries
+
+    for tar in sorted(shards.glob("train-*.tar")):
+        members = index_entries(tar).get(key)
+        if members:
+            offset = next(m[1] for m in members if m[0] == "mp4")
+            return str(tar), RuntimeError(f'Failed to create video decoder for "{tar}:{offset}:{key}.mp4"')
+    raise KeyError(key)
+
+
+@pytest.mark.parametrize("setting", ["auto", "gpu"])
+def test_a_named_sample_that_decodes_on_the_cpu_is_a_hardware_failure(shard_dir: Path, fresh_fallback,
+                                                                        setting: str) -> None:
+    """NVDEC failing on a sample (no decoder for its profile, an engine fault) names it like bad data;
+    decoded again on the CPU it is fine, so it is never counted as corrupt_mp4."""
+    from dali_pipes.iterator import HardwareError
+
+    key = all_keys(shard_dir)[4]
+    tar, err = named_decoder_error(shard_dir, key)
+    cfg = make_cfg(shard_dir)
+    cfg.data.video_decode = setting
+    loader = simulated_nvdec_loader(cfg, "skip")
+    if setting == "gpu":
+        with pytest.raises(HardwareError, match=f"NVDEC failed on .*{key}, which decodes on the CPU"):
+            loader._handle(err)
+    else:
+        with pytest.warns(RuntimeWarning, match=f"{key}, which decodes on the CPU"):
+            loader._handle(err)
+        assert loader.video_decoder == "cpu"
+    assert loader.skipped == {} and not loader.excluded
+
+
+def test_a_named_sample_that_fails_on_the_cpu_too_is_bad_data(shard_dir: Path, tmp_path: Path,
+                                                               fresh_fallback) -> None:
+    key = all_keys(shard_dir)[4]
+    shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(key, "mp4"))
+    tar, err = named_decoder_error(shards, key)
+    loader = simulated_nvdec_loader(make_cfg(shards), "skip")
+    loader._handle(err)
+    assert loader.skipped == {"corrupt_mp4": 1} and (tar, key) in loader.excluded
+    assert loader.video_decoder == "mixed" and fresh_fallback._NVDEC_FALLBACK == {}
+
+
+def test_dali_threads_default_to_the_cores_per_rank(shard_dir: Path, monkeypatch) -> None:
+    import os
+
+    from dali_pipes.iterator import dali_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert dali_threads(0) == cores and dali_threads(14) == 14
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+    assert dali_threads(0) == 1                                   # never 0 threads
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    cfg = make_cfg(shard_dir)
+    cfg.data.num_workers, cfg.data.dali_threads = 7, 0           # DataLoader workers do not set DALI's threads
+    assert build_dali_loader(cfg, train=False, device="cpu").spec().num_threads == cores
+    cfg.data.dali_threads = 3
+    assert build_dali_loader(cfg, train=False, device="cpu").spec().num_threads == 3

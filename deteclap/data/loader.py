@@ -211,6 +211,7 @@ class SkipLog:
     def __init__(self) -> None:
         self.skipped: Counter[str] = Counter()
         self.skipped_samples: list[Skipped] = []
+        self.epoch_samples = 0         # the epoch's samples, all ranks (deteclap.data.budget; 0: unknown)
         self._seen: set[tuple[str, str, str]] = set()
 
     def _count(self, item: Skipped) -> None:
@@ -573,6 +574,7 @@ class ReferenceLoader(SkipLog):
             drawn, bad = epoch_repeats(all_tars, data.seed, self.epoch, data.on_error, num_classes)
         else:
             drawn, bad = every_sample_once(tuple(all_tars)), []
+        self.epoch_samples = sum(sum(times.values()) for times in drawn.values()) + len(bad)   # the skip budget's base
         for item in bad if rank == 0 else []:
             self._count(item)
         order = epoch_tar_order(all_tars, data.seed, self.epoch)
