@@ -115,6 +115,35 @@ def test_golden_file() -> None:
         assert audio.num_frames(int(lens[i])) == frame_counts[i]
 
 
+def test_batched_device_path_gives_the_golden_values_on_the_cpu() -> None:
+    """The path every device but the CPU takes (masked per-row means, frame counts as a tensor, the
+    whole batch at once, the dense mel product), run on the CPU: the golden file within the contract's
+    tolerance, and the CPU path's values."""
+    golden = np.load(GOLDEN)
+    count = len(golden["durations"])
+    batch, lens = _pad([torch.from_numpy(decode_audio(golden[f"flac_{i}"].tobytes())[0]) for i in range(count)])
+    means, counts = audio._masked_means_and_counts(batch, lens, RATE)
+    assert isinstance(counts, torch.Tensor) and counts.tolist() == [int(golden[f"frames_{i}"]) for i in range(count)]
+    batched = audio.normalize_fbank(audio._fbank_rows(batch, means, counts, TARGET, RATE, audio.NUM_MEL_BINS))
+    for i in range(count):
+        rows = torch.from_numpy(golden[f"rows_{i}"])
+        assert (batched[i, rows] - torch.from_numpy(golden[f"fbank_{i}"])).abs().max() <= TOLERANCE, i
+    assert (batched - audio.fbank_batch(batch, lens, TARGET)).abs().max() <= TOLERANCE   # (float rounding)
+
+
+def test_fbank_batch_reads_no_value_back_from_the_device() -> None:
+    """On a device the whole contract is queued without reading a value back (no .item(), .tolist(),
+    bool() of a device tensor: those wait for the GPU). A "meta" tensor holds no values, so any such
+    read raises: the batch goes through on it, the lengths given on the CPU as the loaders give them."""
+    batch, lens = _pad(_waves([RATE * 3, RATE * 2 + 77, 4000]))
+    out = audio.fbank_batch(batch.to("meta"), lens, TARGET)
+    assert out.device.type == "meta" and out.shape == (3, TARGET, audio.NUM_MEL_BINS)
+    noisy = audio.add_noise_and_roll(audio.spec_augment(out, 48, 192))
+    assert noisy.device.type == "meta" and noisy.shape == out.shape
+    with pytest.raises(ValueError, match="must lie in"):             # lengths are still checked (on the CPU)
+        audio.fbank_batch(batch.to("meta"), torch.tensor([RATE, 100, 4000]), TARGET)
+
+
 @pytest.mark.parametrize("bins", [80, 64])
 def test_matches_kaldi_native_fbank(bins: int) -> None:
     knf = pytest.importorskip("kaldi_native_fbank")
