@@ -1,7 +1,10 @@
 """Helpers shared by the benchmarks: the machine description and the result file writer.
 
 Result files: benchmarks/results/NAME.json = {"benchmark": NAME, "machine": machine_info(),
-"results": [{"name": ..., "clips_per_s" or "samples_per_s": ..., ...}]}.
+"results": [{"name": ..., "clips_per_s" or "samples_per_s": ..., ...}]}: the latest run. Every run
+also appends one line to HISTORY (history.jsonl beside the result file): {"benchmark", "commit",
+"date", "machine", "results"} with each result's name and numbers, so that benchmarks/report.py can
+draw each figure's trend per machine.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+HISTORY = "history.jsonl"
 
 
 def machine_info() -> dict:
@@ -43,11 +48,36 @@ def machine_info() -> dict:
     return info
 
 
+def git_commit() -> str:
+    """The checkout's commit (short), "+dirty" when tracked files differ from it; "unknown" outside git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def history_line(record: dict) -> dict:
+    """A result record as one history entry: each result's name and its numbers (no lists or profiles)."""
+    results = [{key: value for key, value in result.items()
+                if key == "name" or (isinstance(value, (int, float)) and not isinstance(value, bool))}
+               for result in record["results"]]
+    return {"benchmark": record["benchmark"], "commit": git_commit(), "date": record["date"],
+            "machine": record["machine"], "results": results}
+
+
 def write_result(name: str, results: list[dict], path: str | Path | None = None) -> Path:
-    """Write {"benchmark", "machine", "results"} JSON to `path` (default results/NAME.json)."""
+    """Write {"benchmark", "machine", "results"} JSON to `path` (default results/NAME.json) and
+    append the run to the HISTORY file beside it."""
     out = Path(path) if path else RESULTS_DIR / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine_info(), "results": results}
     out.write_text(json.dumps(record, indent=2) + "\n")
+    with open(out.parent / HISTORY, "a") as history:
+        history.write(json.dumps(history_line(record)) + "\n")
     return out

@@ -1,7 +1,8 @@
 """Loader benchmark: clips/s and MB/s of finished training batches from the same shards.
 
-    python benchmarks/loader.py --shards DIR [--batch 32] [--workers 2] [--batches 24] [--warmup 2]
-                                [--repeats 3] [--json OUT] [--official-layout [--official-dir DIR]] [--profile]
+    python benchmarks/loader.py --shards DIR [--batch 32] [--workers 2] [--threads 8,14] [--batches 24]
+                                [--warmup 2] [--repeats 3] [--replicate N] [--json OUT]
+                                [--official-layout [--official-dir DIR]] [--profile]
 
 Loaders: `reference` (deteclap.data.loader: PyAV + soundfile + PIL + the fbank in DataLoader
 workers), `dali_cpu` (dali_pipes with device_id=None; fbank in the main process), `dali_gpu`
@@ -18,17 +19,27 @@ denormals flushed in the main process (as deteclap/train.py does) and in every D
 (worker_init_fn); a fresh loader per epoch, as the trainers build them (so epoch starts are inside
 the timed batches).
 
+Each loader runs in its own process (spawned, kept for its runs): the reference loader's
+DataLoader forks its workers, which must never happen in a process where a DALI GPU pipeline (its
+threads, its CUDA context) lives. DALI loaders get DALI CPU threads `--threads` (one result per
+count, `dali_gpu_t8`, `dali_gpu_t14`; default: data.dali_threads' default, the cores available).
+`--replicate N` reads the shards N times over (hard links to the tars under
+.data/replicated beside the --json file, listed in a dataset.json of their own): 1,024 synthetic clips
+replicated 4x give the 4,096-sample epochs a batch of 256 needs to be measured past its epoch start.
 Each loader is timed `--repeats` times over `--batches` batches after `--warmup` untimed ones
 (worker start-up, pipeline build), the loaders taking turns (run 1 of each, then run 2 of each,
 ...: the shared machine's slow spells hit all of them); the result keeps each loader's median run
-and every run's clips/s.
+and every run's clips/s. `clips_per_s` counts every timed batch, a fresh loader's epoch starts
+(start-up, shuffle-buffer fill) included, as a trainer sees them; `steady_clips_per_s` leaves out
+each epoch's first batch: the rate a long epoch settles at.
 MB/s counts the bytes of the finished fbank + frames tensors; `epoch_first_batch_ms` /
 `other_batch_ms` are the mean waits for an epoch's first batch (loader start-up, shuffle-buffer
 fill, prefetch) and for the others. `--profile` adds, per loader, the
 top own-time costs in ms per batch from cProfile of the same loader run in one process (no
 workers: the per-sample work shows; for dali_cpu the DALI threads' work shows as the wait for
 the pipeline's outputs). Results: benchmarks/results/loader.json (benchmarks.common schema) and
-loader.png.
+loader.png; every run also appends one line to benchmarks/results/history.jsonl (benchmarks.common)
+for benchmarks/report.py's trend plots.
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import multiprocessing
+import os
 import pstats
 import shutil
 import sys
@@ -43,6 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
@@ -66,14 +80,14 @@ EPOCH_START = "_epoch_start"   # benchmark-only marker on the first batch of eac
 
 
 def make_cfg(shards: str, batch: int, workers: int, loader: str, device: str = "auto",
-             shuffle_buffer: int = SHUFFLE_BUFFER) -> Any:
+             shuffle_buffer: int = SHUFFLE_BUFFER, threads: int = 0) -> Any:
     from deteclap.config import Config
 
     cfg = Config()
     cfg.data.shuffle_buffer = shuffle_buffer
     cfg.data.train_shards = shards
     cfg.data.batch_size, cfg.data.num_workers, cfg.data.loader = batch, workers, loader
-    cfg.data.dali_device = device
+    cfg.data.dali_device, cfg.data.dali_threads = device, threads
     cfg.labels.variant = "cavmae"
     return cfg
 
@@ -104,6 +118,7 @@ def time_run(make: Callable[[], Iterator[dict]], warmup: int, count: int) -> dic
     for _ in range(warmup):
         next(batches)
     clips, nbytes, waits = 0, 0, {True: [], False: []}
+    steady_clips = 0
     start = time.perf_counter()
     for _ in range(count):
         before = time.perf_counter()
@@ -112,10 +127,12 @@ def time_run(make: Callable[[], Iterator[dict]], warmup: int, count: int) -> dic
             torch.cuda.synchronize()
         waits[batch[EPOCH_START]].append(time.perf_counter() - before)
         clips += batch["fbank"].shape[0]
+        steady_clips += 0 if batch[EPOCH_START] else batch["fbank"].shape[0]
         nbytes += sum(batch[k].element_size() * batch[k].nelement() for k in ("fbank", "frames"))
     seconds = time.perf_counter() - start
-    return {"clips_per_s": clips / seconds, "mb_per_s": nbytes / MB / seconds, "clips": clips,
-            "seconds": seconds, "epoch_first_batch_ms": _mean_ms(waits[True]),
+    steady = steady_clips / sum(waits[False]) if waits[False] else None    # the time between batches is ~0
+    return {"clips_per_s": clips / seconds, "steady_clips_per_s": steady, "mb_per_s": nbytes / MB / seconds,
+            "clips": clips, "seconds": seconds, "epoch_first_batch_ms": _mean_ms(waits[True]),
             "other_batch_ms": _mean_ms(waits[False]), "epoch_starts_timed": len(waits[True])}
 
 
@@ -124,8 +141,9 @@ def summarise(name: str, runs: list[dict[str, Any]], warmup: int, count: int) ->
     median = sorted(runs, key=lambda r: r["clips_per_s"])[len(runs) // 2]
     result = {"name": name, **median, "batch_ms": 1000 * median["seconds"] / count, "batches_timed": count,
               "warmup_batches": warmup, "runs_clips_per_s": [round(r["clips_per_s"], 1) for r in runs]}
-    print(f"{name:>16}: {result['clips_per_s']:8.1f} clips/s  {result['mb_per_s']:8.1f} MB/s  "
-          f"({count} batches, runs {result['runs_clips_per_s']})", flush=True)
+    steady = result["steady_clips_per_s"]
+    print(f"{name:>16}: {result['clips_per_s']:8.1f} clips/s  steady {steady or float('nan'):8.1f}  "
+          f"{result['mb_per_s']:8.1f} MB/s  ({count} batches, runs {result['runs_clips_per_s']})", flush=True)
     return result
 
 
@@ -281,12 +299,20 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def split_name(name: str) -> tuple[str, int]:
+    """"dali_gpu_t14" -> ("dali_gpu", 14); a name without a thread count -> (name, 0: the default)."""
+    base, _, threads = name.rpartition("_t")
+    return (base, int(threads)) if base.startswith("dali") and threads.isdigit() else (name, 0)
+
+
 def loader_maker(name: str, args: argparse.Namespace, workers: int) -> Callable[[], Iterator[dict]] | None:
-    """A function returning endless training batches of loader `name`, or None when it cannot run here."""
+    """A function returning endless training batches of loader `name` (a DALI one may end in `_tN`:
+    N DALI threads), or None when it cannot run here."""
     import torch
 
     from deteclap.data import build, dali_available
 
+    name, threads = split_name(name)
     if name.startswith("dali") and not dali_available():
         print(f"{name}: skipped (nvidia.dali not importable)")
         return None
@@ -304,15 +330,65 @@ def loader_maker(name: str, args: argparse.Namespace, workers: int) -> Callable[
         keys = export_official_layout(args.shards, root, cfg.model.img_size)
         return lambda: official_batches(root, keys, cfg)
     cfg = make_cfg(args.shards, args.batch, workers, "reference" if name == "reference" else "dali",
-                   device=name.removeprefix("dali_"))
+                   device=name.removeprefix("dali_"), threads=threads)
     return lambda: endless(lambda epoch: build(cfg, train=True, epoch=epoch))
+
+
+def timed_run(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """One timed run of loader `name` (in a process of its own: see `LoaderProcess`); None: cannot run."""
+    flush_denormals()                      # as deteclap/train.py does in its main process
+    make = loader_maker(name, args, args.workers)
+    return None if make is None else time_run(make, args.warmup, args.batches)
+
+
+class LoaderProcess:
+    """A spawned process that runs one loader's timed runs (kept across them: imports and the
+    export are paid once). Spawned, not forked: nothing of the parent's threads or CUDA state."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        self.name, self.args = name, args
+        self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self) -> dict[str, Any] | None:
+        return self.pool.submit(timed_run, self.name, self.args).result()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def replicate_shards(shards: str, times: int, out: Path) -> str:
+    """A shard folder reading `shards` `times` over: hard links (copies across file systems) to every
+    tar and index as `STEM-rK.tar`, and a dataset.json listing them all."""
+    from deteclap.data.loader import index_path
+    from deteclap.shard import DATASET_JSON, load_dataset_json
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    meta = load_dataset_json(shards)
+    rows = []
+    for copy in range(times):
+        for row in meta.get("shards", []):
+            tar = Path(shards) / row["tar"]
+            name = f"{tar.stem}-r{copy}.tar"
+            for source, target in ((tar, out / name), (index_path(tar), index_path(out / name))):
+                if source.is_file():
+                    try:
+                        os.link(source, target)
+                    except OSError:
+                        shutil.copy(source, target)
+            rows.append({**row, "tar": name})
+    (out / DATASET_JSON).write_text(json.dumps({**meta, "shards": rows}, indent=1) + "\n")
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="shard folder (train-*.tar) made by deteclap.shard")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers / DALI threads")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--threads", default="",
+                        help="comma-separated DALI thread counts, one result each (default: data.dali_threads')")
+    parser.add_argument("--replicate", type=int, default=1, help="read the shards this many times over per epoch")
     parser.add_argument("--batches", type=int, default=24, help="timed batches per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (start-up)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per loader (the median is kept)")
@@ -332,18 +408,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batches and --repeats must be >= 1, --warmup >= 0")
 
     flush_denormals()                      # as deteclap/train.py does in its main process
-    names = [n for n in args.loaders.split(",") if n] + (["official_layout"] if args.official_layout else [])
+    if args.replicate > 1:
+        args.shards = replicate_shards(args.shards, args.replicate, Path(args.json).parent / ".data" / "replicated")
+    threads = [int(t) for t in args.threads.split(",") if t]
+    names = []
+    for name in [n for n in args.loaders.split(",") if n] + (["official_layout"] if args.official_layout else []):
+        names += [f"{name}_t{t}" for t in threads] if name.startswith("dali") and threads else [name]
     results = []
-    makers = {name: make for name in names if (make := loader_maker(name, args, args.workers)) is not None}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in makers}
-    for _ in range(args.repeats):           # interleaved: a slow spell of the machine hits every loader
-        for name, make in makers.items():
-            runs[name].append(time_run(make, args.warmup, args.batches))
-    for name, make in makers.items():
+    processes = {name: LoaderProcess(name, args) for name in names}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    try:
+        for _ in range(args.repeats):       # interleaved: a slow spell of the machine hits every loader
+            for name, process in processes.items():
+                if runs[name] is not None:
+                    run = process.run()
+                    runs[name] = None if run is None else runs[name] + [run]
+    finally:
+        for process in processes.values():
+            process.close()
+    for name in names:
+        if runs[name] is None:
+            continue                        # could not run here (said why)
         result = summarise(name, runs[name], args.warmup, args.batches)
-        if args.profile:
-            in_process = make if name.startswith("dali") else loader_maker(name, args, 0)
-            result["profile"] = profile(in_process, PROFILE_BATCHES)
+        if args.profile:                    # in this process: after every timed run, no GPU pipeline alive here
+            result["profile"] = profile(loader_maker(name, args, 0), PROFILE_BATCHES)
             print(f"{'':>18}{result['profile']['total_ms_per_batch']:8.1f} ms/batch in all (one process)")
             for row in result["profile"]["top"]:
                 print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
@@ -353,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
     set_clips = sum(tar_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
     for r in results:
-        r.update(batch=args.batch, workers=args.workers, set_clips=set_clips,
+        r.update(batch=args.batch, workers=args.workers, set_clips=set_clips, threads=split_name(r["name"])[1] or None,
                  load_average_after=[float(x) for x in load])
     out = write_result("loader", results, args.json)
     if results:

@@ -1,10 +1,13 @@
-"""Regenerate the README's benchmark section from benchmarks/results/*.json.
+"""Regenerate the README's benchmark section from benchmarks/results/*.json, and the trend plots.
 
-    python benchmarks/report.py [--readme README.md]
+    python benchmarks/report.py [--readme README.md] [--print]
 
 Each results file holds `{"benchmark", "machine", "results": [...]}`; this prints one table per
 benchmark with the machine it ran on, and replaces the text between `<!-- results:start -->` and
-`<!-- results:end -->` in the README.
+`<!-- results:end -->` in the README. From benchmarks/results/history.jsonl (one line per
+benchmark run, benchmarks.common) it draws benchmarks/results/trend_NAME.png: each figure of
+TRENDS over the runs' dates, one line per machine (CPU model, GPU) and result, so that a
+regression shows as a step.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+HISTORY = "history.jsonl"                 # benchmarks.common.HISTORY
 # per benchmark: (column title, result key, format)
 COLUMNS = {
     "shard": [("run", "name", "{}"), ("clips/s", "clips_per_s", "{:.1f}"), ("workers", "workers", "{}"),
               ("video bytes/clip", "video_bytes_per_clip", "{:,.0f}"),
               ("audio bytes/clip", "audio_bytes_per_clip", "{:,.0f}"),
               ("tar bytes/clip", "tar_bytes_per_clip", "{:,.0f}")],
-    "loader": [("loader", "name", "{}"), ("clips/s", "clips_per_s", "{:.1f}"), ("MB/s", "mb_per_s", "{:.1f}"),
+    "loader": [("loader", "name", "{}"), ("clips/s", "clips_per_s", "{:.1f}"),
+               ("steady clips/s", "steady_clips_per_s", "{:.1f}"), ("MB/s", "mb_per_s", "{:.1f}"),
                ("epoch's 1st batch ms", "epoch_first_batch_ms", "{:.0f}"),
                ("other batches ms", "other_batch_ms", "{:.0f}"),
                ("clips in set", "set_clips", "{}"), ("batch", "batch", "{}"), ("workers", "workers", "{}")],
@@ -31,6 +36,12 @@ COLUMNS = {
     "train_step": [("run", "name", "{}"), ("samples/s", "samples_per_s", "{:.1f}"), ("ms/step", "step_ms", "{:.0f}"),
                    ("TFLOP/s", "achieved_tflops", "{:.3f}"), ("MFU", "mfu", "{:.1%}"),
                    ("peak mem GiB", "peak_memory_gib", "{:.2f}"), ("device", "device", "{}")],
+}
+TRENDS = {  # per benchmark: the figures whose trend is drawn
+    "shard": ["clips_per_s"],
+    "loader": ["clips_per_s", "steady_clips_per_s"],
+    "label": ["clips_per_s"],
+    "train_step": ["samples_per_s"],
 }
 TITLES = {"shard": "Shard writer", "loader": "Loader (finished training batches: frame + fbank + targets)",
           "label": "Labellers", "train_step": "Train step (DeepSpeed engine, random inputs)"}
@@ -74,6 +85,56 @@ def render(results_dir: Path = RESULTS) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def machine_label(machine: dict) -> str:
+    """Short machine name for a legend: CPU model and core count, and the GPU."""
+    return f"{machine.get('cpu', '?')} x{machine.get('cpu_count', '?')}, {machine.get('gpu') or 'no GPU'}"
+
+
+def trends(history: Path) -> dict[str, dict[str, dict[tuple[str, str], list[tuple[str, float]]]]]:
+    """{benchmark: {figure: {(machine, result name): [(date, value), ...]}}} from a history file."""
+    out: dict = {}
+    for line in history.read_text().splitlines() if history.is_file() else []:
+        entry = json.loads(line)
+        figures = TRENDS.get(entry["benchmark"], [])
+        for result in entry["results"]:
+            for figure in figures:
+                if result.get(figure) is not None:
+                    series = out.setdefault(entry["benchmark"], {}).setdefault(figure, {})
+                    series.setdefault((machine_label(entry["machine"]), result["name"]), []).append(
+                        (entry["date"], float(result[figure])))
+    return out
+
+
+def plot_trends(history: Path, out_dir: Path) -> list[Path]:
+    """trend_NAME.png per benchmark in the history: one panel per figure, one line per machine and
+    result, the runs in date order. Returns the files written."""
+    import datetime
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, figures in trends(history).items():
+        fig, axes = plt.subplots(len(figures), 1, figsize=(8, 3 * len(figures)), squeeze=False)
+        for ax, (figure, series) in zip(axes[:, 0], figures.items()):
+            for (machine, result), points in sorted(series.items()):
+                points = sorted(points)
+                dates = [datetime.datetime.strptime(date, "%Y-%m-%d %H:%M UTC") for date, _ in points]
+                ax.plot(dates, [value for _, value in points], marker="o", label=f"{result} ({machine})")
+            ax.set_ylabel(figure)
+            ax.legend(fontsize=6, loc="best")
+        axes[0, 0].set_title(f"{TITLES.get(name, name)}: trend per machine")
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        path = out_dir / f"trend_{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def update_readme(readme: Path, text: str) -> None:
     content = readme.read_text()
     if START not in content or END not in content:
@@ -89,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print", action="store_true", help="print the section instead of writing the README")
     args = parser.parse_args(argv)
     text = render()
+    for path in plot_trends(RESULTS / HISTORY, RESULTS):
+        print(f"wrote {path}")
     if args.print:
         print(text)
     else:

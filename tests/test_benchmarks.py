@@ -13,7 +13,7 @@ def test_results_schema_and_readme_section(tmp_path):
     data = json.loads(path.read_text())
     assert data["benchmark"] == "loader" and data["machine"]["cpu_count"] >= 1 and data["date"]
     text = render(tmp_path)
-    assert "| reference | 123.5 | 7.0 | 512 | 62 | 256 | 32 | 2 |" in text
+    assert "| reference | 123.5 | n/a | 7.0 | 512 | 62 | 256 | 32 | 2 |" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
     update_readme(readme, text)
@@ -115,3 +115,49 @@ def test_official_layout_export_is_redone_for_other_shards(shard_dir, tmp_path):
     other = export_official_layout(str(tmp_path / "shards"), out, 224)
     assert other == keys[:2] and soundfile.info(str(wav)).duration == 1.0
     assert sorted(p.stem for p in (out / "audio").iterdir()) == other
+
+
+def test_every_run_appends_to_the_history_and_the_report_draws_its_trend(tmp_path):
+    from benchmarks.common import HISTORY, git_commit
+    from benchmarks.report import plot_trends, trends
+
+    for value in (100.0, 80.0):
+        write_result("loader", [{"name": "dali_gpu_t8", "clips_per_s": value, "steady_clips_per_s": value * 1.5,
+                                 "runs_clips_per_s": [value], "profile": {"top": []}}], tmp_path / "loader.json")
+    lines = [json.loads(line) for line in (tmp_path / HISTORY).read_text().splitlines()]
+    assert len(lines) == 2 and lines[0]["commit"] == git_commit() != "unknown"
+    assert lines[1]["results"] == [{"name": "dali_gpu_t8", "clips_per_s": 80.0, "steady_clips_per_s": 120.0}]
+    assert lines[0]["machine"]["cpu"] and "gpu" in lines[0]["machine"]
+    series = trends(tmp_path / HISTORY)["loader"]
+    [(machine, name)] = series["steady_clips_per_s"]
+    assert name == "dali_gpu_t8" and lines[0]["machine"]["cpu"] in machine
+    assert [value for _, value in series["clips_per_s"][machine, name]] == [100.0, 80.0]
+    [png] = plot_trends(tmp_path / HISTORY, tmp_path)
+    assert png.name == "trend_loader.png" and png.stat().st_size > 1000
+
+
+def test_loader_benchmark_runs_each_loader_in_its_own_process(shard_dir, tmp_path):
+    """benchmarks/loader.py on the CPU: every loader (each DALI thread count its own result) timed in
+    a spawned process of its own, over the shards read twice per epoch; steady clips/s beside
+    clips/s; the run appended to the history beside the JSON."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("nvidia.dali")
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "loader.json"
+    cmd = [sys.executable, str(repo / "benchmarks" / "loader.py"), "--shards", str(shard_dir), "--batch", "2",
+           "--batches", "12", "--warmup", "1", "--repeats", "1", "--loaders", "reference,dali_cpu", "--threads", "1,2",
+           "--replicate", "2", "--json", str(out), "--plot", str(tmp_path / "loader.png")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert sorted(results) == ["dali_cpu_t1", "dali_cpu_t2", "reference"]
+    assert results["dali_cpu_t2"]["threads"] == 2 and results["reference"]["threads"] is None
+    for result in results.values():
+        assert result["set_clips"] == 16 and result["epoch_starts_timed"] >= 1       # 8 clips read twice
+        assert result["steady_clips_per_s"] > 0 and result["clips_per_s"] > 0
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
