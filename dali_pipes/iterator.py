@@ -438,7 +438,9 @@ class DaliLoader(SkipLog):
         """Why an error of a pipeline decoding with NVDEC is the decoder's, not the data's (None: it may
         be the data's). A sample it names is decoded again on the CPU first: one that decodes there is
         not bad data. An error naming no sample is the decoder's when it says so (HARDWARE_WORDS) or
-        when dali_pipes.nvdec finds no usable NVDEC."""
+        when dali_pipes.nvdec finds no usable NVDEC. (Damage inside a frame's bytes names no sample
+        either, and NVDEC may report it in its own words: with `auto` the CPU decoder then meets the
+        same frame, and that error is reported as data's.)"""
         text = _dali_error_text(err)
         if bad is not None:
             tar, key, reason = bad

@@ -88,6 +88,12 @@ def mel_banks(num_bins: int = NUM_MEL_BINS, sample_rate: int = SAMPLE_RATE,
 
 
 @functools.lru_cache(maxsize=8)
+def _device_mel_banks(num_bins: int, sample_rate: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """mel_banks on `device`, copied there once per process: a copy per batch would wait for the GPU."""
+    return mel_banks(num_bins, sample_rate, device, dtype)
+
+
+@functools.lru_cache(maxsize=8)
 def _mel_bands_cpu(num_bins: int, fft_size: int, sample_rate: int) -> list[tuple[int, int, int, Tensor]]:
     """The mel bank in CPU_MEL_GROUPS bands of consecutive filters: (first filter, end filter, first
     FFT bin, band weights [bins of the band, filters]), each band restricted to the FFT bins its
@@ -109,7 +115,7 @@ def _mel_energies(power: Tensor, sample_rate: int, num_bins: int) -> Tensor:
     """|X|^2 [..., 257] -> mel energies [..., num_bins]: one dense product on a GPU, bands on the CPU."""
     _, _, fft_size = _window_sizes(sample_rate)
     if power.device.type != "cpu" or power.dtype != torch.float32:
-        return power @ mel_banks(num_bins, sample_rate, power.device, power.dtype).T
+        return power @ _device_mel_banks(num_bins, sample_rate, power.device, power.dtype).T
     out = power.new_empty(*power.shape[:-1], num_bins)
     for first, end, lo, weights in _mel_bands_cpu(num_bins, fft_size, sample_rate):
         torch.matmul(power[..., lo:lo + weights.shape[0]], weights, out=out[..., first:end])

@@ -1,82 +1,102 @@
 #!/usr/bin/env bash
-# Bring the wheels the GPU machine lacks (it reaches no package registry) in <= 60 MiB parts.
+# Bring the wheels the GPU machine lacks (it reaches no package registry) in parts of <= 60 MiB.
 #
-#   scripts/device_wheels.sh download          # here: fetch wheels into .wheels/, split them into parts
-#   scripts/device_wheels.sh carry N           # there, one call per part: append .wheels/partNN
-#   scripts/device_wheels.sh install DIR       # there, once every part of .wheels/ has been carried
+#   scripts/device_wheels.sh download            # here: fetch both stages' wheels into .wheels/, split into parts
+#   scripts/device_wheels.sh list                # here: the parts of each stage, their sizes
+#   scripts/device_wheels.sh carry STAGE N       # there, one device call per part: append .wheels/STAGE/partNN
+#   scripts/device_wheels.sh install STAGE       # there, once every part of a stage has been carried
 #
-# The device tool carries at most 64 MiB per call (the ~1 MB working tree included) and releases an
-# idle machine after ~30 s, so run `carry 0`, `carry 1`, ... in consecutive calls, each with
-# carry [".wheels/partNN", ".wheels/SHA256SUMS"]. `carry N` checks the part's sha256 and that
-# /tmp/wheels/all.bin holds exactly parts 0..N-1 (exit 3 "FRESH" when the machine was given back in
-# between: start again at 0); `carry 0` also writes what the machine offers (nvidia-smi, NVDEC's
-# libnvcuvid) to $OUT/machine.txt. The last call: `scripts/device_wheels.sh install /tmp/wheels &&
-# scripts/gpu_check.sh tests`, and at once (the machine stays warm ~30 s) `scripts/gpu_check.sh bench`.
-# About 300 MB in 5 parts (DALI 199 MB, PyAV 36 MB, nvCOMP 29 MB, nvImageCodec 25 MB). six and
-# typing-extensions are on that machine too; carried anyway (tiny) so the versions are the tested ones.
+# docs/GPU.md is the plan (which call carries what, how long each takes). Stage 1 is the data path
+# only: DALI for CUDA 13 with the three modules its pipelines import there (astunparse, gast,
+# optree), and PyAV, soundfile, cffi, pycparser for the fixtures and the reference loader. Stage 2
+# adds DeepSpeed (built here into a pure-Python wheel, no C++ ops) and the modules it imports that
+# the machine lacks (hjson, pydantic and its three). Left out on purpose: DALI's image-codec
+# extras (nvImageCodec, nvCOMP: no image is decoded by DALI here, and a wheel that ships
+# nvidia/__init__.py would shadow the machine's own nvidia.* packages: `download` refuses one),
+# webdataset (DALI reads the tars itself), and what the machine has (torch 2.11 + CUDA 13,
+# torchaudio, timm, numpy, packaging, six, typing-extensions, msgpack, ninja, py-cpuinfo, einops,
+# psutil, tqdm, nvidia-ml-py).
 #
-# The GPU machine runs Python 3.12 (torch 2.11 + CUDA 13, torchaudio, timm, numpy, msgpack, ninja,
-# py-cpuinfo, einops, psutil, tqdm, nvidia-ml-py already there), so the wheels are fetched for
-# cp312 / manylinux, at the versions this project is tested with here; DeepSpeed (an sdist on PyPI)
-# is built here into a pure-Python wheel. `install` puts them in /tmp/site (scripts/gpu_check.sh
-# adds it to PYTHONPATH), leaving the machine's own environment as it is.
+# The device tool carries at most 64 MiB per call (the ~1 MB working tree included): each call
+# carries [".wheels/STAGE/partNN", ".wheels/STAGE/SHA256SUMS"]. `carry STAGE N` checks the part's
+# sha256 and that /tmp/wheels/STAGE.bin holds exactly parts 0..N-1 (exit 3 "FRESH" when the
+# machine was given back in between: start that stage again at part 0). `install STAGE` unpacks
+# the wheels into /tmp/site (scripts/gpu_check.sh puts it first on PYTHONPATH), leaving the
+# machine's own environment as it is, and imports what the stage brought.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-# DALI and what it imports (its image-codec extras, nvjpeg / nvjpeg2k / nvtiff, are left out: no image
-# is decoded by DALI here), the data path's libraries, DeepSpeed's dependencies the machine lacks
-WHEELS="nvidia-dali-cuda130==2.4.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0
-  libcst==1.9.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnvcomp-cu13==5.3.0.16
-  webdataset==1.0.2 braceexpand==0.1.7 av==18.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12
-  hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  six==1.17.0 typing-extensions==4.16.0"
+STAGE1="nvidia-dali-cuda130==2.4.0 astunparse==1.6.3 gast==0.7.0 optree==0.20.0
+  av==18.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12"
+STAGE2="hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5"
 DEEPSPEED=deepspeed==0.19.8
 SITE=/tmp/site
 PART_BYTES=$((60 * 1024 * 1024))        # split -b 60M
-PY=${PYTHON:-python3}                 # install: the GPU machine's python3 (3.12)
-BUILD_PY=${BUILD_PYTHON:-$here/.venv/bin/python}   # download: this project's environment (has torch)
+PY=${PYTHON:-python3}                 # carry / install: the GPU machine's python3 (3.12)
+BUILD_PY=${BUILD_PYTHON:-$here/.venv/bin/python}   # download: an environment with pip (and torch, for DeepSpeed)
+IMPORTS_stage1="import nvidia.dali, av, soundfile; print('stage1 wheels ok: DALI', nvidia.dali.__version__)"
+IMPORTS_stage2="import deepspeed, hjson, pydantic; print('stage2 wheels ok: DeepSpeed', deepspeed.__version__)"
+
+fetch() {   # fetch STAGE WHEELS...: cp312 manylinux x86_64 wheels, no dependencies resolved
+  local dir=$here/.wheels/$1/src; shift
+  rm -rf "$dir" && mkdir -p "$dir"
+  "$BUILD_PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_27_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform manylinux1_x86_64 -d "$dir" "$@"
+}
+
+pack() {   # pack STAGE: refuse a wheel shipping nvidia/__init__.py, then one tar split into parts
+  local stage=$here/.wheels/$1 wheel
+  for wheel in "$stage"/src/*.whl; do
+    if unzip -l "$wheel" | awk '{print $4}' | grep -qx "nvidia/__init__.py"; then
+      echo "$(basename "$wheel") ships nvidia/__init__.py: it would shadow the machine's nvidia.* packages" >&2
+      exit 5
+    fi
+  done
+  rm -f "$stage"/part* "$stage"/SHA256SUMS
+  (cd "$stage/src" && tar cf ../all.tar ./*.whl)
+  (cd "$stage" && split -b 60M -d all.tar part && rm all.tar && sha256sum part* > SHA256SUMS)
+}
+
 case "${1:-}" in
   download)
-    rm -rf "$here/.wheels" && mkdir -p "$here/.wheels/src"
     # shellcheck disable=SC2086
-    "$BUILD_PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$here/.wheels/src" $WHEELS
-    # DeepSpeed's setup.py imports torch: build with this project's environment (no C++ ops compiled)
-    DS_BUILD_OPS=0 "$BUILD_PY" -m pip wheel --no-deps --no-build-isolation -w "$here/.wheels/src" "$DEEPSPEED"
-    # one archive of every wheel, split into parts the device tool can carry
-    (cd "$here/.wheels/src" && tar cf ../all.tar ./*.whl)
-    (cd "$here/.wheels" && split -b 60M -d all.tar part && rm all.tar && sha256sum part* > SHA256SUMS)
-    ls -la "$here/.wheels"
+    fetch stage1 $STAGE1
+    # shellcheck disable=SC2086
+    fetch stage2 $STAGE2
+    # DeepSpeed is an sdist whose setup.py imports torch: built with this project's environment
+    DS_BUILD_OPS=0 "$BUILD_PY" -m pip wheel -q --no-deps --no-build-isolation -w "$here/.wheels/stage2/src" "$DEEPSPEED"
+    pack stage1 && pack stage2
+    "$0" list
+    ;;
+  list)
+    for stage in stage1 stage2; do
+      echo "$stage: $(du -ch "$here/.wheels/$stage"/src/*.whl | tail -1 | cut -f1) in $(ls "$here/.wheels/$stage"/part* | wc -l) part(s)"
+      ls -l "$here/.wheels/$stage"/part* | awk '{printf "  %s %.1f MiB\n", $NF, $5 / 1048576}'
+    done
     ;;
   carry)
-    n=${2:?carry N (the part number, from 0)}
+    stage=${2:?carry STAGE N}; n=${3:?carry STAGE N (the part number, from 0)}
     part=$(printf "part%02d" "$n")
     mkdir -p /tmp/wheels
-    have=$(stat -c%s /tmp/wheels/all.bin 2>/dev/null || echo 0)
+    bin=/tmp/wheels/$stage.bin
+    have=$(stat -c%s "$bin" 2>/dev/null || echo 0)
     if [ "$n" -eq 0 ]; then
-      rm -f /tmp/wheels/all.bin
+      rm -f "$bin"
     elif [ "$have" -ne $((n * PART_BYTES)) ]; then
-      echo "FRESH: /tmp/wheels/all.bin holds $have bytes, not parts 0..$((n - 1)): start again at carry 0" >&2
+      echo "FRESH: $bin holds $have bytes, not parts 0..$((n - 1)): start $stage again at part 0" >&2
       exit 3
     fi
-    (cd "$here/.wheels" && grep " $part\$" SHA256SUMS | sha256sum -c --quiet) || { echo "$part: bad sha256" >&2; exit 4; }
-    cat "$here/.wheels/$part" >> /tmp/wheels/all.bin
-    echo "carried $part: /tmp/wheels/all.bin $(stat -c%s /tmp/wheels/all.bin) bytes"
-    if [ "$n" -eq 0 ]; then
-      out=${OUT:-/tmp}
-      { nvidia-smi; echo "--- NVDEC libraries:"; ldconfig -p | grep -i nvcuvid
-        find / -xdev -name 'libnvcuvid.so*' 2>/dev/null | head -5; "$PY" --version; } > "$out/machine.txt" 2>&1 || true
-      grep -q "libnvcuvid.so" "$out/machine.txt" \
-        || echo "warning: no libnvcuvid on this machine: DALI's GPU video decoder (NVDEC) cannot run" >&2
-    fi
+    (cd "$here/.wheels/$stage" && grep " $part\$" SHA256SUMS | sha256sum -c --quiet) || { echo "$part: bad sha256" >&2; exit 4; }
+    cat "$here/.wheels/$stage/$part" >> "$bin"
+    echo "carried $stage $part: $bin $(stat -c%s "$bin") bytes"
     ;;
   install)
-    dir=${2:?install DIR (the folder where the parts were appended to all.bin)}
-    rm -rf "$dir/unpacked" && mkdir -p "$dir/unpacked" && tar xf "$dir/all.bin" -C "$dir/unpacked"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-      "$dir"/unpacked/*.whl
-    PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-      "import nvidia.dali, deepspeed, webdataset, av, soundfile; print('wheels ok: DALI', nvidia.dali.__version__)"
+    stage=${2:?install STAGE}
+    dir=/tmp/wheels/$stage
+    rm -rf "$dir" && mkdir -p "$dir" && tar xf "/tmp/wheels/$stage.bin" -C "$dir"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$dir"/*.whl
+    imports=IMPORTS_$stage
+    PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "${!imports}"
     ;;
-  *) echo "usage: $0 download | install DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 download | list | carry STAGE N | install STAGE" >&2; exit 2 ;;
 esac

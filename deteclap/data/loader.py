@@ -504,7 +504,8 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
     if train and data.noise:
         fbank = audio.add_noise_and_roll(fbank)
     dtype = torch.float16 if data.frame_dtype == "float16" else torch.float32
-    scores = {name: value.to(device) for name, value in scores.items()}   # float16: targets threshold in it
+    # float16: targets threshold in it; not waiting for the GPU (deteclap.audio)
+    scores = {name: value.to(device, non_blocking=True) for name, value in scores.items()}
     targets = build_targets(scores, cfg.labels) if scores else {}
     return {"fbank": fbank, "frames": frames.to(device=device, dtype=dtype), "targets": targets,
             "classes": classes.to(device=device, dtype=torch.float32), "keys": list(keys), "label_failed": failed}
