@@ -50,10 +50,12 @@ often as deteclap.data.balance drew it this epoch.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
 import tempfile
+import traceback
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -324,6 +326,8 @@ class DaliLoader(SkipLog):
             return DALIGenericIterator([pipe], list(OUTPUTS) + self.score_names, reader_name=READER_NAME,
                                        last_batch_policy=policy, auto_reset=False)
         except RuntimeError as err:
+            del pipe                                       # not kept alive by the error (see __iter__)
+            traceback.clear_frames(err.__traceback__)
             match = UNDERFUL_RE.search(str(err))
             if match is None:
                 raise
@@ -369,6 +373,15 @@ class DaliLoader(SkipLog):
         return batch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._batches()
+        finally:
+            # A DALI pipeline is freed by the cyclic garbage collector. Left for later, it may be
+            # collected in a process forked meanwhile (a DataLoader worker), where its threads do not
+            # exist: its shutdown then waits for them forever. So it is collected here, once per epoch.
+            gc.collect()
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         limit = len(self) if self.train else None
         self.batches_consumed = 0
         while True:
@@ -458,6 +471,7 @@ class DaliLoader(SkipLog):
         With NVDEC decoding, a decoder or driver failure is told apart from bad data first
         (_nvdec_failure): data.video_decode=auto falls back to the CPU decoder for good (the pipeline
         is rebuilt once), gpu raises HardwareError; it is never counted as a bad sample."""
+        traceback.clear_frames(err.__traceback__)   # its frames' locals hold the failed pipeline (see __iter__)
         bad = parse_bad_member(str(err), self.entries)
         if self.video_decoder == "mixed" and (reason := self._nvdec_failure(err, bad)) is not None:
             if self.cfg.data.video_decode == "gpu":

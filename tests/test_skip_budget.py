@@ -34,6 +34,7 @@ def test_training_stops_when_an_epoch_skips_too_much(shard_dir: Path, tmp_path: 
     cfg.data.max_skip_fraction = 0.2                           # 1 of 8 skipped: within the budget
     batches = training_batches(cfg, 0, 1, 0, 0)
     epochs = {next(batches)[0] for _ in range(8)}               # 3 or 4 batches an epoch: past its end
+    batches.close()                                            # (its DALI pipeline shut down now)
     assert {0, 1} <= epochs
     cfg.data.max_skip_fraction = 0.1
     with pytest.raises(SkipBudgetExceeded, match=rf"1 of this epoch's 8 samples .* corrupt_mp4: 1 \(e.g. "
