@@ -16,7 +16,8 @@ pytest.importorskip("nvidia.dali")
 
 from dali_pipes.iterator import DaliLoader, build_dali_loader, parse_bad_member  # noqa: E402
 from deteclap.data import build  # noqa: E402
-from deteclap.data.loader import DataError, build_loader  # noqa: E402
+from deteclap.data.common import DataError  # noqa: E402
+from deteclap.data.loader import build_loader  # noqa: E402
 
 # Frames: DALI's cubic resize (antialiased) and its YUV->RGB differ from PIL bicubic + PyAV by a
 # few grey levels; in normalised units (1 / (0.225 * 255) per level) we allow mean 0.05 and 0.35 for

@@ -40,7 +40,7 @@ def check_fbank(device: str) -> None:
 
 
 def check_noise_and_frames(device: str) -> None:
-    from deteclap.data.loader import normalize_frames
+    from deteclap.data.common import normalize_frames
 
     noisy = audio.add_noise_and_roll(torch.zeros(2, AUDIO_LENGTH, 128, device=device))
     assert noisy.device.type == device and float(noisy.min()) >= 0 and float(noisy.max()) < 1 / audio.NOISE_SCALE

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from deteclap.config import load_config
-from deteclap.data.loader import DataError, build_loader
+from deteclap.data.common import DataError
+from deteclap.data.loader import build_loader
 from deteclap.labels.store import read_scores, shard_paths, write_scores
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.json"

@@ -20,7 +20,8 @@ from deteclap.config import Config
 from deteclap.data import build
 from deteclap.data.decode import DecodeError, decode_video_frames
 from deteclap.data.mp4 import Mp4LayoutError, find_sample
-from deteclap.data.loader import DataError, ReferenceLoader, build_loader, decode_frame, scan_samples
+from deteclap.data.common import DataError
+from deteclap.data.loader import ReferenceLoader, build_loader, decode_frame, scan_samples
 from deteclap.format import iter_tar_samples
 
 NUM_LABELS = 601
@@ -246,7 +247,7 @@ def test_bad_sample_raise_or_skip(shard_dir: Path, tmp_path: Path, loader: str, 
 def test_batch_whose_every_label_failed_is_left_out() -> None:
     """All rows' label scores NaN (their labelling failed), on_error=skip: an empty batch that the
     loaders drop, every key reported as label_failed (no fbank of zero rows)."""
-    from deteclap.data.loader import finish_batch
+    from deteclap.data.common import finish_batch
 
     cfg = make_cfg(Path("."), variant="or")
     cfg.data.on_error = "skip"
@@ -330,7 +331,8 @@ def test_frame_preparation_is_cav_mae_preprocessing(shape: tuple[int, int, int])
     import torchvision.transforms as T
 
     from deteclap.config import IMAGE_MEAN, IMAGE_STD
-    from deteclap.data.loader import frame_transform, normalize_frames
+    from deteclap.data.common import normalize_frames
+    from deteclap.data.loader import frame_transform
 
     official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
                           T.ToTensor(), T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])
