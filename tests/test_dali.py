@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import HAVE_DALI
 from tests.test_loader import all_keys, corrupt, keep, make_cfg, rewrite_shards
 
-pytest.importorskip("nvidia.dali")
+if not HAVE_DALI:
+    pytest.skip("DALI (nvidia-dali) is not installed", allow_module_level=True)
 
 from dali_pipes.iterator import DaliLoader, build_dali_loader, parse_bad_member  # noqa: E402
 from deteclap.data import build  # noqa: E402

@@ -13,6 +13,7 @@ import torch
 
 from deteclap import audio
 from tests.test_loader import keep, make_cfg, rewrite_shards
+from tests.conftest import needs_dali
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -77,6 +78,6 @@ def test_noise_and_frames_stay_on_the_gpu() -> None:
     check_noise_and_frames("cuda")
 
 
+@needs_dali
 def test_dali_gpu_pipeline_matches_the_reference(shard_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("nvidia.dali")
     check_dali_matches_reference(rewrite_shards(shard_dir, tmp_path / "s", keep, add_scores=True), "gpu")

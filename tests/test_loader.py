@@ -23,6 +23,7 @@ from deteclap.data.mp4 import Mp4LayoutError, find_sample
 from deteclap.data.common import DataError
 from deteclap.data.loader import ReferenceLoader, build_loader, decode_frame, scan_samples
 from deteclap.format import iter_tar_samples
+from tests.conftest import needs_dali
 
 NUM_LABELS = 601
 Edit = Callable[[str, str, bytes], "bytes | None"]
@@ -204,12 +205,6 @@ def test_resume_skips_batches(shard_dir: Path) -> None:
     assert other_epoch != full                                       # shuffled per epoch
 
 
-def _dali_available() -> bool:
-    from deteclap.data import dali_available
-
-    return dali_available()
-
-
 def loader_factory(loader: str) -> Callable[..., Any]:
     """build_loader, or build_dali_loader on the CPU: called as make(cfg, train=..., ...)."""
     if loader == "dali":
@@ -221,7 +216,7 @@ def loader_factory(loader: str) -> Callable[..., Any]:
 
 BAD_SAMPLES = [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member"),
                ("22k.flac", "bad_audio"), ("truth.f16", "bad_scores")]
-LOADERS = ["reference", pytest.param("dali", marks=pytest.mark.skipif(not _dali_available(), reason="no DALI"))]
+LOADERS = ["reference", pytest.param("dali", marks=needs_dali)]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
