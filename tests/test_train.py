@@ -21,32 +21,21 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, set_args, small_run, subprocess_env
+
 TRAIN = str(REPO / "deteclap" / "train.py")
 TERMS = ("total", "contrastive", "mae_audio", "mae_visual", "a2l", "v2l")
 
 
 def overrides(shards: Path, out_dir: Path, **extra: object) -> list[str]:
-    values = {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.batch_size": 2,
-              "data.num_workers": 0, "run.out_dir": str(out_dir),
-              "run.log_every": 1, "run.checkpoint_every": 2, "run.max_steps": 4, "deepspeed.precision": "fp32",
-              "data.train_split": "train", "data.eval_split": "train", **extra}
-    args = []
-    for key, value in values.items():
-        if value is not None:
-            args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    return args
-
-
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    out.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return out
+    """`--set` arguments of a 4-step run (batches of 2, checkpoints every 2 steps) into out_dir."""
+    return set_args(small_run(shards, **{"data.batch_size": 2, "run.out_dir": str(out_dir), "run.checkpoint_every": 2,
+                                         "run.max_steps": 4, **extra}))
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [TRAIN, "--config", str(REPO / "configs" / "tiny.json"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -71,7 +60,7 @@ def test_one_process_logs_every_term_checkpoints_and_evaluates(labelled_shards, 
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "deteclap.evaluate", "--config", str(REPO / "configs" / "tiny.json"),
                            "--checkpoint", str(run_dir), "--json", str(out), *overrides(labelled_shards, run_dir)],
-                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     for direction in ("a2v", "v2a"):
@@ -107,7 +96,7 @@ def test_killed_run_resumes_to_the_same_losses(labelled_shards, tmp_path):
     killed = tmp_path / "killed"
     cmd = [sys.executable, TRAIN, "--config", str(REPO / "configs" / "tiny.json"),
            *overrides(labelled_shards, killed, **steps)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not latest.is_file():
