@@ -280,9 +280,6 @@ def validate(cfg: Config) -> None:
         value, by = getattr(getattr(cfg, section), key), getattr(getattr(cfg, by_section), by_key)
         if value % by:
             raise ConfigError(f"{cfg.source}: {section}.{key}={value} is not a multiple of {by_section}.{by_key}={by}")
-    if cfg.data.eval_frame >= cfg.data.num_frames:
-        raise ConfigError(f"{cfg.source}: data.eval_frame={cfg.data.eval_frame} must be below "
-                          f"data.num_frames={cfg.data.num_frames} (frame instants are numbered from 0)")
     if cfg.optim.decay_start_step > 0 and cfg.optim.decay_every == 0:
         raise ConfigError(f"{cfg.source}: optim.decay_start_step={cfg.optim.decay_start_step} needs "
                           f"optim.decay_every > 0 (the steps between lr decays); set decay_start_step=0 for no decay")
