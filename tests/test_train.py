@@ -145,3 +145,71 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(labelled_shards, tmp_
     assert "non-finite loss at step 3" in proc.stderr and "step_00000002" in proc.stderr
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert not (run_dir / "checkpoints" / "step_00000004").exists()
+
+
+def test_resume_over_what_a_kill_leaves(labelled_shards, tmp_path):
+    """The folder a kill while saving step 4 leaves (`latest` still at step 2, step 4's DeepSpeed state
+    written, its model.pt only an orphan temporary file), then the one a kill while logging step 4
+    leaves (a torn last line in metrics.jsonl): each resume cleans up, says so, and reaches the
+    losses of the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    run_train(overrides(labelled_shards, run_dir))                     # 4 steps, checkpoints at 2 and 4
+    straight = metrics(run_dir)
+    checkpoints, log = run_dir / "checkpoints", run_dir / "metrics.jsonl"
+    step4 = checkpoints / "step_00000004"
+
+    (checkpoints / "latest").write_text("step_00000002\n")
+    (step4 / "model.pt").rename(step4 / ".model.pt.tmp99999")
+    proc = run_train(overrides(labelled_shards, run_dir) + ["--resume"])
+    assert f"removed {step4 / '.model.pt.tmp99999'}" in proc.stdout
+    assert f"removed {step4}: newer than step_00000002" in proc.stdout
+    assert (step4 / "model.pt").is_file() and not list(run_dir.rglob(".*.tmp*"))
+
+    (checkpoints / "latest").write_text("step_00000002\n")
+    shutil.rmtree(step4)
+    lines = log.read_text().splitlines()
+    log.write_text("".join(line + "\n" for line in lines[:3]) + lines[3][:25])
+    proc = run_train(overrides(labelled_shards, run_dir) + ["--resume"])
+    assert f"{log}: dropped its torn last line" in proc.stdout
+    resumed = metrics(run_dir)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for ra, rb in zip(straight, resumed):
+        for term in TERMS:
+            assert rb[term] == pytest.approx(ra[term], rel=1e-5, abs=1e-6), (ra["step"], term)
+
+
+def test_unusable_run_folder_or_config_stops_with_a_message(labelled_shards, tmp_path):
+    """Checked before any training: a damaged metrics line before the last, `latest` naming a missing
+    checkpoint, a value out of range (also through `python -m deteclap.train`)."""
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints" / "step_00000002"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "mp_rank_00_model_states.pt").write_bytes(b"state")
+    (checkpoints / "model.pt").write_bytes(b"weights")
+    (run_dir / "checkpoints" / "latest").write_text("step_00000002\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "total": 1.0}\n{"step": 2, "to\n{"step": 3, "total": 0.5}\n')
+    before = files(run_dir)
+
+    def run_module(args: list[str]) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "deteclap.train", "--config", str(REPO / "configs" / "tiny.json"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+
+    proc = run_module(overrides(labelled_shards, run_dir) + ["--resume"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {run_dir / 'metrics.jsonl'}:2: not a metrics record" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    (run_dir / "checkpoints" / "latest").write_text("step_00000008\n")
+    proc = run_train(overrides(labelled_shards, run_dir) + ["--resume"], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{run_dir / 'checkpoints' / 'latest'} names 'step_00000008'" in proc.stderr
+    assert f"echo step_00000002 > {run_dir / 'checkpoints' / 'latest'}" in proc.stderr
+    assert files(run_dir) == {**before, "checkpoints/latest": b"step_00000008\n"}     # nothing changed
+
+    for bad, fragment in (({"data.batch_size": 0}, "data.batch_size: 0 must be >= 1"),
+                          ({"run.checkpoint_every": 0}, "run.checkpoint_every: 0 must be >= 1"),
+                          ({"run.max_steps": -5}, "run.max_steps: -5 must be >= 1"),
+                          ({"loss.mask_ratio_a": 1.5}, "loss.mask_ratio_a: 1.5 must lie in [0, 1)")):
+        proc = run_module(overrides(labelled_shards, tmp_path / "fresh", **bad))
+        assert proc.returncode == 2 and f"tiny.json (with --set overrides): {fragment}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "fresh").exists()
