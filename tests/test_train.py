@@ -192,7 +192,7 @@ def test_unusable_run_folder_or_config_stops_with_a_message(labelled_shards, tmp
 
     def run_module(args: list[str]) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "deteclap.train", "--config", str(REPO / "configs" / "tiny.json"), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+        return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=600)
 
     proc = run_module(overrides(labelled_shards, run_dir) + ["--resume"])
     assert proc.returncode == 2, proc.stderr[-2000:]
