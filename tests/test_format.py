@@ -141,6 +141,12 @@ def test_list_tars_reads_dataset_json_or_the_split_names(tmp_path):
     fmt.save_dataset_json(tmp_path, {"shards": rows})
     assert fmt.list_tars(tmp_path, "train") == [tmp_path / "train-000001.tar"]
     assert fmt.list_tars(tmp_path, "test") == []
+    for outside in ["../../x.tar", "/etc/passwd", "a/../../x.tar"]:
+        escaping = [{"split": "train", "tar": outside, "index": "train-000001.idx", "samples": 2}]
+        fmt.save_dataset_json(tmp_path, {"shards": escaping})
+        with pytest.raises(fmt.FormatError, match="outside the shard folder"):
+            fmt.list_tars(tmp_path, "train")
+        assert any("outside the shard folder" in p for p in fmt.dataset_problems({"shards": escaping}))
 
 
 def test_write_atomic_replaces_whole(tmp_path):

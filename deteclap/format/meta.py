@@ -20,6 +20,18 @@ DATASET_KEYS = {
 SHARD_ROW_KEYS = ("split", "tar", "index", "samples")
 
 
+def folder_file(folder: str | Path, name: str) -> Path:
+    """The file a dataset.json entry names (`tar`, `index`), inside the shard folder; the one resolver
+    of those names. Raises ValueError for a name that is absolute or leaves the folder."""
+    from deteclap.format.spec import FormatError
+
+    folder = Path(folder)
+    path = folder / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        raise FormatError(f"{folder / DATASET_JSON}: {name!r} is outside the shard folder; only files in it are read")
+    return path
+
+
 def load_dataset_json(folder: str | Path) -> dict[str, Any]:
     """A shard folder's dataset.json; the one reader of it.
 
@@ -62,4 +74,9 @@ def dataset_problems(meta: dict[str, Any]) -> list[str]:
         missing = [k for k in SHARD_ROW_KEYS if not isinstance(row, dict) or k not in row]
         if missing:
             problems.append(f"dataset.json: shard row {row!r} lacks {missing}")
+            continue
+        for key in ("tar", "index"):
+            name = row[key]
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+                problems.append(f"dataset.json: shard {key} {name!r} is outside the shard folder")
     return problems

@@ -9,7 +9,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deteclap.format.meta import DATASET_JSON, load_dataset_json
+from deteclap.format.meta import DATASET_JSON, folder_file, load_dataset_json
 from deteclap.format.spec import MEMBER_EXTENSIONS, member_name, split_member_name
 
 TAR_MEMBER_MODE = 0o644
@@ -109,5 +109,5 @@ def list_tars(folder: str | Path, split: str | None = None) -> list[Path]:
     folder = Path(folder)
     if (folder / DATASET_JSON).is_file():
         rows = load_dataset_json(folder).get("shards", [])
-        return sorted(folder / row["tar"] for row in rows if split is None or row["split"] == split)
+        return sorted(folder_file(folder, row["tar"]) for row in rows if split is None or row["split"] == split)
     return sorted(folder.glob("*.tar" if split is None else f"{split}-*.tar"))
