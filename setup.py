@@ -16,11 +16,13 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*",
-                                    "benchmarks", "benchmarks.*"]),
+    # benchmarks/ runs from a checkout (`python -m benchmarks`); it is not installed as a
+    # top-level package of that generic name.
+    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*"]),
     package_data={"deteclap": ["assets/*"]},
     install_requires=[
         "torch>=2.1,<2.16",
+        "torchvision>=0.16",
         "numpy>=1.24",
         "timm>=0.9",
         "av>=11",
