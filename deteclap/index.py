@@ -500,8 +500,9 @@ def query_from_key(index: Index, key: str, modality: str) -> dict[str, Any]:
             "labels": None if labels is None else np.asarray(labels[row], np.float32)}
 
 
-def print_results(result: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_results(result: dict[str, Any], out: Any = None) -> None:
     """The results as a table: rank, score, key, source, shared classes with both probabilities."""
+    out = out or sys.stdout
     query = result["query"]
     what = query.get("key") or query.get("file")
     print(f"query: {query['modality']} of {what}  ->  {query['ranked']} of {query['count']} items in {query['index']}",

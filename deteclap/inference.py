@@ -19,7 +19,7 @@ CAV-MAE frame instants re-encoded as the shards store them, the first audio chan
 (frame `data.eval_frame`, CAV-MAE's resize / crop / normalisation, the Kaldi fbank of
 deteclap.audio). So a video file embeds exactly as its shard sample does, and as
 `deteclap.evaluate` embeds it. An audio file (any container PyAV reads) goes through the shard
-writer's audio resampling (first channel, 16 kHz).
+writer's audio resampling and storage (first channel, 16 kHz, 16-bit FLAC).
 
 The model's config: `config=` (a JSON config or a run's config.json), else the config.json of the
 run the checkpoint belongs to (RUN/config.json beside RUN/model_wa.pt or above
@@ -101,11 +101,14 @@ def clip_members(path: str | Path, start: float = 0.0, seconds: float = DEFAULT_
 
 def audio_file_wave(path: str | Path, start: float = 0.0, seconds: float = DEFAULT_SECONDS) -> np.ndarray:
     """The first channel of any file with an audio stream, resampled to 16 kHz by the shard writer's
-    resampling, from `start` for `seconds` -> float32 [samples]. Raises InputError."""
+    resampling and stored as it stores it (16-bit FLAC, decoded as the loaders decode it), from
+    `start` for `seconds` -> float32 [samples]. So the soundtrack of a video file given here embeds
+    exactly as the audio of its shard sample. Raises InputError."""
     import av
 
     from deteclap.audio import SAMPLE_RATE
-    from deteclap.shard import _segment_audio
+    from deteclap.data.decode import decode_audio
+    from deteclap.shard import _encode_flac, _segment_audio
 
     path = Path(path)
     if not path.is_file():
@@ -130,7 +133,18 @@ def audio_file_wave(path: str | Path, start: float = 0.0, seconds: float = DEFAU
     wave = wave[: int(round(seconds * SAMPLE_RATE))]
     if len(wave) == 0:
         raise InputError(str(path), "too_short", f"no audio after {start:g} s")
-    return wave
+    return decode_audio(_encode_flac(wave, SAMPLE_RATE))[0]
+
+
+def has_video_stream(path: str | Path) -> bool:
+    """Whether PyAV finds a video stream in the file (False for anything it cannot open)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.video)
+    except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError):
+        return False
 
 
 class SampleDecoder:
@@ -267,9 +281,16 @@ class LoadedModel:
         return self.decoder(members, str(path), "query")
 
     def audio_clip(self, path: str | Path, start: float = 0.0, seconds: float = DEFAULT_SECONDS) -> Clip:
-        """An audio (or video) file's first channel at 16 kHz as a clip without frame. Raises InputError."""
+        """An audio or video file's first channel at 16 kHz as a clip without frame. A video file's
+        soundtrack is the one its shard sample holds (cut to the span its frames cover), so it embeds
+        exactly as that sample's audio. Raises InputError."""
         from deteclap.data.loader import bad_audio_detail
 
+        if has_video_stream(path):
+            clip = self.decoder(clip_members(path, start, seconds), str(path), "query")
+            if clip.wave is None:
+                raise InputError(str(path), "no_audio", "no audio stream")
+            return Clip(None, clip.wave, clip.meta)
         wave = audio_file_wave(path, start, seconds)
         bad = bad_audio_detail(len(wave), 16000)
         if bad:
