@@ -62,9 +62,10 @@ class InputError(ValueError):
 @dataclass
 class Clip:
     """One clip as the model sees it: frame uint8 [3, S, S] (after CAV-MAE's resize and crop), wave
-    float32 [samples] at 16 kHz (first channel); either may be None (audio file / silent video)."""
-    frame: torch.Tensor | None
-    wave: torch.Tensor | None
+    float32 [samples] at 16 kHz (first channel), torch tensors or numpy arrays; either may be None
+    (audio file / silent video)."""
+    frame: torch.Tensor | np.ndarray | None
+    wave: torch.Tensor | np.ndarray | None
     meta: dict[str, Any]
 
 
@@ -253,17 +254,17 @@ class LoadedModel:
         out: dict[str, np.ndarray | None] = {"audio": None, "video": None, "labels_audio": None, "labels_video": None}
         heads = self.has_label_heads
         if clips and clips[0].wave is not None:
-            lengths = torch.tensor([clip.wave.numel() for clip in clips])
+            lengths = torch.tensor([len(clip.wave) for clip in clips])
             waves = torch.zeros(len(clips), int(lengths.max()))
             for i, clip in enumerate(clips):
-                waves[i, : lengths[i]] = clip.wave
+                waves[i, : lengths[i]] = torch.as_tensor(clip.wave)
             fbank = audio.fbank_batch(waves.to(self.device), lengths, self.cfg.model.audio_length, normalize=False)
             a_bar = self.model.embed_audio(audio.normalize_fbank(fbank)).float()
             out["audio"] = torch.nn.functional.normalize(a_bar, dim=-1).cpu().numpy()
             if heads:
                 out["labels_audio"] = torch.sigmoid(self.model.label_head_a(a_bar)).float().cpu().numpy()
         if clips and clips[0].frame is not None:
-            frames = normalize_frames(torch.stack([clip.frame for clip in clips]).to(self.device))
+            frames = normalize_frames(torch.stack([torch.as_tensor(clip.frame) for clip in clips]).to(self.device))
             v_bar = self.model.embed_video(frames).float()
             out["video"] = torch.nn.functional.normalize(v_bar, dim=-1).cpu().numpy()
             if heads:

@@ -1,7 +1,8 @@
 """A search result as one self-contained HTML page: the query, then the top k, each with the frame
 the model saw, a playable audio snippet (what the model heard), the score and the shared classes.
 
-Owns `clip_view` (an index row or a query file -> what the model saw and heard) and `write_page`.
+Owns `clip_view` (an index row's origin -> what the model saw and heard), `write_page`, and
+`write_retrieval_pages` (index + a few pages in one call, for the demo).
 Everything is inlined (JPEG and FLAC as data: URIs, CSS in the page, no script), so the page opens
 offline from the file system. Media come from the item's origin as the index recorded it (its
 shard tar, or its video file decoded again with the shard writer's clip code); an origin that is
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,8 @@ def _jpeg_uri(frame) -> str:
     import PIL.Image
 
     buf = io.BytesIO()
-    PIL.Image.fromarray(frame.permute(1, 2, 0).contiguous().numpy()).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    image = PIL.Image.fromarray(np.ascontiguousarray(np.asarray(frame).transpose(1, 2, 0)))
+    image.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -75,7 +78,7 @@ def _flac_uri(wave) -> str:
     """float32 [samples] at 16 kHz -> data:audio/flac URI (16-bit, as the shards store it)."""
     import soundfile
 
-    pcm = np.round(np.clip(wave.numpy(), -1.0, 1.0) * 32767).astype(np.int16)
+    pcm = np.round(np.clip(np.asarray(wave), -1.0, 1.0) * 32767).astype(np.int16)
     buf = io.BytesIO()
     soundfile.write(buf, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return "data:audio/flac;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -144,3 +147,36 @@ def write_page(path: str | Path, result: dict[str, Any], query_clip: Clip | None
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_retrieval_pages(model: Any, src: str | Path, out: str | Path, num_queries: int = 3, k: int = 5,
+                          query_modality: str = "audio", progress: bool = False) -> dict[str, Any]:
+    """Embed SRC into OUT/index and write one page per query item, OUT/<key>.html, for the first
+    `num_queries` keys of the index (their `query_modality` against the other modality), plus the
+    search results as OUT/<key>.json. `model`: a LoadedModel or a checkpoint path (loaded with its
+    run's config). For the demo: a few retrievals of each trained model to look at.
+
+    Returns {"index": path, "count": items, "pages": [paths], "results": [search results]}.
+    """
+    from deteclap.index import build_index, load_index, query_from_key, query_index
+    from deteclap.inference import LoadedModel, load
+
+    model = model if isinstance(model, LoadedModel) else load(model)
+    out = Path(out)
+    build_index(src, out / "index", model, progress=progress)
+    index = load_index(out / "index")
+    pages, results = [], []
+    for row in index.rows[:num_queries]:
+        result = query_index(index, query_from_key(index, row["key"], query_modality), k)
+        hits = [index.rows[index.keys[r["key"]]] for r in result["results"]]
+        try:
+            query_clip = clip_view(row["origin"], model.decoder)
+        except (InputError, OSError):
+            query_clip = None
+        pages.append(write_page(out / f"{row['key']}.html", result, query_clip, hits, model.decoder))
+        tmp = out / f".{row['key']}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, out / f"{row['key']}.json")
+        results.append(result)
+    return {"index": str(out / "index"), "count": len(index.rows), "pages": [str(p) for p in pages],
+            "results": results}

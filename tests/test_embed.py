@@ -136,6 +136,7 @@ def test_embed_and_search_reproduce_evaluate_recalls(shard_dir, shard_index, mod
             ranks.append([r["key"] for r in result["results"]].index(key))
         for k in (1, 5, 10):
             assert 100 * np.mean(np.array(ranks) < k) == expected[direction][f"r{k}"], (direction, k)
+        assert np.median(ranks) + 1 == expected[direction]["median_rank"]
 
 
 def test_resume_after_a_kill_and_incremental_runs(synth_dir, model, tmp_path, monkeypatch):
@@ -179,6 +180,21 @@ def test_resume_after_a_kill_and_incremental_runs(synth_dir, model, tmp_path, mo
     assert grown["keys"] == [f"synth_{i:05d}" for i in range(8)]
     assert np.array_equal(grown["audio"][:5], once["audio"])
     assert build_index(src, out, model)["embedded_now"] == 0
+
+
+def test_decoding_workers_give_the_same_index(synth_dir, model, tmp_path):
+    from deteclap.index import build_index
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in (1, 4, 6):
+        shutil.copy(synth_dir / f"synth_{i:05d}.mp4", src)
+    (src / "broken.mp4").write_text("not a video\n" * 10)
+    one, two = (build_index(src, tmp_path / f"w{n}", model, workers=n) for n in (1, 2))
+    assert one["count"] == two["count"] == 3 and one["reasons"] == two["reasons"] == {"not_media": 1}
+    serial, parallel = arrays(tmp_path / "w1"), arrays(tmp_path / "w2")
+    assert serial["keys"] == parallel["keys"] and np.array_equal(serial["video"], parallel["video"])
+    assert np.array_equal(serial["labels_audio"], parallel["labels_audio"])
 
 
 def test_an_index_of_another_checkpoint_or_config_is_refused(shard_dir, shard_index, run_dir, tmp_path, capsys):
@@ -289,6 +305,17 @@ def test_search_by_file_and_by_key_prints_the_shared_classes(synth_dir, shard_in
     assert "nope" in capsys.readouterr().err
     assert main([str(shard_index), "--video", str(tmp_path / "missing.mp4")]) == 2
     assert "missing_file" in capsys.readouterr().err
+
+
+def test_retrieval_pages_for_the_demo(shard_dir, model, tmp_path):
+    from deteclap.results_page import write_retrieval_pages
+
+    done = write_retrieval_pages(model, shard_dir, tmp_path / "pages", num_queries=2, k=3)
+    assert done["count"] == 8 and [Path(p).name for p in done["pages"]] == ["synth_00000.html", "synth_00001.html"]
+    for page, result in zip(done["pages"], done["results"]):
+        text = Path(page).read_text()
+        assert text.count('class="card result"') == 3 and text.count("<audio") == 4 and "shared class" in text
+        assert json.loads(Path(page).with_suffix(".json").read_text()) == result
 
 
 def test_top_k_is_exact_with_both_backends():
