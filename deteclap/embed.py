@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.checkpoint, args.config, args.overrides, args.device, args.vocabulary)
         summary = build_index(args.src, args.out, model, split=args.split, batch_size=args.batch_size,
                               workers=args.workers, seconds=args.seconds, progress=not args.quiet)
-    except (FileNotFoundError, CheckpointError, ConfigError, IndexFolderError, ShardError) as err:
+    except (FileNotFoundError, CheckpointError, ConfigError, IndexFolderError, ShardError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"

@@ -14,7 +14,7 @@ when asked) and `query_index`
                           (one row per item: key, source, start, duration, classes, split, origin),
                           labels_audio.npy, labels_video.npy (float16 [n, C] label-head
                           probabilities; only with label heads)
-    INDEX/failures.jsonl one row per input that could not be embedded: source, key, reason, detail
+    INDEX/failures.jsonl one row per input the last run could not embed: source, key, reason, detail
 
 Items are identified by key (the shard writer's key of a video, the sample key of a shard). A part
 is written under a temporary name and renamed when complete, and index.json (written atomically
@@ -262,26 +262,20 @@ def build_index(src: str | Path, out: str | Path, model: LoadedModel, split: str
         info = read_info(root)
         differences = _differences(info, model.digest, str(model.checkpoint), settings)
         if differences:
-            raise IndexFolderError(f"{root} was made by another model or settings: " + "; ".join(differences) +
-                              ". Use another --out, or the same checkpoint and config to add to it")
+            raise IndexFolderError(f"{root} was made by another model or settings: " + "; ".join(differences)
+                                   + ". Use another --out, or the same checkpoint and config to add to it")
+    elif (root / PARTS).is_dir() and _part_names(root):
+        raise IndexFolderError(f"{root} holds parts but no {INDEX_JSON}: which model made them is unknown; "
+                               "use another --out")
     else:
         info = {}
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such file or folder (SRC: a shard folder, a folder of videos, "
                                 "or a .csv / .jsonl manifest)")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / PARTS).mkdir(exist_ok=True)
-    for stale in (root / PARTS).glob(".*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    sources = list(dict.fromkeys([*info.get("sources", []), str(src.resolve())]))
-    info = {"format": FORMAT, "version": VERSION, "model": type(model.model).__name__,
-            "checkpoint": str(model.checkpoint), "checkpoint_sha256": model.digest, "config": CONFIG_JSON,
-            "settings": settings, "dim": model.dim, "label_vocabulary": model.vocabulary, "sources": sources}
-    _atomic_write(root / CONFIG_JSON, (json.dumps(model.cfg.to_dict(), indent=2) + "\n").encode())
-    part_keys = {name: _part_keys(root, name) for name in _part_names(root)}
+    part_keys = {name: _part_keys(root, name) for name in _part_names(root)} if (root / PARTS).is_dir() else {}
     part_counts = {name: len(keys) for name, keys in part_keys.items()}
-    _write_info(root, info, part_counts)    # claims OUT for this model before any part is written
     done = {key for keys in part_keys.values() for key in keys}
+    # SRC is read before anything is written: a bad SRC leaves OUT as it was
     if is_shard_folder(src):
         from deteclap.shard import load_dataset_json
 
@@ -297,6 +291,15 @@ def build_index(src: str | Path, out: str | Path, model: LoadedModel, split: str
     else:
         raise FileNotFoundError(f"{src}: a folder with tars but no dataset.json: SRC must be a shard folder "
                                 "written by `python -m deteclap.shard`, a folder of videos or a manifest")
+    (root / PARTS).mkdir(parents=True, exist_ok=True)
+    for stale in (root / PARTS).glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    sources = list(dict.fromkeys([*info.get("sources", []), str(src.resolve())]))
+    info = {"format": FORMAT, "version": VERSION, "model": type(model.model).__name__,
+            "checkpoint": str(model.checkpoint), "checkpoint_sha256": model.digest, "config": CONFIG_JSON,
+            "settings": settings, "dim": model.dim, "label_vocabulary": model.vocabulary, "sources": sources}
+    _atomic_write(root / CONFIG_JSON, (json.dumps(model.cfg.to_dict(), indent=2) + "\n").encode())
+    _write_info(root, info, part_counts)    # claims OUT for this model before any part is written
     bar = None
     if progress:
         from tqdm import tqdm

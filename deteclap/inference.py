@@ -335,6 +335,9 @@ def load(checkpoint: str | Path, config: str | Path | None = None, overrides: tu
 
     path = resolve_checkpoint(checkpoint).resolve()
     config_path = Path(config) if config else find_run_config(path)
+    if overrides and not config_path:
+        raise ValueError(f"--set {list(overrides)}: no config to apply them to (no config.json of a run beside "
+                         f"{path}); pass --config")
     cfg = load_config(config_path, overrides) if config_path else Config()
     shape_from = str(config_path) if config_path else "the default config (official CAV-MAE shape)"
     state = read_state_dict(path)

@@ -1,15 +1,15 @@
 """`deteclap search INDEX (--audio F | --video F | --key K)`: query an index made by `deteclap embed`.
 
     python -m deteclap.search INDEX (--audio FILE | --video FILE | --key KEY) [--modality audio|video]
-                              [-k 10] [--json OUT] [--html OUT] [--device auto] [--backend auto]
+                              [-k 10] [--json OUT] [--html OUT] [--device auto] [--backend numpy|faiss]
 
 The query is embedded on the fly with the index's own checkpoint and config (a changed checkpoint
 file is refused), or taken from the index by key (--key: its audio embedding; --modality sets what
 is ranked, --query-modality which side of the item queries). By default the other modality is
 ranked: an audio query retrieves videos and the reverse. Exact search: one matrix product over all
 items (~0.3 s for 1,000,000 x 768 on 2 cores), or faiss's exact IndexFlatIP with --backend faiss
-(the `search` extra). Prints rank, score (cosine, [-1, 1]; compare within one query, not across checkpoints),
-key, source and, when the checkpoint has label heads, the classes both heads predict (probability
+(the `search` extra). Prints rank, score (cosine, [-1, 1]; compare within one query, not across
+checkpoints), key, source and, when the checkpoint has label heads, the classes both heads predict (probability
 >= --threshold on each side) with the query's and the result's probabilities.
 --json OUT writes {"query": {...}, "results": [{"rank", "key", "score", "source", "shared_classes"}, ...]}
 (shared_classes null without label heads). --html OUT writes one self-contained page.

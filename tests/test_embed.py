@@ -256,7 +256,9 @@ def test_missing_checkpoint_and_wrong_shape_give_clear_errors(shard_dir, run_dir
     assert "shape mismatch" in err and "--config" in err
     assert main([str(tmp_path / "no_such_src"), "--checkpoint", str(run_dir), "--out", str(out)]) == 2
     assert "no_such_src" in capsys.readouterr().err
-    assert not (out / "parts").exists()
+    assert main([str(shard_dir), "--checkpoint", str(run_dir), "--out", str(out), "--split", "test"]) == 2
+    assert "no shard of split 'test'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_checkpoint_without_label_heads_has_no_explanation(shard_dir, tmp_path, capsys):
