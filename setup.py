@@ -5,9 +5,10 @@ EXTRAS = {
     "dali": ["nvidia-dali-cuda120>=1.40"],
     "train": ["deepspeed>=0.14", "tensorboard>=2.10"],
     "labels": ["ultralytics>=8.1", "msclap>=1.3"],
+    "search": ["faiss-cpu>=1.7"],
     "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10", "import-linter>=2.0"],
 }
-EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels") for req in EXTRAS[name]})
+EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels", "search") for req in EXTRAS[name]})
 
 setup(
     name="deteclap",
