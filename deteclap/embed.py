@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from deteclap.index import IndexFolderError, build_index
     from deteclap.inference import load
     from deteclap.model import CheckpointError
-    from deteclap.shard import ShardError
+    from deteclap.inputs import ShardError
 
     try:
         model = load(args.checkpoint, args.config, args.overrides, args.device, args.vocabulary)

@@ -146,7 +146,7 @@ def _shard_items(src: Path, split: str | None, done: set[str]) -> Iterator[Item]
 def _video_items(src: Path, split: str, seconds: float, done: set[str]) -> tuple[list[Item], list[dict]]:
     """Inputs of a video folder or manifest as the shard writer lists them (its `collect_inputs`),
     sorted by key; a second input with a key already listed is a `duplicate_key` failure."""
-    from deteclap.shard import collect_inputs
+    from deteclap.inputs import collect_inputs
 
     inputs, failures = collect_inputs(src, split)
     items, seen = [], set()

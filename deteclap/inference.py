@@ -87,7 +87,8 @@ def clip_members(path: str | Path, start: float = 0.0, seconds: float = DEFAULT_
 
     Raises InputError with the writer's reason (missing_file, unreadable, empty_file, not_media,
     corrupt, truncated, no_video, no_audio, too_short)."""
-    from deteclap.shard import ClipInput, EncodeSettings, process_clip
+    from deteclap.clip import EncodeSettings, process_clip
+    from deteclap.inputs import ClipInput
 
     path = Path(path)
     if not path.exists():
@@ -109,7 +110,7 @@ def audio_file_wave(path: str | Path, start: float = 0.0, seconds: float = DEFAU
 
     from deteclap.audio import SAMPLE_RATE
     from deteclap.data.decode import decode_audio
-    from deteclap.shard.clip import _encode_flac, _segment_audio
+    from deteclap.clip import _encode_flac, _segment_audio
 
     path = Path(path)
     if not path.is_file():

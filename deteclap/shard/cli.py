@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deteclap.shard.clip import CODECS, DEFAULT_MIN_SECONDS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE, EncodeSettings
-from deteclap.shard.inputs import DEFAULT_SPLIT, REASONS, ShardError
+from deteclap.clip import CODECS, DEFAULT_MIN_SECONDS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE, EncodeSettings
+from deteclap.inputs import DEFAULT_SPLIT, REASONS, ShardError
 from deteclap.shard.verify import verify_shards
 from deteclap.shard.write import DEFAULT_SAMPLES_PER_SHARD, write_shards
 

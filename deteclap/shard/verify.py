@@ -14,7 +14,7 @@ import numpy as np
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS, MEMBER_EXTENSIONS,
                              META_EXT, VIDEO_EXT, check_index, dataset_problems, load_dataset_json, read_tar_samples,
                              score_member)
-from deteclap.shard.clip import DEFAULT_SHORT_SIDE, NUM_FRAMES, frame_table
+from deteclap.clip import DEFAULT_SHORT_SIDE, NUM_FRAMES, frame_table
 from deteclap.shard.write import FAILURES_JSONL
 
 

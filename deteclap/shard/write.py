@@ -1,6 +1,6 @@
 """Stage 3 of sharding: writing OUT, resumably.
 
-Shard membership comes from the plan (deteclap.shard.inputs) before any clip is decoded, so a
+Shard membership comes from the plan (deteclap.inputs) before any clip is decoded, so a
 restart gives identical shards. A shard is written as `.NAME.tar.tmp`, its failures are recorded,
 and it is renamed (fsynced) when complete; a re-run keeps shards whose tar exists. Every skipped
 input is a row of failures.jsonl with a reason code.
@@ -18,8 +18,8 @@ from pathlib import Path
 from deteclap.format import (DATASET_JSON, FORMAT_VERSION, index_path, load_dataset_json, read_tar_samples,
                              replace_synced, save_dataset_json, shard_name, tar_index_samples, tmp_path, write_atomic,
                              write_index, write_tar)
-from deteclap.shard.clip import CODECS, EncodeSettings, process_job
-from deteclap.shard.inputs import DEFAULT_SPLIT, ClipInput, ShardError, collect_inputs, plan_shards
+from deteclap.clip import CODECS, EncodeSettings, process_job
+from deteclap.inputs import DEFAULT_SPLIT, ClipInput, ShardError, collect_inputs, plan_shards
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 FAILURES_JSONL = "failures.jsonl"

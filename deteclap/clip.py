@@ -1,6 +1,6 @@
-"""Stage 2 of sharding: one clip. `decode_clip` decodes a segment of a video file into what a sample
-stores (CAV-MAE's frame instants at the stored size, the first audio channel at 16 kHz);
-`process_clip` encodes those as the sample's members (shards/FORMAT.md).
+"""One clip, as the shard writer stores it and `deteclap embed` reads it. `decode_clip` decodes a
+segment of a video file into what a sample stores (CAV-MAE's frame instants at the stored size,
+the first audio channel at 16 kHz); `process_clip` encodes those as the sample's members (shards/FORMAT.md).
 
 Audio is resampled with PyAV's resampler (libswresample), the library of the `ffmpeg -ar 16000` of
 CAV-MAE's own preprocessing; all channels are resampled and then the first is kept (ffmpeg, then
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.format import AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, encode_frame_table
-from deteclap.shard.inputs import ClipInput, failure_row
+from deteclap.inputs import ClipInput, failure_row
 
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
 SAMPLE_RATE = 16000
@@ -45,7 +45,7 @@ TIME_EPSILON = 1e-6                  # s: frame times equal up to rounding count
 
 
 class ClipFailure(Exception):
-    """One input cannot be used; `reason` is a key of deteclap.shard.inputs.REASONS."""
+    """One input cannot be used; `reason` is a key of deteclap.inputs.REASONS."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")

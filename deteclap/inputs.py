@@ -1,4 +1,5 @@
-"""Stage 1 of sharding: SRC (a folder of videos or a CSV / JSONL manifest) -> planned inputs.
+"""Inputs of the shard writer and of `deteclap embed`: SRC (a folder of videos or a CSV / JSONL
+manifest) -> planned inputs.
 
 `collect_inputs` reads SRC into `ClipInput`s and failure rows (reason codes: REASONS);
 `plan_shards` sorts them by (split, key), drops duplicate keys and cuts the shards, so shard
