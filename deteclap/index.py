@@ -122,7 +122,7 @@ def is_shard_folder(src: Path) -> bool:
 
 def _shard_items(src: Path, split: str | None, done: set[str]) -> Iterator[Item]:
     """Samples of the tars a shard folder's dataset.json lists (one split, or all), skipping `done` keys."""
-    from deteclap.data.loader import iter_tar_samples
+    from deteclap.format import iter_tar_samples
     from deteclap.format import load_dataset_json
 
     for row in load_dataset_json(src).get("shards", []):

@@ -155,7 +155,8 @@ class SampleDecoder:
     loader's reason codes (missing_member, corrupt_mp4, corrupt_flac, bad_audio)."""
 
     def __init__(self, cfg: Config):
-        from deteclap.data.loader import DataError, ShardSamples, frame_transform
+        from deteclap.data.common import DataError
+        from deteclap.data.loader import ShardSamples, frame_transform
 
         cfg = copy.deepcopy(cfg)
         cfg.labels.variant = "cavmae"             # embedding reads no label scores
@@ -250,7 +251,7 @@ class LoadedModel:
         padded / cut to model.audio_length) and `audio.normalize_fbank`.
         """
         from deteclap import audio
-        from deteclap.data.loader import normalize_frames
+        from deteclap.data.common import normalize_frames
 
         out: dict[str, np.ndarray | None] = {"audio": None, "video": None, "labels_audio": None, "labels_video": None}
         heads = self.has_label_heads
@@ -286,7 +287,7 @@ class LoadedModel:
         """An audio or video file's first channel at 16 kHz as a clip without frame. A video file's
         soundtrack is the one its shard sample holds (cut to the span its frames cover), so it embeds
         exactly as that sample's audio. Raises InputError."""
-        from deteclap.data.loader import bad_audio_detail
+        from deteclap.data.common import bad_audio_detail
 
         if has_video_stream(path):
             clip = self.decoder(clip_members(path, start, seconds), str(path), "query")

@@ -41,7 +41,7 @@ table.classes td, table.classes th { border: 1px solid #ddd; padding: 2px 6px; }
 
 
 def _tar_members(tar: str, key: str) -> dict[str, bytes]:
-    from deteclap.data.loader import index_entries
+    from deteclap.format import index_entries
 
     entries = index_entries(Path(tar)).get(key)
     if not entries:
