@@ -155,10 +155,10 @@ def random_yolo(nc: int = 0) -> object:
 
 
 def count_samples(tars: Sequence[Path]) -> int:
-    """Samples in these tars (read from their index files when present)."""
-    from deteclap.format import index_sample_count
+    """Whole samples in these tars (from their member headers, `deteclap.format.scan_shard`)."""
+    from deteclap.format import scan_shard
 
-    return sum(index_sample_count(Path(tar)) for tar in tars)
+    return sum(len(scan_shard(Path(tar)).entries) for tar in tars)
 
 
 def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[str]) -> str:
@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     total = count_samples(tars)
+    failed_shards: set[str] = set()
     for labeller in labellers:
         settings = {k: v for k, v in vars(args).items() if k not in ("shards", "no_progress", "force")}
         with tqdm(total=total, desc=labeller.name, unit="clip", disable=args.no_progress) as bar:
@@ -208,7 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         progress=bar.update)
         print(f"{labeller.name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
               f"skipped {len(report.shards_skipped)} already done, {len(report.failures)} failures")
-    print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+        for tar, why in report.shards_failed.items():
+            print(f"error: {labeller.name}: {tar} not labelled (left as it was): {why}", file=sys.stderr)
+        failed_shards |= set(report.shards_failed)
+    if not failed_shards:
+        print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+    if failed_shards:
+        print(f"error: {len(failed_shards)} damaged shards not labelled: reshard them (python -m deteclap.shard "
+              "SRC OUT rewrites a removed tar) or remove their rows from dataset.json", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS,
-                             META_EXT, MEMBER_EXTENSIONS, VIDEO_EXT, check_index, dataset_problems,
+                             META_EXT, MEMBER_EXTENSIONS, VIDEO_EXT, FormatError, check_index, check_split,
+                             dataset_problems, folder_lock, shard_file,
                              encode_frame_table, index_path, load_dataset_json, make_key, read_tar_samples,
                              replace_synced, save_dataset_json, score_member, shard_name, tar_index_samples, tmp_path,
                              write_atomic, write_index, write_tar)
@@ -210,6 +211,12 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
     base = Path(video_dir) if video_dir else src.parent
     for row in read_rows(src):
         row_split = str(row.get("split") or split)
+        try:
+            check_split(row_split)          # it becomes a file name: nothing may land outside OUT
+        except FormatError as err:
+            failures.append({"source": json.dumps(row)[:200], "reason": "bad_manifest_row", "detail": str(err),
+                             "split": split})
+            continue
         if row.get("vggsound"):
             if video_dir is None:
                 raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
@@ -584,6 +591,21 @@ def _kept_failures(out: Path, plan: dict[str, list[list[ClipInput]]], planned_na
 def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str = DEFAULT_SPLIT,
                  samples_per_shard: int | None = None, settings: EncodeSettings | None = None,
                  video_dir: str | Path | None = None, progress: bool = False) -> dict:
+    """Shard SRC into OUT holding OUT's lock (`deteclap.format.folder_lock`: a second writer or
+    labeller on OUT waits, so that two splits written at once both stay listed); see
+    `_write_shards`. Raises ShardError for a `split` that is not a plain name."""
+    try:
+        check_split(split)
+    except FormatError as err:
+        raise ShardError(f"--split: {err}") from None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "shard writer"):
+        return _write_shards(src, out, workers, split, samples_per_shard, settings, video_dir, progress)
+
+
+def _write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str = DEFAULT_SPLIT,
+                  samples_per_shard: int | None = None, settings: EncodeSettings | None = None,
+                  video_dir: str | Path | None = None, progress: bool = False) -> dict:
     """Shard SRC into OUT (see module docstring); returns the summary dict that is also printed.
 
     `samples_per_shard` None: the value OUT's dataset.json records (a resume or another split),
@@ -819,7 +841,7 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
         from tqdm import tqdm
         shards = tqdm(shards, desc="verify", unit="shard")
     for shard in shards:
-        tar_path = out / shard["tar"]
+        tar_path = shard_file(out, shard["tar"])
         report.shards += 1
         try:
             samples = read_tar_samples(tar_path)
@@ -884,6 +906,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if report.ok else 1
     if len(args.paths) != 2:
         parser.error("expected SRC OUT (or --verify OUT)")
+    try:
+        check_split(args.split)
+    except FormatError as err:
+        parser.error(f"--split: {err}")
     if args.short_side < 2 or args.short_side % 2:
         parser.error("--short-side must be even and positive")
     settings = EncodeSettings(short_side=args.short_side, crop=args.crop, codec=args.codec, seconds=args.seconds,

@@ -35,7 +35,8 @@ def index_text(samples: list[list[Entry]]) -> str:
 
 def write_index(path: Path, samples: list[list[Entry]]) -> Path:
     """Write an index (atomically, fsynced); the one writer of index files. Returns `path`."""
-    write_atomic(Path(path), index_text(samples).encode())
+    # a tar made elsewhere may hold a member name that is not UTF-8: its bytes are kept as they are
+    write_atomic(Path(path), index_text(samples).encode("utf-8", "surrogateescape"))
     return Path(path)
 
 
@@ -170,20 +171,19 @@ def _scan(tar: str, size: int, mtime_ns: int, idx_mtime_ns: int) -> ShardScan:
         scan.problems.append(str(err))
         listed = []
     headers = {key for key, _ in samples}
-    for sample in listed:                       # what only the index knows: samples the tar lost
+    for sample in listed if damage else []:     # what only the index knows: samples the damage cut off
         key = split_member_name(sample[0][3])[0] if sample else ""
         if key and key not in headers:
-            scan.bad.setdefault(key, ("corrupt_tar" if damage else "index_mismatch",
-                                      f"listed by {idx.name} but not in {path.name}"))
+            scan.bad.setdefault(key, ("corrupt_tar", f"listed by {idx.name}, cut off by the damage to {path.name}"))
     return scan
 
 
 def scan_shard(tar: Path) -> ShardScan:
     """A tar's samples read from its member headers, checked: whole samples with usable keys in
     `entries`; in `bad` (key -> (reason, detail)) a sample cut by damage (`corrupt_tar`), one whose
-    key `key_problem` refuses (`bad_key`), and one its index lists but the tar does not hold
-    (`corrupt_tar` when the tar is damaged, else `index_mismatch`); in `problems` the tar's damage
-    and an index that disagrees with the tar (stale, foreign), each naming its file.
+    key `key_problem` refuses (`bad_key`), and one the index of a damaged tar lists past the damage
+    (`corrupt_tar`); in `problems` the tar's damage and an index that disagrees with the tar (stale,
+    foreign: the tar's headers hold its samples, so nothing is lost), each naming its file.
 
     Reads every member header (no member data); cached per file size and modification time. The
     result is shared: do not modify it.

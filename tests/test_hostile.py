@@ -1,0 +1,275 @@
+"""Hostile shards and careless inputs, built here: nothing is written outside OUT, nothing read from
+outside a shard folder, and every sample a damaged tar cannot give is a DataError naming the shard
+or a counted skip, on both loaders; the labeller reports damaged shards and leaves no tmp file."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deteclap import format as fmt
+from deteclap.data.loader import DataError
+from tests.test_loader import LOADERS, _dali_available, all_keys, loader_factory, make_cfg
+
+TAR = "train-000001.tar"          # the shard the damage goes into (shard_dir: tars of 3, 3, 2 samples)
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. nothing written outside OUT, nothing read from outside a shard folder
+@pytest.mark.parametrize("split", ["./../../ESCAPED", "../x", "a/b", "", "tr ain", "x.y", "/abs"])
+def test_split_names_are_plain(split):
+    with pytest.raises(fmt.FormatError, match="letters, digits"):
+        fmt.check_split(split)
+    with pytest.raises(fmt.FormatError):
+        fmt.shard_name(split, 0)
+    assert fmt.check_split("train_2-b") == "train_2-b"
+
+
+def test_a_manifest_split_cannot_write_outside_out(synth_dir, tmp_path):
+    """A row whose split leaves OUT is a bad_manifest_row (the other rows shard); --split likewise is a
+    usage error; nothing appears outside OUT and --verify passes."""
+    from deteclap.shard import ShardError, main, verify_shards, write_shards
+
+    clips = sorted(p.name for p in synth_dir.glob("*.mp4"))[:2]
+    work = tmp_path / "work"
+    work.mkdir()
+    manifest = work / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(synth_dir / clips[0]), "split": "./../../ESCAPED"}) + "\n"
+                        + json.dumps({"path": str(synth_dir / clips[1]), "split": "train"}) + "\n")
+    out = work / "a" / "b" / "out"
+    before = tree(tmp_path)
+    summary = write_shards(manifest, out, samples_per_shard=4)
+    assert summary["samples"] == 1 and summary["reasons"] == {"bad_manifest_row": 1}
+    rows = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert rows[0]["reason"] == "bad_manifest_row" and "ESCAPED" in rows[0]["source"]
+    assert {p for p in tree(tmp_path) - before if not p.startswith("work/a/b/out")} == {"work/a", "work/a/b"}
+    assert verify_shards(out).ok
+    with pytest.raises(ShardError, match="--split"):
+        write_shards(manifest, out, split="../../up")
+    with pytest.raises(SystemExit) as usage:
+        main([str(manifest), str(out), "--split", "../up", "--quiet"])
+    assert usage.value.code == 2
+    assert not any("up" in p for p in tree(tmp_path))
+
+
+@pytest.mark.parametrize("entry", ["../../../../etc/passwd", "/etc/passwd", "sub/../../x.tar"])
+def test_dataset_json_entries_that_leave_the_folder_are_refused(shard_dir, synth_dir, tmp_path, entry, capsys):
+    """An absolute `tar` entry, or one with `..`, is refused by the loaders, --verify and the labeller."""
+    from deteclap import label
+    from deteclap.data.loader import build_loader
+    from deteclap.shard import verify_shards
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir, shards)
+    meta = fmt.load_dataset_json(shards)
+    meta["shards"][0]["tar"] = entry
+    fmt.save_dataset_json(shards, meta)
+    with pytest.raises(fmt.FormatError, match="leaves the shard folder"):
+        build_loader(make_cfg(shards), train=True)
+    report = verify_shards(shards)
+    assert not report.ok and any("leaves the shard folder" in line for line in report.errors)
+    truth = str(synth_dir / "truth.jsonl")
+    assert label.main([str(shards), "--labellers", "truth", "--truth", truth, "--no-progress"]) == 2
+    assert "leaves the shard folder" in capsys.readouterr().err
+    if _dali_available():
+        from dali_pipes.iterator import build_dali_loader
+
+        with pytest.raises(fmt.FormatError, match="leaves the shard folder"):
+            build_dali_loader(make_cfg(shards), train=False, device="cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. one key rule; the index and the stream must agree
+def _members(shard_dir: Path) -> list[tuple[str, dict[str, bytes]]]:
+    return [s for tar in sorted(shard_dir.glob("train-*.tar")) for s in fmt.iter_tar_samples(tar)]
+
+
+def test_members_under_folders_are_samples_of_their_own(shard_dir, tmp_path):
+    """`./k.*`, `a/k.*` and `b/k.*` (what `tar -C d .` and folders make) are three samples, each
+    delivered once with its own key; none is merged or lost."""
+    from deteclap.data.loader import build_loader
+
+    samples = _members(shard_dir)[:3]
+    folder = tmp_path / "tars"
+    folder.mkdir()
+    with tarfile.open(folder / "train-000000.tar", "w") as archive:
+        for prefix, (_, members) in zip(["./", "a/", "b/"], samples):
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{prefix}k.{ext}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    loader = build_loader(make_cfg(Path(f"{folder}/*.tar")), train=False)
+    assert sorted(k for b in loader for k in b["keys"]) == ["./k", "a/k", "b/k"]
+    assert loader.skipped == {}
+
+
+def test_swapped_index_is_named_and_loses_nothing(shard_dir, tmp_path):
+    """Indexes swapped between two tars: a DataError naming the index (on_error=raise); with skip a
+    warning, and every sample is read from the tar's own headers (both loaders)."""
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir, shards)
+    a, b = shards / "train-000000.idx", shards / "train-000001.idx"
+    a_text, b_text = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_text)
+    b.write_bytes(a_text)
+    for name in ["reference", "dali"] if _dali_available() else ["reference"]:
+        make = loader_factory(name)
+        cfg = make_cfg(shards)
+        with pytest.raises(DataError, match="train-000000.idx: does not match train-000000.tar"):
+            make(cfg, train=False)
+        cfg.data.on_error = "skip"
+        reading = make(cfg, train=False)
+        assert sorted(k for batch in reading for k in batch["keys"]) == sorted(all_keys(shard_dir)), name
+        assert reading.skipped == {}
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. damaged tars: truncated, a huge declared size, a .cls of the wrong length, odd keys
+def _fix_checksum(header: bytearray) -> None:
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+
+
+def damage(shard_dir: Path, dst: Path, kind: str) -> tuple[Path, dict[str, str], int]:
+    """A copy of shard_dir whose TAR is damaged: (folder, {key lost: reason}, samples left)."""
+    shutil.copytree(shard_dir, dst)
+    tar = dst / TAR
+    samples = list(fmt.iter_tar_samples(tar))
+    keys = [key for key, _ in samples]
+    total = len(all_keys(shard_dir))
+    if kind in ("truncated", "huge"):          # inside the 2nd sample's mp4; the old index stays
+        ext, offset, size, _ = next(m for m in fmt.scan_shard(tar).entries[keys[1]] if m[0] == "mp4")
+        data = bytearray(tar.read_bytes())
+        if kind == "truncated":
+            data = data[:offset + size // 2]
+        else:
+            header = offset - tarfile.BLOCKSIZE
+            data[header + 124:header + 136] = b"77777777777\0"
+            block = bytearray(data[header:header + tarfile.BLOCKSIZE])
+            _fix_checksum(block)
+            data[header:header + tarfile.BLOCKSIZE] = block
+        tar.write_bytes(bytes(data))
+        return dst, {keys[1]: "corrupt_tar", keys[2]: "corrupt_tar"}, total - 2
+    if kind == "cls":
+        samples[1][1]["cls"] += b"\1"
+    elif kind == "space":
+        samples[1] = ("a b", samples[1][1])
+    elif kind == "not-utf8":
+        samples[1] = ("k\udcff", samples[1][1])
+    fmt.write_index(fmt.index_path(tar), fmt.write_tar(tar, samples))
+    reason = {"cls": "bad_classes", "space": "bad_key", "not-utf8": "bad_key"}[kind]
+    return dst, {samples[1][0]: reason}, total - 1
+
+
+KINDS = ["truncated", "huge", "cls", "space", "not-utf8"]
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_damaged_tar_is_a_named_error_or_counted_skips(shard_dir, tmp_path, loader, kind):
+    make = loader_factory(loader)
+    shards, lost, left = damage(shard_dir, tmp_path / "shards", kind)
+    cfg = make_cfg(shards)
+    with pytest.raises(DataError) as raised:
+        list(make(cfg, train=False))
+    assert TAR in str(raised.value), raised.value
+    assert any(reason in str(raised.value) for reason in lost.values()) or "damaged" in str(raised.value) \
+        or "past the end" in str(raised.value), raised.value
+    for train in (False, True):
+        cfg.data.on_error = "skip"
+        cfg.data.batch_size = 1
+        reading = make(cfg, train=train)
+        keys = [k for batch in reading for k in batch["keys"]]
+        assert len(keys) == len(set(keys)) == left and not set(keys) & set(lost), (train, keys)
+        counted = {}
+        for item in reading.skipped_samples:
+            counted[item.key] = item.reason
+        assert counted == lost, (train, reading.skipped_samples)
+
+
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "cls"])     # (labelling reads no .cls)
+def test_labeller_reports_a_damaged_shard_and_leaves_no_tmp(shard_dir, synth_dir, tmp_path, kind, capsys):
+    """`deteclap.label` labels the whole shards, names the damaged one (exit 1), leaves it byte for
+    byte as it was, writes no tmp file, and does not mark the labeller complete."""
+    from deteclap import label
+
+    shards, _, _ = damage(shard_dir, tmp_path / "shards", kind)
+    before = (shards / TAR).read_bytes()
+    truth = str(synth_dir / "truth.jsonl")
+    assert label.main([str(shards), "--labellers", "truth", "--truth", truth, "--no-progress"]) == 1
+    assert f"{TAR} not labelled" in capsys.readouterr().err
+    assert (shards / TAR).read_bytes() == before
+    assert not [p for p in shards.iterdir() if p.name.endswith(".tmp")]
+    meta = fmt.load_dataset_json(shards)
+    assert meta["labellers"] == [] and TAR not in meta["labelled_shards"]["truth_audio"]
+    assert len(meta["labelled_shards"]["truth_audio"]) == 2
+
+
+def test_a_failed_score_rewrite_leaves_no_tmp(shard_dir, tmp_path):
+    from deteclap.labels.store import write_scores
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir, shards)
+    before = (shards / TAR).read_bytes()
+    with pytest.raises(KeyError, match="no truth scores"):
+        write_scores(shards / TAR, "truth", {})
+    assert (shards / TAR).read_bytes() == before
+    assert not [p for p in shards.iterdir() if p.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. DALI's frame table
+def test_dali_refuses_a_frame_table_pointing_at_frame_0(shard_dir, tmp_path):
+    """A KEY.frames whose entries all name frame 0's bytes would make DALI decode frame 0 for every
+    instant; it is refused (corrupt_mp4), named or skipped and counted."""
+    pytest.importorskip("nvidia.dali")
+    from dali_pipes.iterator import build_dali_loader
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir, shards)
+    tar = shards / TAR
+    samples = list(fmt.iter_tar_samples(tar))
+    bad_key = samples[1][0]
+    width, height, frames = fmt.decode_frame_table(samples[1][1]["frames"])
+    samples[1][1]["frames"] = fmt.encode_frame_table(width, height, [frames[0]] * len(frames))
+    assert fmt.frame_table_problem(samples[1][1]["frames"], len(samples[1][1]["mp4"]), 10)
+    assert fmt.frame_table_problem(samples[0][1]["frames"], len(samples[0][1]["mp4"]), 10) is None
+    fmt.write_index(fmt.index_path(tar), fmt.write_tar(tar, samples))
+    cfg = make_cfg(shards)
+    with pytest.raises(DataError, match=f"{TAR}: sample {bad_key}: corrupt_mp4: its frames member"):
+        build_dali_loader(cfg, train=True, device="cpu")
+    cfg.data.on_error = "skip"
+    cfg.data.batch_size = 1
+    reading = build_dali_loader(cfg, train=True, device="cpu")
+    keys = [k for batch in reading for k in batch["keys"]]
+    assert sorted(keys) == sorted(k for k in all_keys(shard_dir) if k != bad_key)
+    assert reading.skipped == {"corrupt_mp4": 1}
+
+
+def test_scan_shard_names_each_damage(tmp_path):
+    """scan_shard on tars built here: a whole tar; one ending without its end blocks; garbage after
+    a member; an index listing a sample the tar lacks."""
+    samples = [(k, {"cls": b"\1", "json": b"{}"}) for k in ("a", "b", "c")]
+    tar = tmp_path / "t.tar"
+    fmt.write_index(fmt.index_path(tar), fmt.write_tar(tar, samples))
+    assert fmt.scan_shard(tar).problems == [] and list(fmt.scan_shard(tar).entries) == ["a", "b", "c"]
+    whole = tar.read_bytes()
+    end = 6 * 2 * tarfile.BLOCKSIZE               # six members of one block of header and one of data
+    tar.write_bytes(whole[:end])
+    scan = fmt.scan_shard(tar)
+    assert "truncated" in scan.problems[0] and scan.bad == {"c": ("corrupt_tar", scan.bad["c"][1])}
+    tar.write_bytes(whole[:end] + b"x" * 2048)
+    assert "damaged header" in fmt.scan_shard(tar).problems[0]
+    fmt.write_index(fmt.index_path(tar), fmt.write_tar(tar, samples[:2]) + [[("cls", 9, 1, "z.cls")]])
+    scan = fmt.scan_shard(tar)             # a foreign index: named; the whole tar's headers hold its samples
+    assert scan.bad == {} and list(scan.entries) == ["a", "b"]
+    assert scan.problems == ["t.idx: does not match t.tar (a stale or foreign index, or a damaged tar)"]
