@@ -36,7 +36,7 @@ import numpy as np
 
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS,
                              META_EXT, MEMBER_EXTENSIONS, VIDEO_EXT, FormatError, check_index, check_split,
-                             dataset_problems, folder_lock, shard_file,
+                             dataset_problems, folder_lock, scan_shard, shard_file,
                              encode_frame_table, index_path, load_dataset_json, make_key, read_tar_samples,
                              replace_synced, save_dataset_json, score_member, shard_name, tar_index_samples, tmp_path,
                              write_atomic, write_index, write_tar)
@@ -832,7 +832,7 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
         try:
             if read_tar_samples(extra):
                 report.error(f"{extra.name}: a tar with samples not listed in dataset.json")
-        except (OSError, tarfile.TarError) as err:
+        except (OSError, tarfile.TarError, FormatError) as err:
             report.error(f"{extra.name}: cannot read: {err}")
     if not (out / "failures.jsonl").exists():
         report.error("failures.jsonl is missing")
@@ -844,12 +844,17 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
         tar_path = shard_file(out, shard["tar"])
         report.shards += 1
         try:
+            scan = scan_shard(tar_path)         # damage, keys that cannot be used, a stale index
+            for problem in scan.problems:
+                report.error(f"{shard['tar']}: {problem}")
+            for key, (reason, detail) in scan.bad.items():
+                report.error(f"{shard['tar']}:{key}: {reason}: {detail}")
+            problem = None if scan.problems else check_index(tar_path)
+            if problem:
+                report.error(problem)
             samples = read_tar_samples(tar_path)
             if len(samples) != shard["samples"]:
                 report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
-            problem = check_index(tar_path)
-            if problem:
-                report.error(problem)
             keys = [k for k, _ in samples]
             if len(set(keys)) != len(keys):
                 report.error(f"{shard['tar']}: a key appears in more than one group")
@@ -857,7 +862,7 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
                 for key, members in samples:
                     report.samples += 1
                     _verify_sample(tar, f"{shard['tar']}:{key}", members, meta_all, report)
-        except (OSError, tarfile.TarError) as err:
+        except (OSError, tarfile.TarError, FormatError) as err:
             report.error(f"{shard['tar']}: cannot read: {err}")
     return report
 
@@ -918,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = write_shards(args.paths[0], args.paths[1], workers=args.workers, split=args.split,
                                samples_per_shard=args.samples_per_shard, settings=settings,
                                video_dir=args.video_dir, progress=not args.quiet)
-    except ShardError as err:
+    except (ShardError, FormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -214,6 +219,16 @@ def test_labeller_reports_a_damaged_shard_and_leaves_no_tmp(shard_dir, synth_dir
     assert len(meta["labelled_shards"]["truth_audio"]) == 2
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_verify_names_each_damage(shard_dir, tmp_path, kind):
+    from deteclap.shard import verify_shards
+
+    shards, lost, _ = damage(shard_dir, tmp_path / "shards", kind)
+    report = verify_shards(shards)
+    assert not report.ok and all(line.startswith(TAR) for line in report.errors), report.errors
+    assert any(key in line for key in lost for line in report.errors), report.errors
+
+
 def test_a_failed_score_rewrite_leaves_no_tmp(shard_dir, tmp_path):
     from deteclap.labels.store import write_scores
 
@@ -273,3 +288,85 @@ def test_scan_shard_names_each_damage(tmp_path):
     scan = fmt.scan_shard(tar)             # a foreign index: named; the whole tar's headers hold its samples
     assert scan.bad == {} and list(scan.entries) == ["a", "b"]
     assert scan.problems == ["t.idx: does not match t.tar (a stale or foreign index, or a damaged tar)"]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. two jobs on one folder
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
+
+
+def _wait_until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _run_two_while_locked(folder: Path, jobs: list[list[str]], tmp_path: Path) -> list[str]:
+    """Start both jobs while this test holds the folder's lock, see both wait with a message, let them
+    run; returns their stderr. Both must exit 0."""
+    logs = [tmp_path / f"job{i}.log" for i in range(len(jobs))]
+    with fmt.folder_lock(folder, "test"):
+        procs = [_start(job, log) for job, log in zip(jobs, logs)]
+        _wait_until(lambda: all("waiting for" in log.read_text() for log in logs)
+                    or any(p.poll() is not None for p in procs))
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, [log.read_text() for log in logs]
+    return [log.read_text() for log in logs]
+
+
+def test_two_shard_writers_on_one_out_keep_both_splits(synth_dir, tmp_path):
+    """`shard` for the train and the test split into one OUT at once: the second waits for the first
+    (it says so), and dataset.json lists both splits' tars; --verify passes."""
+    from deteclap.shard import verify_shards
+
+    clips = sorted(synth_dir.glob("*.mp4"))[:4]
+    manifests = []
+    for split, pair in (("train", clips[:2]), ("test", clips[2:])):
+        manifests.append(tmp_path / f"{split}.jsonl")
+        manifests[-1].write_text("".join(json.dumps({"path": str(p)}) + "\n" for p in pair))
+    out = tmp_path / "out"
+    out.mkdir()
+    logs = _run_two_while_locked(out, [["-m", "deteclap.shard", str(manifests[0]), str(out), "--split", "train",
+                                        "--samples-per-shard", "2", "--quiet"],
+                                       ["-m", "deteclap.shard", str(manifests[1]), str(out), "--split", "test",
+                                        "--samples-per-shard", "2", "--quiet"]], tmp_path)
+    assert all("waiting for" in log and "test (pid" in log for log in logs), logs
+    rows = fmt.load_dataset_json(out)["shards"]
+    assert sorted((row["split"], row["samples"]) for row in rows) == [("test", 2), ("train", 2)]
+    assert verify_shards(out).ok
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_labellers_at_once_both_finish(shard_dir, synth_dir, tmp_path):
+    """Two labellers on the same shards: the second waits, then finds every shard done; no tmp file
+    is left, and every sample holds its scores."""
+    from deteclap.labels.store import read_scores
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir, shards)
+    job = ["-m", "deteclap.label", str(shards), "--labellers", "truth", "--truth", str(synth_dir / "truth.jsonl"),
+           "--no-progress"]
+    _run_two_while_locked(shards, [job, job], tmp_path)
+    meta = fmt.load_dataset_json(shards)
+    assert sorted(meta["labellers"]) == ["truth_audio", "truth_visual"]
+    scores = read_scores(shards)
+    assert sorted(scores) == sorted(all_keys(shard_dir))
+    assert all(set(value) == {"truth_audio", "truth_visual"} for value in scores.values())
+    assert not [p for p in shards.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_lock_of_a_killed_job_is_free(tmp_path):
+    """kill -9 of a job holding the lock frees it (the kernel drops the flock): no stale lock."""
+    code = ("import sys, time\nfrom deteclap.format import folder_lock\n"
+            "with folder_lock(sys.argv[1], 'doomed job'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout.readline().strip() == b"held"
+    assert "doomed job" in (tmp_path / fmt.LOCK_FILE).read_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with fmt.folder_lock(tmp_path, "next job"):
+        assert "next job" in (tmp_path / fmt.LOCK_FILE).read_text()
