@@ -277,6 +277,13 @@ def test_scan_shard_names_each_damage(tmp_path):
     tar = tmp_path / "t.tar"
     fmt.write_index(fmt.index_path(tar), fmt.write_tar(tar, samples))
     assert fmt.scan_shard(tar).problems == [] and list(fmt.scan_shard(tar).entries) == ["a", "b", "c"]
+    from_index = fmt.scan_shard(tar)           # read through the index (the fast path) ...
+    fmt.index_path(tar).unlink()
+    assert fmt.scan_shard(tar) == from_index   # ... gives what tarfile's parse of the headers gives
+    entries = fmt.write_tar(tar, samples)
+    fmt.write_index(fmt.index_path(tar), [entries[0], entries[2]])     # an index leaving out a sample
+    assert "t.idx: does not match t.tar" in fmt.scan_shard(tar).problems[0]
+    assert list(fmt.scan_shard(tar).entries) == ["a", "b", "c"]
     whole = tar.read_bytes()
     end = 6 * 2 * tarfile.BLOCKSIZE               # six members of one block of header and one of data
     tar.write_bytes(whole[:end])
