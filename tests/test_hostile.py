@@ -344,7 +344,7 @@ def test_two_shard_writers_on_one_out_keep_both_splits(synth_dir, tmp_path):
     rows = fmt.load_dataset_json(out)["shards"]
     assert sorted((row["split"], row["samples"]) for row in rows) == [("test", 2), ("train", 2)]
     assert verify_shards(out).ok
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]    # no tmp file, no lock file
 
 
 def test_two_labellers_at_once_both_finish(shard_dir, synth_dir, tmp_path):
@@ -377,3 +377,4 @@ def test_the_lock_of_a_killed_job_is_free(tmp_path):
     proc.wait()
     with fmt.folder_lock(tmp_path, "next job"):
         assert "next job" in (tmp_path / fmt.LOCK_FILE).read_text()
+    assert not (tmp_path / fmt.LOCK_FILE).exists()          # removed by its holder when done

@@ -147,24 +147,39 @@ def folder_lock(folder: str | Path, job: str) -> Iterator[None]:
 
     A second job on the same folder (another split into the same OUT, a second labeller) prints who
     holds the lock and waits until it is free, so that neither loses the other's dataset.json rows
-    nor removes its temporary files. The lock is an flock on `FOLDER/.deteclap.lock`, released by
-    the kernel when its holder ends, however it ends (kill -9 included); the file stays.
+    nor removes its temporary files. The lock is an flock on `FOLDER/.deteclap.lock`, which the
+    kernel releases when its holder ends, however it ends (kill -9 included). The holder removes the
+    file when it is done (a job that got the lock on a file removed meanwhile takes it again on the
+    new one), so a folder nobody changes holds none.
     """
     path = Path(folder) / LOCK_FILE
-    with open(path, "a+") as handle:
+    told = False
+    while True:
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another job"
-            print(f"waiting for {path}: {holder} is changing this shard folder; this {job} starts when it ends",
-                  file=sys.stderr, flush=True)
+            if not told:
+                handle.seek(0)
+                holder = handle.read().strip() or "another job"
+                print(f"waiting for {path}: {holder} is changing this shard folder; this {job} starts when it "
+                      "ends", file=sys.stderr, flush=True)
+                told = True
             fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()                          # locked a file its holder removed: take the new one
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"{job} (pid {os.getpid()})\n")
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        path.unlink(missing_ok=True)            # before unlocking: a waiter then sees it is gone
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
