@@ -378,3 +378,67 @@ def test_the_lock_of_a_killed_job_is_free(tmp_path):
     with fmt.folder_lock(tmp_path, "next job"):
         assert "next job" in (tmp_path / fmt.LOCK_FILE).read_text()
     assert not (tmp_path / fmt.LOCK_FILE).exists()          # removed by its holder when done
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. memory that does not grow with the source; segments that cannot be
+HIRES = (3840, 2160)
+HIRES_FRAMES = 40
+MAX_RISE_MB = 400          # 10 kept 4K frames (12.4 MB each) and the resizes' images; all 40 held: ~580 MB
+
+
+@pytest.fixture(scope="module")
+def hires_clip(tmp_path_factory) -> Path:
+    """A 2 s 3840x2160 clip (MPEG-4 part 2: fast to write), no audio."""
+    import av
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("hires") / "hires.mp4"
+    width, height = HIRES
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=20)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        image = np.zeros((height, width, 3), np.uint8)
+        for i in range(HIRES_FRAMES):
+            image[:, :, 0] = i * 6
+            image[: height // 2, : width // 2, 1] = 255 - i
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_the_writer_keeps_only_the_frames_it_stores(hires_clip, synth_dir, tmp_path):
+    """decode_segment keeps the 10 frames stored of a 40-frame 4K segment, and encoding it raises the
+    process's peak memory by less than MAX_RISE_MB (measured in a fresh process, after a warm-up clip)."""
+    from deteclap.shard import EncodeSettings, decode_segment
+
+    segment = decode_segment(hires_clip, 0.0, None, EncodeSettings(allow_silent=True))
+    assert len(segment.frames) == 10 and segment.source_frames == HIRES_FRAMES
+    assert segment.frame_indices == [i * HIRES_FRAMES // 10 for i in range(10)]
+    code = ("import resource, sys\nfrom deteclap.shard import EncodeSettings, process_clip\n"
+            "from deteclap.shard.inputs import ClipInput\nsettings = EncodeSettings(allow_silent=True)\n"
+            "process_clip(ClipInput(sys.argv[2], 'w', 'w', 'train'), settings, 0)\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "result = process_clip(ClipInput(sys.argv[1], 'k', 'k', 'train'), settings, 0)\n"
+            "assert 'members' in result, result\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    warm = sorted(synth_dir.glob("*.mp4"))[0]
+    done = subprocess.run([sys.executable, "-c", code, str(hires_clip), str(warm)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) < MAX_RISE_MB, done.stdout
+
+
+@pytest.mark.parametrize("row", [{"end": "inf"}, {"end": 1e12}, {"end": "nan"}, {"end": float("nan")},
+                                 {"start": -1}, {"start": "inf"}, {"start": 5, "end": 2}])
+def test_segments_that_cannot_be_are_bad_manifest_rows(synth_dir, tmp_path, row):
+    from deteclap.shard import EncodeSettings, ShardError, write_shards
+
+    clip = sorted(synth_dir.glob("*.mp4"))[0]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": str(clip), **row}) + "\n")
+    summary = write_shards(manifest, tmp_path / "out")
+    assert summary["samples"] == 0 and summary["reasons"] == {"bad_manifest_row": 1}
+    with pytest.raises(ShardError, match="--seconds"):
+        write_shards(manifest, tmp_path / "out2", settings=EncodeSettings(seconds=float("nan")))

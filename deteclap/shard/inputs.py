@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 DEFAULT_SPLIT = "train"
 SOURCE_CHARS = 200                   # of a manifest row without a path, shown as its `source`
+# The longest segment a row may ask for: its audio is held whole (16 kHz float32 of every source
+# channel while resampling, ~77 MB for 600 s of stereo); the video keeps 10 frames whatever the length.
+MAX_SEGMENT_SECONDS = 600.0
 
 REASONS = {
     "missing_file": "the manifest names a file that does not exist",
@@ -146,8 +150,11 @@ def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     """A VGGSound-layout row -> its ClipInput, or a failure row."""
     try:
         start_s = int(float(row["start"]))
-    except ValueError:
-        return failure_row(row["ytid"], "bad_manifest_row", f"start_seconds {row['start']!r} is not a number", split)
+    except (ValueError, OverflowError):
+        start_s = -1
+    if start_s < 0:
+        return failure_row(row["ytid"], "bad_manifest_row",
+                           f"start_seconds {row['start']!r} is not a number of seconds >= 0", split)
     clip_id = f"{row['ytid']}_{start_s:06d}"
     found = _vggsound_file(base, row["ytid"], start_s)
     if found is None:
@@ -155,6 +162,21 @@ def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     path, start = found
     return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, classes=[row["label"]],
                      shown_source=path.name)
+
+
+def segment_problem(start: float, end: float | None) -> str | None:
+    """Why a row's `start` / `end` (seconds) cannot be a segment, or None: both finite, start >= 0,
+    end after start and at most MAX_SEGMENT_SECONDS later (inf, NaN or 1e12 would hold the writer)."""
+    if not math.isfinite(start) or start < 0:
+        return f"start {start:g} is not a time >= 0 s"
+    if end is None:
+        return None
+    if not math.isfinite(end) or end <= start:
+        return f"end {end:g} is not a time after start {start:g}"
+    if end - start > MAX_SEGMENT_SECONDS:
+        return (f"end {end:g} - start {start:g} = {end - start:g} s is longer than the {MAX_SEGMENT_SECONDS:g} s "
+                "a segment may last (cut the video into clips)")
+    return None
 
 
 def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
@@ -170,8 +192,9 @@ def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     except (TypeError, ValueError):
         return failure_row(str(name), "bad_manifest_row",
                            f"start / end not numbers: {row.get('start')!r}, {row.get('end')!r}", split)
-    if end is not None and end <= start:
-        return failure_row(str(name), "bad_manifest_row", f"end {end:g} is not after start {start:g}", split)
+    problem = segment_problem(start, end)
+    if problem:
+        return failure_row(str(name), "bad_manifest_row", problem, split)
     if not path.exists():
         return failure_row(str(name), "missing_file", f"{path} does not exist", split)
     return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, end=end,

@@ -19,7 +19,8 @@ from deteclap.format import (DATASET_JSON, FORMAT_VERSION, FormatError, check_sp
                              load_dataset_json, read_tar_samples, replace_synced, save_dataset_json, shard_name,
                              tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
 from deteclap.shard.clip import CODECS, EncodeSettings, process_job
-from deteclap.shard.inputs import DEFAULT_SPLIT, ClipInput, ShardError, collect_inputs, plan_shards
+from deteclap.shard.inputs import (DEFAULT_SPLIT, MAX_SEGMENT_SECONDS, ClipInput, ShardError, collect_inputs,
+                                   plan_shards)
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 FAILURES_JSONL = "failures.jsonl"
@@ -79,6 +80,9 @@ def _kept_failures(out: Path, plan: Plan, planned_names: set[str], read_splits: 
 
 
 def _check_options(settings: EncodeSettings, samples_per_shard: int | None) -> None:
+    if not 0 < settings.seconds <= MAX_SEGMENT_SECONDS:        # (False for NaN too)
+        raise ShardError(f"--seconds {settings.seconds:g}: a segment lasts more than 0 and at most "
+                         f"{MAX_SEGMENT_SECONDS:g} s")
     if settings.codec not in CODECS:
         raise ShardError(f"--codec {settings.codec!r}: choose one of {sorted(CODECS)}")
     if samples_per_shard is not None and samples_per_shard < 1:
