@@ -442,3 +442,79 @@ def test_segments_that_cannot_be_are_bad_manifest_rows(synth_dir, tmp_path, row)
     assert summary["samples"] == 0 and summary["reasons"] == {"bad_manifest_row": 1}
     with pytest.raises(ShardError, match="--seconds"):
         write_shards(manifest, tmp_path / "out2", settings=EncodeSettings(seconds=float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. folder mode: every container, and every file not taken named
+CONTAINERS = {".m4v": ("ipod", "mpeg4", "aac"), ".ts": ("mpegts", "mpeg2video", "mp2"), ".flv": ("flv", "flv", "aac"),
+              ".mpg": ("mpeg", "mpeg1video", "mp2"), ".mpeg": ("mpeg", "mpeg2video", "mp2"),
+              ".3gp": ("3gp", "h263", "aac"), ".ogv": ("ogg", "libvpx", "flac"), ".wmv": ("asf", "wmv2", "wmav2")}
+AUDIO_RATES = {"mp2": 32000, "wmav2": 44100}
+
+
+def make_clip(path: Path, container: str, video_codec: str, audio_codec: str, seconds: float = 1.5) -> None:
+    """A small clip (176x144: H.263's size, 25 fps: MPEG-1's rate) with a tone, in any container."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w", format=container) as out:
+        video = out.add_stream(video_codec, rate=25)
+        video.width, video.height, video.pix_fmt = 176, 144, "yuv420p"
+        audio = out.add_stream(audio_codec, rate=AUDIO_RATES.get(audio_codec, 16000))
+        audio.bit_rate = 64000
+        image = np.zeros((144, 176, 3), np.uint8)
+        for i in range(int(seconds * 25)):
+            image[:] = i * 5
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode())
+        resampler = av.AudioResampler(format=audio.codec_context.codec.audio_formats[0].name, layout="mono",
+                                      rate=audio.codec_context.sample_rate)
+        tone = (np.sin(np.arange(int(seconds * 16000)) * 0.17) * 8000).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        for chunk in resampler.resample(frame) + resampler.resample(None):
+            out.mux(audio.encode(chunk))
+        out.mux(audio.encode())
+
+
+def test_folder_mode_takes_every_container_and_names_what_it_ignores(tmp_path):
+    """A folder with a clip in each of .m4v .ts .flv .mpg .mpeg .3gp .ogv .wmv, one without an
+    extension, an .m4a, a text file and a FIFO named x.mp4: every clip is sharded, the writer does not
+    block, and the summary names each file not taken with its reason."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for ext, spec in CONTAINERS.items():
+        make_clip(src / f"clip_{ext[1:]}{ext}", *spec)
+    make_clip(src / "sub" / "no_extension", "mp4", "mpeg4", "aac")
+    make_clip(src / "voice.m4a", "ipod", "mpeg4", "aac")
+    (src / "notes.txt").write_text("not a video\n")
+    os.mkfifo(src / "x.mp4")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "deteclap.shard", str(src), str(out), "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    keys = sorted(json.loads(members["json"])["id"] for tar in sorted(out.glob("*.tar"))
+                  for _, members in fmt.iter_tar_samples(tar))
+    assert keys == sorted([f"clip_{ext[1:]}" for ext in CONTAINERS] + ["sub/no_extension"]), done.stdout
+    assert "9 samples" in done.stdout and "0 inputs skipped" in done.stdout
+    assert "ignored: 1 .m4a, 1 .txt, 1 not a regular file" in done.stdout, done.stdout
+    for name in ("voice.m4a", "notes.txt", "x.mp4"):
+        assert f"ignored {name}:" in done.stdout
+
+
+def test_a_manifest_naming_a_fifo_does_not_block(synth_dir, tmp_path):
+    from deteclap.shard import write_shards
+
+    os.mkfifo(tmp_path / "pipe.mp4")
+    manifest = tmp_path / "m.jsonl"
+    clip = sorted(synth_dir.glob("*.mp4"))[0]
+    manifest.write_text(json.dumps({"path": "pipe.mp4"}) + "\n" + json.dumps({"path": str(clip)}) + "\n")
+    signal.alarm(120)                  # a writer blocked on the FIFO fails the test instead of hanging it
+    try:
+        summary = write_shards(manifest, tmp_path / "out")
+    finally:
+        signal.alarm(0)
+    assert summary["samples"] == 1 and summary["reasons"] == {"unreadable": 1}
+    row = json.loads((tmp_path / "out" / "failures.jsonl").read_text())
+    assert row["source"] == "pipe.mp4" and "not a regular file" in row["detail"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -116,9 +117,12 @@ def _looks_like_text(path: Path) -> bool:
 def _check_readable(path: Path) -> None:
     """ClipFailure `unreadable` / `empty_file` for a file that cannot be read or holds nothing."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size = info.st_size
         if path.is_dir():
             raise ClipFailure("unreadable", f"{path} is a folder")
+        if not stat.S_ISREG(info.st_mode):     # opening a FIFO would wait for a writer forever
+            raise ClipFailure("unreadable", f"{path} is not a regular file (a FIFO, socket or device)")
         with open(path, "rb") as f:
             f.read(1)
     except OSError as err:

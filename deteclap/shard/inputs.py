@@ -10,12 +10,20 @@ from __future__ import annotations
 import csv
 import json
 import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deteclap.format import FormatError, check_split, make_key
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+# what a folder SRC takes by name (FFmpeg reads them all); a file without an extension is taken when
+# its first bytes are one of these containers' (CONTAINER_MAGIC); every other file is listed as ignored
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv",
+                    ".wmv")
+CONTAINER_MAGIC = {4: (b"ftyp",), 0: (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"\x00\x00\x01\xba", b"OggS",
+                                    b"\x30\x26\xb2\x75")}   # mp4/mov/3gp; mkv/webm, avi, flv, mpeg-ps, ogg, asf
+TS_PACKET = 188                      # MPEG-TS: a 0x47 sync byte every 188 bytes
+SNIFF_BYTES = 2 * TS_PACKET + 1
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 DEFAULT_SPLIT = "train"
 SOURCE_CHARS = 200                   # of a manifest row without a path, shown as its `source`
@@ -136,11 +144,53 @@ def read_rows(src: Path) -> list[dict]:
     return _read_jsonl(src) if src.suffix == ".jsonl" else _read_csv(src)
 
 
+def _is_container(path: Path) -> bool:
+    """Whether a file's first bytes are those of a video container of VIDEO_EXTENSIONS."""
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if any(head[at:at + len(magic)] == magic for at, magics in CONTAINER_MAGIC.items() for magic in magics):
+        return True
+    return len(head) == SNIFF_BYTES and head[0:1] == head[TS_PACKET:TS_PACKET + 1] == head[2 * TS_PACKET:] == b"G"
+
+
+def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
+    """(the video files under a folder, recursive and sorted; every other file as {"source", "reason"}).
+
+    Taken: regular files with a VIDEO_EXTENSIONS name, or without an extension when their first bytes
+    are a video container's. Ignored, each with its reason: other extensions (the reason is the
+    extension, e.g. `.m4a`), files without one that are no video container, and what is not a
+    regular file (a FIFO would block the writer forever; a socket, a device, a broken link)."""
+    videos, ignored = [], []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            ignored.append({"source": rel, "reason": "not a regular file", "detail": "a FIFO, socket or device"})
+            continue
+        ext = path.suffix.lower()
+        try:
+            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(path))
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if taken:
+            videos.append(path)
+        else:
+            ignored.append({"source": rel, "reason": ext or "no extension",
+                            "detail": "not a video container" if not ext else "not a video file extension"})
+    return videos, ignored
+
+
 def _folder_inputs(src: Path, split: str) -> list[ClipInput]:
-    """Every video file under a folder (recursive); its id is the path relative to SRC without extension."""
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
+    """Every video file under a folder (`folder_files`); its id is the path relative to SRC without extension."""
     inputs = []
-    for path in files:
+    for path in folder_files(src)[0]:
         rel = path.relative_to(src).with_suffix("").as_posix()
         inputs.append(ClipInput(str(path), rel, make_key(rel), split, shown_source=path.relative_to(src).as_posix()))
     return inputs

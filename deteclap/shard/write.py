@@ -20,7 +20,7 @@ from deteclap.format import (DATASET_JSON, FORMAT_VERSION, FormatError, check_sp
                              tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
 from deteclap.shard.clip import CODECS, EncodeSettings, process_job
 from deteclap.shard.inputs import (DEFAULT_SPLIT, MAX_SEGMENT_SECONDS, ClipInput, ShardError, collect_inputs,
-                                   plan_shards)
+                                   folder_files, plan_shards)
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 FAILURES_JSONL = "failures.jsonl"
@@ -177,7 +177,8 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     `samples_per_shard` None: the value OUT's dataset.json records (a resume or another split),
     else DEFAULT_SAMPLES_PER_SHARD. Summary: {"inputs", "samples" (in the listed shards),
     "written_now", "skipped_shards" (done by an earlier run), "shards", "failed", "reasons":
-    {reason: count}, "out"}. Raises ShardError for an unusable SRC, a `split` that is not a plain
+    {reason: count}, "out", "ignored": [{"source", "reason", "detail"}] (files of a folder SRC not
+    taken, `deteclap.shard.inputs.folder_files`)}. Raises ShardError for an unusable SRC, a `split` that is not a plain
     name, or an OUT written with other settings.
 
     Holds OUT's lock (`deteclap.format.folder_lock`) throughout: a second writer or labeller on OUT
@@ -229,7 +230,8 @@ def _write_locked(src: str | Path, out: Path, workers: int, split: str, samples_
     return {"inputs": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),
             "samples": sum(s["samples"] for s in shard_rows), "written_now": written,
             "skipped_shards": skipped, "shards": len(shard_rows), "failed": len(run_failures),
-            "reasons": dict(sorted(Counter(r["reason"] for r in run_failures).items())), "out": str(out)}
+            "reasons": dict(sorted(Counter(r["reason"] for r in run_failures).items())), "out": str(out),
+            "ignored": folder_files(Path(src))[1] if Path(src).is_dir() else []}
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool) -> Iterator[dict]:
