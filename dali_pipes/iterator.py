@@ -5,7 +5,7 @@ wrapping `DALIGenericIterator` (reader_name drives the epoch size; training drop
 batch, LastBatchPolicy.DROP; evaluation keeps it, LastBatchPolicy.PARTIAL). Right after the
 pipeline the padded waves go through deteclap.audio's Kaldi fbank (on the GPU in GPU mode), and
 the label scores through deteclap.data.targets.build_targets (shared with the reference loader via
-deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sample's mp4 member
+deteclap.data.common.finish_batch). Keys come from the `source_info` of each sample's mp4 member
 ("TAR:OFFSET:KEY.mp4"), so no JSON is parsed.
 
 Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
@@ -48,7 +48,7 @@ import torch
 
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
-from deteclap.data.loader import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
+from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
                                   finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, frame_table_problem, index_entries, index_path,
                              is_score_member, labeller_of, scan_shard, split_member_name, write_index)

@@ -19,7 +19,8 @@ import pytest
 
 from deteclap import format as fmt
 from deteclap.data.loader import DataError
-from tests.test_loader import LOADERS, _dali_available, all_keys, loader_factory, make_cfg
+from tests.conftest import HAVE_DALI
+from tests.test_loader import LOADERS, all_keys, loader_factory, make_cfg
 
 TAR = "train-000001.tar"          # the shard the damage goes into (shard_dir: tars of 3, 3, 2 samples)
 
@@ -78,17 +79,17 @@ def test_dataset_json_entries_that_leave_the_folder_are_refused(shard_dir, synth
     meta = fmt.load_dataset_json(shards)
     meta["shards"][0]["tar"] = entry
     fmt.save_dataset_json(shards, meta)
-    with pytest.raises(fmt.FormatError, match="leaves the shard folder"):
+    with pytest.raises(fmt.FormatError, match="outside the shard folder"):
         build_loader(make_cfg(shards), train=True)
     report = verify_shards(shards)
-    assert not report.ok and any("leaves the shard folder" in line for line in report.errors)
+    assert not report.ok and any("outside the shard folder" in line for line in report.errors)
     truth = str(synth_dir / "truth.jsonl")
     assert label.main([str(shards), "--labellers", "truth", "--truth", truth, "--no-progress"]) == 2
-    assert "leaves the shard folder" in capsys.readouterr().err
-    if _dali_available():
+    assert "outside the shard folder" in capsys.readouterr().err
+    if HAVE_DALI:
         from dali_pipes.iterator import build_dali_loader
 
-        with pytest.raises(fmt.FormatError, match="leaves the shard folder"):
+        with pytest.raises(fmt.FormatError, match="outside the shard folder"):
             build_dali_loader(make_cfg(shards), train=False, device="cpu")
 
 
@@ -126,7 +127,7 @@ def test_swapped_index_is_named_and_loses_nothing(shard_dir, tmp_path):
     a_text, b_text = a.read_bytes(), b.read_bytes()
     a.write_bytes(b_text)
     b.write_bytes(a_text)
-    for name in ["reference", "dali"] if _dali_available() else ["reference"]:
+    for name in ["reference", "dali"] if HAVE_DALI else ["reference"]:
         make = loader_factory(name)
         cfg = make_cfg(shards)
         with pytest.raises(DataError, match="train-000000.idx: does not match train-000000.tar"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deteclap.data.loader import DataError, Skipped, epoch_seed
+from deteclap.data.common import DataError, Skipped, epoch_seed
 from deteclap.format import CLASSES_EXT, scan_shard
 
 LABEL_WEIGHT_SCALE = 1000.0   # CAV-MAE: label_weight = 1000 / (label_count + 0.01)

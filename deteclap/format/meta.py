@@ -29,11 +29,11 @@ def entry_problem(name: Any) -> str | None:
         return f"shard entry {name!r} is not a file name"
     posix = PurePosixPath(name)
     if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
-        return f"shard entry {name!r} leaves the shard folder (absolute, or holding '..'): entries are file names in it"
+        return f"shard entry {name!r} is outside the shard folder (absolute, or with '..'): only files in it are read"
     return None
 
 
-def shard_file(folder: str | Path, name: Any) -> Path:
+def folder_file(folder: str | Path, name: Any) -> Path:
     """The file a dataset.json `tar` / `index` entry names, inside `folder`; the one resolver of
     those entries, so a hostile or hand-edited dataset.json cannot make a loader read, or the
     labeller rewrite, a file elsewhere.

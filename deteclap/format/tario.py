@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deteclap.format.meta import DATASET_JSON, load_dataset_json, shard_file
+from deteclap.format.meta import DATASET_JSON, load_dataset_json, folder_file
 from deteclap.format.spec import MEMBER_EXTENSIONS, FormatError, member_name, split_member_name
 
 TAR_MEMBER_MODE = 0o644
@@ -129,12 +129,12 @@ def list_tars(folder: str | Path, split: str | None = None) -> list[Path]:
     `{split}-*.tar` (or `*.tar`). The one rule for reading a folder's shard list.
 
     Raises:
-        FormatError: a dataset.json entry that leaves the folder (`shard_file`).
+        FormatError: a dataset.json entry that leaves the folder (`folder_file`).
     """
     folder = Path(folder)
     if (folder / DATASET_JSON).is_file():
         rows = load_dataset_json(folder).get("shards", [])
-        return sorted(shard_file(folder, row["tar"]) for row in rows if split is None or row["split"] == split)
+        return sorted(folder_file(folder, row["tar"]) for row in rows if split is None or row["split"] == split)
     return sorted(folder.glob("*.tar" if split is None else f"{split}-*.tar"))
 
 

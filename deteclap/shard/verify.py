@@ -13,7 +13,7 @@ import numpy as np
 
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS, MEMBER_EXTENSIONS,
                              META_EXT, VIDEO_EXT, FormatError, check_index, dataset_problems, load_dataset_json,
-                             read_tar_samples, scan_shard, shard_file,
+                             read_tar_samples, scan_shard, folder_file,
                              score_member)
 from deteclap.shard.clip import DEFAULT_SHORT_SIDE, NUM_FRAMES, frame_table
 from deteclap.shard.write import FAILURES_JSONL
@@ -135,7 +135,7 @@ def _check_folder(out: Path, meta_all: dict, report: VerifyReport) -> None:
 
 
 def _verify_shard(out: Path, shard: dict, meta_all: dict, report: VerifyReport) -> None:
-    tar_path = shard_file(out, shard["tar"])    # (dataset_problems refused entries leaving the folder)
+    tar_path = folder_file(out, shard["tar"])    # (dataset_problems refused entries leaving the folder)
     report.shards += 1
     try:
         scan = scan_shard(tar_path)              # damage, keys that cannot be used, a stale index
