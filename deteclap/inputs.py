@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deteclap.format import make_key
+from deteclap.format import FormatError, check_split, make_key
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+# what a folder SRC takes by name (FFmpeg reads them all); a file without an extension is taken when
+# its first bytes are one of these containers' (CONTAINER_MAGIC); every other file is listed as ignored
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv",
+                    ".wmv")
+CONTAINER_MAGIC = {4: (b"ftyp",), 0: (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"\x00\x00\x01\xba", b"OggS",
+                                    b"\x30\x26\xb2\x75")}   # mp4/mov/3gp; mkv/webm, avi, flv, mpeg-ps, ogg, asf
+TS_PACKET = 188                      # MPEG-TS: a 0x47 sync byte every 188 bytes
+SNIFF_BYTES = 2 * TS_PACKET + 1
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 DEFAULT_SPLIT = "train"
 SOURCE_CHARS = 200                   # of a manifest row without a path, shown as its `source`
+# The longest segment a row may ask for: its audio is held whole (16 kHz float32 of every source
+# channel while resampling, ~77 MB for 600 s of stereo); the video keeps 10 frames whatever the length.
+MAX_SEGMENT_SECONDS = 600.0
 
 REASONS = {
     "missing_file": "the manifest names a file that does not exist",
@@ -31,7 +43,7 @@ REASONS = {
     "no_audio": "no audio stream (use --allow-silent to store silence instead)",
     "too_short": "the segment is shorter than --min-seconds",
     "duplicate_key": "another input of the split has the same key",
-    "bad_manifest_row": "a manifest row without a usable path or start / end",
+    "bad_manifest_row": "a manifest row without a usable path, start / end or split name",
 }
 
 
@@ -133,11 +145,53 @@ def read_rows(src: Path) -> list[dict]:
     return _read_jsonl(src) if src.suffix == ".jsonl" else _read_csv(src)
 
 
+def _is_container(path: Path) -> bool:
+    """Whether a file's first bytes are those of a video container of VIDEO_EXTENSIONS."""
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if any(head[at:at + len(magic)] == magic for at, magics in CONTAINER_MAGIC.items() for magic in magics):
+        return True
+    return len(head) == SNIFF_BYTES and head[0:1] == head[TS_PACKET:TS_PACKET + 1] == head[2 * TS_PACKET:] == b"G"
+
+
+def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
+    """(the video files under a folder, recursive and sorted; every other file as {"source", "reason"}).
+
+    Taken: regular files with a VIDEO_EXTENSIONS name, or without an extension when their first bytes
+    are a video container's. Ignored, each with its reason: other extensions (the reason is the
+    extension, e.g. `.m4a`), files without one that are no video container, and what is not a
+    regular file (a FIFO would block the writer forever; a socket, a device, a broken link)."""
+    videos, ignored = [], []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            ignored.append({"source": rel, "reason": "not a regular file", "detail": "a FIFO, socket or device"})
+            continue
+        ext = path.suffix.lower()
+        try:
+            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(path))
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if taken:
+            videos.append(path)
+        else:
+            ignored.append({"source": rel, "reason": ext or "no extension",
+                            "detail": "not a video container" if not ext else "not a video file extension"})
+    return videos, ignored
+
+
 def _folder_inputs(src: Path, split: str) -> list[ClipInput]:
-    """Every video file under a folder (recursive); its id is the path relative to SRC without extension."""
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
+    """Every video file under a folder (`folder_files`); its id is the path relative to SRC without extension."""
     inputs = []
-    for path in files:
+    for path in folder_files(src)[0]:
         rel = path.relative_to(src).with_suffix("").as_posix()
         inputs.append(ClipInput(str(path), rel, make_key(rel), split, shown_source=path.relative_to(src).as_posix()))
     return inputs
@@ -147,8 +201,11 @@ def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     """A VGGSound-layout row -> its ClipInput, or a failure row."""
     try:
         start_s = int(float(row["start"]))
-    except ValueError:
-        return failure_row(row["ytid"], "bad_manifest_row", f"start_seconds {row['start']!r} is not a number", split)
+    except (ValueError, OverflowError):
+        start_s = -1
+    if start_s < 0:
+        return failure_row(row["ytid"], "bad_manifest_row",
+                           f"start_seconds {row['start']!r} is not a number of seconds >= 0", split)
     clip_id = f"{row['ytid']}_{start_s:06d}"
     found = _vggsound_file(base, row["ytid"], start_s)
     if found is None:
@@ -156,6 +213,21 @@ def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     path, start = found
     return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, classes=[row["label"]],
                      shown_source=path.name)
+
+
+def segment_problem(start: float, end: float | None) -> str | None:
+    """Why a row's `start` / `end` (seconds) cannot be a segment, or None: both finite, start >= 0,
+    end after start and at most MAX_SEGMENT_SECONDS later (inf, NaN or 1e12 would hold the writer)."""
+    if not math.isfinite(start) or start < 0:
+        return f"start {start:g} is not a time >= 0 s"
+    if end is None:
+        return None
+    if not math.isfinite(end) or end <= start:
+        return f"end {end:g} is not a time after start {start:g}"
+    if end - start > MAX_SEGMENT_SECONDS:
+        return (f"end {end:g} - start {start:g} = {end - start:g} s is longer than the {MAX_SEGMENT_SECONDS:g} s "
+                "a segment may last (cut the video into clips)")
+    return None
 
 
 def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
@@ -171,8 +243,9 @@ def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     except (TypeError, ValueError):
         return failure_row(str(name), "bad_manifest_row",
                            f"start / end not numbers: {row.get('start')!r}, {row.get('end')!r}", split)
-    if end is not None and end <= start:
-        return failure_row(str(name), "bad_manifest_row", f"end {end:g} is not after start {start:g}", split)
+    problem = segment_problem(start, end)
+    if problem:
+        return failure_row(str(name), "bad_manifest_row", problem, split)
     if not path.exists():
         return failure_row(str(name), "missing_file", f"{path} does not exist", split)
     return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, end=end,
@@ -198,6 +271,11 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
     failures: list[dict] = []
     for row in read_rows(src):
         row_split = str(row.get("split") or split)
+        try:
+            check_split(row_split)          # it becomes a file name: nothing may land outside OUT
+        except FormatError as err:
+            failures.append(failure_row(json.dumps(row)[:SOURCE_CHARS], "bad_manifest_row", str(err), split))
+            continue
         if row.get("vggsound") and video_dir is None:
             raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
         made = _vggsound_input(row, base, row_split) if row.get("vggsound") else _manifest_input(row, base, row_split)

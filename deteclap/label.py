@@ -164,10 +164,10 @@ def random_yolo(nc: int = 0) -> object:
 
 
 def count_samples(tars: Sequence[Path]) -> int:
-    """Samples in these tars (read from their index files when present)."""
-    from deteclap.format import index_sample_count
+    """Whole samples in these tars (from their member headers, `deteclap.format.scan_shard`)."""
+    from deteclap.format import scan_shard
 
-    return sum(index_sample_count(Path(tar)) for tar in tars)
+    return sum(len(scan_shard(Path(tar)).entries) for tar in tars)
 
 
 def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[str]) -> str:
@@ -238,13 +238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta.setdefault("labelled_shards", {})[labeller.name] = []
             store.save_dataset_json(args.shards, meta)
     total = count_samples(tars)
+    failed_shards: set[str] = set()
     for labeller in labellers:
         with tqdm(total=total, desc=labeller.name, unit="clip", disable=args.no_progress) as bar:
             report = store.label_shards(args.shards, labeller, args.batch_size, settings, args.force,
                                         progress=bar.update)
         print(f"{labeller.name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
               f"skipped {len(report.shards_skipped)} already done, {len(report.failures)} failures")
-    print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+        for tar, why in report.shards_failed.items():
+            print(f"error: {labeller.name}: {tar} not labelled (left as it was): {why}", file=sys.stderr)
+        failed_shards |= set(report.shards_failed)
+    if not failed_shards:
+        print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+    if failed_shards:
+        print(f"error: {len(failed_shards)} damaged shards not labelled: reshard them (python -m deteclap.shard "
+              "SRC OUT rewrites a removed tar) or remove their rows from dataset.json", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from deteclap import audio
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, is_score_member, list_tars,
-                             load_dataset_json, score_member)
+                             load_dataset_json, scan_shard, score_member)
 
 EPOCH_SEED_STRIDE = 1009  # keeps the (seed, epoch) sample streams of a run apart
 
@@ -56,6 +57,20 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     if not tars:
         raise FileNotFoundError(f"{spec}: no tar file matches")
     return tars
+
+
+def check_shards(tars: list[Path], on_error: str) -> None:
+    """Damaged tars and indexes that disagree with their tar (`deteclap.format.scan_shard` problems):
+    DataError naming them (on_error=raise), else a warning; the loaders then read what the tar's
+    headers hold, and count each sample they lose (`corrupt_tar`, `index_mismatch`, `bad_key`)."""
+    for tar in tars:
+        problems = scan_shard(tar).problems
+        if problems and on_error == "raise":
+            raise DataError(f"{tar}: {'; '.join(problems)}. Remove a stale .idx (the loaders then read the "
+                            "tar's headers), reshard a damaged tar, or set data.on_error=skip")
+        if problems:
+            print(f"warning: {tar}: {'; '.join(problems)}: reading the samples its headers hold",
+                  file=sys.stderr)
 
 
 @dataclass

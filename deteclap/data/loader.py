@@ -37,16 +37,20 @@ import torch
 from deteclap import audio
 from deteclap.config import Config
 from deteclap.data.balance import epoch_repeats, rank_shares
-from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, epoch_seed, finish_batch,
-                                  required_members, resolve_shards, shard_facts, wrong_score_sizes)
+from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
+                                  finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.device import flush_denormals
-from deteclap.format import (AUDIO_EXT, CLASSES_EXT, VIDEO_EXT, index_entries, is_score_member, iter_tar_samples,
-                             labeller_of)
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, VIDEO_EXT, FormatError, is_score_member, iter_tar_samples,
+                             labeller_of, scan_shard)
 
 
 def scan_samples(tar: Path) -> dict[str, set[str]]:
-    """{key: member extensions} of a tar, in tar order; read from its .idx when present."""
-    return {key: {entry[0] for entry in entries} for key, entries in index_entries(tar).items()}
+    """{key: member extensions} of a tar's samples from its headers (`deteclap.format.scan_shard`),
+    in tar order, then the keys of its unusable samples (`scan.bad`, no extensions): an epoch
+    draws those too, so that each is counted (or raises) when the tar is read instead of vanishing."""
+    scan = scan_shard(tar)
+    return {**{key: {entry[0] for entry in entries} for key, entries in scan.entries.items()},
+            **dict.fromkeys(scan.bad, set())}
 
 
 def epoch_tar_order(tars: list[Path], seed: int, epoch: int) -> list[Path]:
@@ -133,9 +137,10 @@ class ShardSamples(torch.utils.data.IterableDataset):
     """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
 
     def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None,
-                 repeats: dict[str, dict[str, int]] | None = None) -> None:
+                 repeats: dict[str, dict[str, int]] | None = None, num_classes: int | None = None) -> None:
         self.tars, self.cfg, self.train, self.seed, self.score_size = tars, cfg, train, seed, score_size
         self.repeats = repeats            # training: this rank's times per sample (absent: 0); None: each once
+        self.num_classes = num_classes    # bytes of every KEY.cls (dataset.json's class count); None: unchecked
         self.exts = required_members(cfg)
 
     def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
@@ -146,6 +151,9 @@ class ShardSamples(torch.utils.data.IterableDataset):
         missing = [ext for ext in self.exts if ext not in members]
         if missing:
             raise DataError("missing_member", f"missing members {missing}")
+        if self.num_classes is not None and len(members[CLASSES_EXT]) != self.num_classes:
+            raise DataError("bad_classes", f"{CLASSES_EXT} of {len(members[CLASSES_EXT])} bytes, not one per class "
+                                           f"of dataset.json's {self.num_classes}")
         data = self.cfg.data
         frame_index = rng.randrange(data.num_frames) if self.train else data.eval_frame
         try:
@@ -170,12 +178,14 @@ class ShardSamples(torch.utils.data.IterableDataset):
                 "scores": scores}
 
     def _draws(self, tar: Path, key: str, members: dict[str, bytes], times: int, rng: random.Random,
-               transform: Any) -> Iterator[Any]:
-        """The sample decoded `times` times (a balanced draw can repeat it). A bad one (on_error=skip)
-        gives a `Skipped` marker for each draw left, so that the stream keeps its length (and every
-        rank its batch count); the loader counts it once."""
+               transform: Any, bad: tuple[str, str] | None = None) -> Iterator[Any]:
+        """The sample decoded `times` times (a balanced draw can repeat it). A bad one (on_error=skip;
+        `bad`: (reason, detail) known before decoding) gives a `Skipped` marker for each draw left, so
+        that the stream keeps its length (and every rank its batch count); the loader counts it once."""
         for draw in range(times):
             try:
+                if bad is not None:
+                    raise DataError(*bad)
                 yield self.decode(tar, key, members, rng, transform)
             except DataError as err:
                 reason, detail = err.args
@@ -192,18 +202,38 @@ class ShardSamples(torch.utils.data.IterableDataset):
         buffer: list[Any] = []
         size = self.cfg.data.shuffle_buffer if self.train else 0
         for tar in self.tars[worker::workers]:
-            drawn = None if self.repeats is None else self.repeats.get(str(tar), {})
-            for key, members in iter_tar_samples(tar):
-                times = 1 if drawn is None else drawn.get(key, 0)
-                for item in self._draws(tar, key, members, times, rng, transform):
-                    if size <= 1:
-                        yield item
-                        continue
-                    buffer.append(item)
-                    if len(buffer) >= size:
-                        yield buffer.pop(rng.randrange(len(buffer)))
+            for item in self._tar_items(tar, rng, transform):
+                if size <= 1:
+                    yield item
+                    continue
+                buffer.append(item)
+                if len(buffer) >= size:
+                    yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
+
+    def _tar_items(self, tar: Path, rng: random.Random, transform: Any) -> Iterator[Any]:
+        """One tar's drawn samples, decoded or `Skipped`. The stream must deliver every sample the
+        draw holds (from the tar's headers, `scan_samples`): one it does not deliver (the tar is
+        damaged, or changed since it was scanned) is a DataError naming the shard, or skipped and
+        counted, as is one the stream holds and the headers did not."""
+        scan = scan_shard(tar)
+        drawn = self.repeats.get(str(tar), {}) if self.repeats is not None else dict.fromkeys(scan_samples(tar), 1)
+        delivered: set[str] = set()
+        try:
+            for key, members in iter_tar_samples(tar):
+                delivered.add(key)
+                bad = scan.bad.get(key)
+                if key not in scan.entries and bad is None:
+                    bad, drawn = ("index_mismatch", "a sample the tar's headers did not list"), {**drawn, key: 1}
+                yield from self._draws(tar, key, members, drawn.get(key, 0), rng, transform, bad)
+        except FormatError as err:
+            if self.cfg.data.on_error == "raise":
+                raise DataError(str(err)) from None
+        for key, times in drawn.items():
+            if key not in delivered and times:
+                bad = scan.bad.get(key, ("corrupt_tar", f"listed by {tar.name}'s headers, not in its stream"))
+                yield from self._draws(tar, key, {}, times, rng, transform, bad)
 
 
 def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
@@ -219,6 +249,10 @@ def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
                            "shards": [item["shard"] for item in good]}
     if not good:
         return out
+    sizes = {item["classes"].numel() for item in good}
+    if len(sizes) > 1:            # (a glob of tars: no dataset.json class count to check against)
+        raise DataError(f"{CLASSES_EXT} members of different sizes {sorted(sizes)} in one batch: "
+                        f"{[(item['shard'], item['key'], item['classes'].numel()) for item in good][:4]}")
     lengths = torch.tensor([item["wave"].numel() for item in good])
     waves = torch.zeros(len(good), int(lengths.max()))
     for i, item in enumerate(good):
@@ -253,8 +287,9 @@ class ReferenceLoader(SkipLog):
         self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
+        check_shards(all_tars, data.on_error)
         facts = shard_facts(spec)
-        self.score_size = facts.score_bytes
+        self.score_size, self.num_classes = facts.score_bytes, facts.num_classes
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         super().__init__()
@@ -303,7 +338,7 @@ class ReferenceLoader(SkipLog):
         data = self.cfg.data
         preload_decoders()
         dataset = ShardSamples(self.tars, self.cfg, self.train, epoch_seed(data.seed, self.epoch), self.score_size,
-                               self.repeats)
+                               self.repeats, self.num_classes)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
+
+from deteclap.format.spec import FormatError
 
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 2      # 2: KEY.frames (the frame table of KEY.mp4) in every sample
@@ -20,16 +22,29 @@ DATASET_KEYS = {
 SHARD_ROW_KEYS = ("split", "tar", "index", "samples")
 
 
-def folder_file(folder: str | Path, name: str) -> Path:
-    """The file a dataset.json entry names (`tar`, `index`), inside the shard folder; the one resolver
-    of those names. Raises ValueError for a name that is absolute or leaves the folder."""
-    from deteclap.format.spec import FormatError
+def entry_problem(name: Any) -> str | None:
+    """Why a dataset.json `tar` / `index` entry cannot be used, or None: an entry is a relative path
+    that stays in the shard folder (no absolute path, drive, `..` or empty name)."""
+    if not isinstance(name, str) or not name or "\0" in name or name.endswith("/"):
+        return f"shard entry {name!r} is not a file name"
+    posix = PurePosixPath(name)
+    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
+        return f"shard entry {name!r} is outside the shard folder (absolute, or with '..'): only files in it are read"
+    return None
 
-    folder = Path(folder)
-    path = folder / name
-    if Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
-        raise FormatError(f"{folder / DATASET_JSON}: {name!r} is outside the shard folder; only files in it are read")
-    return path
+
+def folder_file(folder: str | Path, name: Any) -> Path:
+    """The file a dataset.json `tar` / `index` entry names, inside `folder`; the one resolver of
+    those entries, so a hostile or hand-edited dataset.json cannot make a loader read, or the
+    labeller rewrite, a file elsewhere.
+
+    Raises:
+        FormatError: an entry that is not a relative path inside the folder (`entry_problem`).
+    """
+    problem = entry_problem(name)
+    if problem:
+        raise FormatError(f"{Path(folder) / DATASET_JSON}: {problem}")
+    return Path(folder) / PurePosixPath(name)
 
 
 def load_dataset_json(folder: str | Path) -> dict[str, Any]:
@@ -75,8 +90,8 @@ def dataset_problems(meta: dict[str, Any]) -> list[str]:
         if missing:
             problems.append(f"dataset.json: shard row {row!r} lacks {missing}")
             continue
-        for key in ("tar", "index"):
-            name = row[key]
-            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
-                problems.append(f"dataset.json: shard {key} {name!r} is outside the shard folder")
+        bad = [f"dataset.json: {problem}" for problem in map(entry_problem, (row["tar"], row["index"])) if problem]
+        if not bad and PurePosixPath(row["index"]) != PurePosixPath(row["tar"]).with_suffix(".idx"):
+            bad.append(f"dataset.json: shard row index {row['index']!r} is not the index of {row['tar']!r}")
+        problems += bad
     return problems

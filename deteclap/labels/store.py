@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deteclap.format import (DATASET_JSON, SCORE_DTYPE, index_path, is_score_member, iter_tar_samples, labeller_of,
-                             list_tars, load_dataset_json, replace_synced, save_dataset_json, score_member,
-                             split_member_name, tar_index_samples, tmp_path, write_index)
+from deteclap.format import (DATASET_JSON, SCORE_DTYPE, FormatError, folder_lock, index_path, is_score_member,
+                             iter_tar_samples, labeller_of, list_tars, load_dataset_json, replace_synced,
+                             save_dataset_json, scan_shard, score_member, split_member_name, tar_index_samples,
+                             tmp_path, write_index)
 Sample = dict[str, Any]            # {"__key__": key, "<ext>": bytes, ...} (ext = after the key's first dot)
 
 
@@ -48,6 +49,7 @@ class LabelReport:
     labeller: str
     shards_done: list[str] = field(default_factory=list)
     shards_skipped: list[str] = field(default_factory=list)     # already labelled (resumed)
+    shards_failed: dict[str, str] = field(default_factory=dict)  # tar -> why it was not labelled (damage)
     samples: int = 0
     failures: dict[str, str] = field(default_factory=dict)      # key -> reason (this run)
 
@@ -101,6 +103,16 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
     tar_path = Path(tar_path)
     ext = score_member(labeller)
     tmp = tmp_path(tar_path)
+    try:
+        _copy_with_scores(tar_path, tmp, ext, labeller, scores)
+    except BaseException:
+        tmp.unlink(missing_ok=True)            # a failed rewrite leaves the tar as it was, and no tmp file
+        raise
+    replace_synced(tmp, tar_path)
+    rewrite_index(tar_path)
+
+
+def _copy_with_scores(tar_path: Path, tmp: Path, ext: str, labeller: str, scores: dict[str, np.ndarray]) -> None:
     with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as dst:
         # an old member of this labeller is left out; the new one follows the key's last kept member
         kept = [info for info in src if info.isfile() and split_member_name(info.name)[1] != ext]
@@ -116,8 +128,6 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
                 new.size, new.mtime, new.mode = len(data), info.mtime, info.mode
                 new.uid, new.gid, new.uname, new.gname = info.uid, info.gid, info.uname, info.gname
                 dst.addfile(new, io.BytesIO(data))
-    replace_synced(tmp, tar_path)
-    rewrite_index(tar_path)
 
 
 def read_scores(shards_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
@@ -169,8 +179,19 @@ def label_shards(shards_dir: str | Path, labeller: Labeller, batch_size: int = 1
         settings: what to record about the run in dataset.json `labeller_settings` (weights, ...).
         force: relabel shards already recorded as done.
         progress: called with the number of samples finished after each batch (e.g. tqdm.update).
+
+    Holds the folder's lock (`deteclap.format.folder_lock`): a second labeller or shard writer on
+    the folder waits. A damaged tar (`deteclap.format.scan_shard`: truncated, a bad key, a stale
+    index) is not labelled: it is named in `report.shards_failed`, left as it was, and the
+    labeller does not join dataset.json `labellers`.
     """
-    shards_dir = Path(shards_dir)
+    load_dataset_json(shards_dir)              # no shard folder: its own message, before the lock file
+    with folder_lock(shards_dir, f"labeller {labeller.name}"):
+        return _label_shards(Path(shards_dir), labeller, batch_size, settings, force, progress)
+
+
+def _label_shards(shards_dir: Path, labeller: Labeller, batch_size: int, settings: dict[str, Any] | None,
+                  force: bool, progress: Callable[[int], None] | None) -> LabelReport:
     meta = load_dataset_json(shards_dir)
     vocabulary = meta.get("label_vocabulary")
     if not vocabulary:
@@ -183,9 +204,17 @@ def label_shards(shards_dir: str | Path, labeller: Labeller, batch_size: int = 1
         if tar_path.name in done and not force:
             report.shards_skipped.append(tar_path.name)
             continue
+        scan = scan_shard(tar_path)
+        damage = scan.problems + [f"sample {key!r}: {reason}: {detail}" for key, (reason, detail) in scan.bad.items()]
+        try:
+            samples = [] if damage else list(iter_samples(tar_path))
+        except FormatError as err:
+            damage = [str(err)]
+        if damage:
+            report.shards_failed[tar_path.name] = "; ".join(damage)
+            continue
         scores: dict[str, np.ndarray] = {}
         failures: dict[str, str] = {}
-        samples = list(iter_samples(tar_path))
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
             batch_scores, reasons = labeller(batch)

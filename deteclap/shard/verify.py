@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS, MEMBER_EXTENSIONS,
-                             META_EXT, VIDEO_EXT, check_index, dataset_problems, load_dataset_json, read_tar_samples,
+                             META_EXT, VIDEO_EXT, FormatError, check_index, dataset_problems, load_dataset_json,
+                             read_tar_samples, scan_shard, folder_file,
                              score_member)
 from deteclap.clip import DEFAULT_SHORT_SIDE, NUM_FRAMES, frame_table
 from deteclap.shard.write import FAILURES_JSONL
@@ -127,22 +128,27 @@ def _check_folder(out: Path, meta_all: dict, report: VerifyReport) -> None:
         try:
             if read_tar_samples(extra):
                 report.error(f"{extra.name}: a tar with samples not listed in dataset.json")
-        except (OSError, tarfile.TarError) as err:
+        except (OSError, tarfile.TarError, FormatError) as err:
             report.error(f"{extra.name}: cannot read: {err}")
     if not (out / FAILURES_JSONL).exists():
         report.error(f"{FAILURES_JSONL} is missing")
 
 
 def _verify_shard(out: Path, shard: dict, meta_all: dict, report: VerifyReport) -> None:
-    tar_path = out / shard["tar"]
+    tar_path = folder_file(out, shard["tar"])    # (dataset_problems refused entries leaving the folder)
     report.shards += 1
     try:
+        scan = scan_shard(tar_path)              # damage, keys that cannot be used, a stale index
+        for problem in scan.problems:
+            report.error(f"{shard['tar']}: {problem}")
+        for key, (reason, detail) in scan.bad.items():
+            report.error(f"{shard['tar']}:{key}: {reason}: {detail}")
+        problem = None if scan.problems else check_index(tar_path)
+        if problem:
+            report.error(problem)
         samples = read_tar_samples(tar_path)
         if len(samples) != shard["samples"]:
             report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
-        problem = check_index(tar_path)
-        if problem:
-            report.error(problem)
         keys = [k for k, _ in samples]
         if len(set(keys)) != len(keys):
             report.error(f"{shard['tar']}: a key appears in more than one group")
@@ -150,7 +156,7 @@ def _verify_shard(out: Path, shard: dict, meta_all: dict, report: VerifyReport) 
             for key, members in samples:
                 report.samples += 1
                 _verify_sample(tar, f"{shard['tar']}:{key}", key, members, meta_all, report)
-    except (OSError, tarfile.TarError) as err:
+    except (OSError, tarfile.TarError, FormatError) as err:
         report.error(f"{shard['tar']}: cannot read: {err}")
 
 

@@ -15,11 +15,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from deteclap.format import (DATASET_JSON, FORMAT_VERSION, index_path, load_dataset_json, read_tar_samples,
-                             replace_synced, save_dataset_json, shard_name, tar_index_samples, tmp_path, write_atomic,
-                             write_index, write_tar)
+from deteclap.format import (DATASET_JSON, FORMAT_VERSION, FormatError, check_split, folder_lock, index_path,
+                             load_dataset_json, read_tar_samples, replace_synced, save_dataset_json, shard_name,
+                             tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
 from deteclap.clip import CODECS, EncodeSettings, process_job
-from deteclap.inputs import DEFAULT_SPLIT, ClipInput, ShardError, collect_inputs, plan_shards
+from deteclap.inputs import (DEFAULT_SPLIT, MAX_SEGMENT_SECONDS, ClipInput, ShardError, collect_inputs,
+                                   folder_files, plan_shards)
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 FAILURES_JSONL = "failures.jsonl"
@@ -79,6 +80,9 @@ def _kept_failures(out: Path, plan: Plan, planned_names: set[str], read_splits: 
 
 
 def _check_options(settings: EncodeSettings, samples_per_shard: int | None) -> None:
+    if not 0 < settings.seconds <= MAX_SEGMENT_SECONDS:        # (False for NaN too)
+        raise ShardError(f"--seconds {settings.seconds:g}: a segment lasts more than 0 and at most "
+                         f"{MAX_SEGMENT_SECONDS:g} s")
     if settings.codec not in CODECS:
         raise ShardError(f"--codec {settings.codec!r}: choose one of {sorted(CODECS)}")
     if samples_per_shard is not None and samples_per_shard < 1:
@@ -173,13 +177,27 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     `samples_per_shard` None: the value OUT's dataset.json records (a resume or another split),
     else DEFAULT_SAMPLES_PER_SHARD. Summary: {"inputs", "samples" (in the listed shards),
     "written_now", "skipped_shards" (done by an earlier run), "shards", "failed", "reasons":
-    {reason: count}, "out"}. Raises ShardError for an unusable SRC or an OUT written with other
-    settings.
+    {reason: count}, "out", "ignored": [{"source", "reason", "detail"}] (files of a folder SRC not
+    taken, `deteclap.inputs.folder_files`)}. Raises ShardError for an unusable SRC, a `split` that is not a plain
+    name, or an OUT written with other settings.
+
+    Holds OUT's lock (`deteclap.format.folder_lock`) throughout: a second writer or labeller on OUT
+    waits, so that two splits written at once both stay listed in dataset.json.
     """
     settings = settings or EncodeSettings()
     _check_options(settings, samples_per_shard)
+    try:
+        check_split(split)
+    except FormatError as err:
+        raise ShardError(f"--split: {err}") from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "shard writer"):
+        return _write_locked(src, out, workers, split, samples_per_shard, settings, video_dir, progress)
+
+
+def _write_locked(src: str | Path, out: Path, workers: int, split: str, samples_per_shard: int | None,
+                  settings: EncodeSettings, video_dir: str | Path | None, progress: bool) -> dict:
     previous = load_dataset_json(out) if (out / DATASET_JSON).exists() else None
     samples_per_shard = _samples_per_shard(out, previous, samples_per_shard)
     inputs, plan_failures = collect_inputs(src, split, video_dir)
@@ -212,7 +230,8 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     return {"inputs": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),
             "samples": sum(s["samples"] for s in shard_rows), "written_now": written,
             "skipped_shards": skipped, "shards": len(shard_rows), "failed": len(run_failures),
-            "reasons": dict(sorted(Counter(r["reason"] for r in run_failures).items())), "out": str(out)}
+            "reasons": dict(sorted(Counter(r["reason"] for r in run_failures).items())), "out": str(out),
+            "ignored": folder_files(Path(src))[1] if Path(src).is_dir() else []}
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool) -> Iterator[dict]:
