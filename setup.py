@@ -5,9 +5,10 @@ EXTRAS = {
     "dali": ["nvidia-dali-cuda120>=1.40"],
     "train": ["deepspeed>=0.14", "tensorboard>=2.10"],
     "labels": ["ultralytics>=8.1", "msclap>=1.3"],
-    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10"],
+    "search": ["faiss-cpu>=1.7"],
+    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10", "import-linter>=2.0"],
 }
-EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels") for req in EXTRAS[name]})
+EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels", "search") for req in EXTRAS[name]})
 
 setup(
     name="deteclap",
@@ -16,11 +17,13 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*",
-                                    "benchmarks", "benchmarks.*"]),
+    # benchmarks/ runs from a checkout (`python -m benchmarks`); it is not installed as a
+    # top-level package of that generic name.
+    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*"]),
     package_data={"deteclap": ["assets/*"]},
     install_requires=[
         "torch>=2.1,<2.16",
+        "torchvision>=0.16",
         "numpy>=1.24",
         "timm>=0.9",
         "av>=11",

@@ -166,7 +166,8 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
     from tqdm import tqdm
 
     from deteclap.data.decode import decode_audio, decode_video_frames
-    from deteclap.data.loader import iter_tar_samples, resolve_shards
+    from deteclap.data.common import resolve_shards
+    from deteclap.format import iter_tar_samples
 
     keys = []
     tars = resolve_shards(shards, "train")
@@ -262,7 +263,7 @@ def official_batches(root: Path, keys: list[str], cfg: Any) -> Iterator[dict]:
 def profile(make: Callable[[], Iterator[dict]], count: int) -> dict[str, Any]:
     """Top own-time costs (cProfile, ms per batch) of `count` batches after one warm-up batch, on one
     torch thread like a DataLoader worker (two threads on a busy 2-core machine measure OpenMP waits)."""
-    from deteclap.data.loader import single_cpu_thread
+    from deteclap.data.common import single_cpu_thread
 
     with single_cpu_thread():
         batches = make()
@@ -358,9 +359,8 @@ class LoaderProcess:
 
 def replicate_shards(shards: str, times: int, out: Path) -> str:
     """A shard folder reading `shards` `times` over: hard links (copies across file systems) to every
-    tar and index as `STEM-rK.tar`, and a dataset.json listing them all."""
-    from deteclap.data.loader import index_path
-    from deteclap.shard import DATASET_JSON, load_dataset_json
+    tar and index as `STEM-rK.tar` / `STEM-rK.idx`, and a dataset.json listing them all."""
+    from deteclap.format import folder_file, index_path, load_dataset_json, save_dataset_json
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -368,7 +368,7 @@ def replicate_shards(shards: str, times: int, out: Path) -> str:
     rows = []
     for copy in range(times):
         for row in meta.get("shards", []):
-            tar = Path(shards) / row["tar"]
+            tar = folder_file(shards, row["tar"])
             name = f"{tar.stem}-r{copy}.tar"
             for source, target in ((tar, out / name), (index_path(tar), index_path(out / name))):
                 if source.is_file():
@@ -376,8 +376,8 @@ def replicate_shards(shards: str, times: int, out: Path) -> str:
                         os.link(source, target)
                     except OSError:
                         shutil.copy(source, target)
-            rows.append({**row, "tar": name})
-    (out / DATASET_JSON).write_text(json.dumps({**meta, "shards": rows}, indent=1) + "\n")
+            rows.append({**row, "tar": name, "index": index_path(out / name).name})
+    save_dataset_json(out, {**meta, "shards": rows})
     return str(out)
 
 
@@ -437,9 +437,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
         results.append(result)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    from deteclap.data.loader import resolve_shards, tar_sample_count
+    from deteclap.data.common import resolve_shards
+    from deteclap.format import index_sample_count
 
-    set_clips = sum(tar_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
+    set_clips = sum(index_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
     for r in results:
         r.update(batch=args.batch, workers=args.workers, set_clips=set_clips, threads=split_name(r["name"])[1] or None,
                  load_average_after=[float(x) for x in load])

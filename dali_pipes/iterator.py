@@ -5,7 +5,7 @@ wrapping `DALIGenericIterator` (reader_name drives the epoch size; training drop
 batch, LastBatchPolicy.DROP; evaluation keeps it, LastBatchPolicy.PARTIAL). Right after the
 pipeline the padded waves go through deteclap.audio's Kaldi fbank (on the GPU in GPU mode), and
 the label scores through deteclap.data.targets.build_targets (shared with the reference loader via
-deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sample's mp4 member
+deteclap.data.common.finish_batch). Keys come from the `source_info` of each sample's mp4 member
 ("TAR:OFFSET:KEY.mp4"), so no JSON is parsed.
 
 Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
@@ -66,12 +66,13 @@ import torch
 from dali_pipes.nvdec import probe_nvdec
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
-from deteclap.data.loader import (AUDIO_EXT, SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, bad_audio_detail,
-                                  batch_size, epoch_seed, finish_batch, index_entries, index_path, required_members,
-                                  resolve_shards, shard_facts, wrong_score_sizes)
-from deteclap.shard import FRAME_TABLE_EXT, index_text
+from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
+                                  finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, frame_table_problem, index_entries, index_path,
+                             is_score_member, labeller_of, scan_shard, split_member_name, write_index)
 
-MEMBER = r"(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)"     # "OFFSET:KEY.EXT" after "TAR:"
+# "OFFSET:NAME" after "TAR:"; NAME (a member name) ends before a quote, space, colon or a sentence's dot
+MEMBER = r"(?P<offset>\d+):(?P<name>[^\s\"':]+?)\.?(?=[\s\"':]|$)"
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):" + MEMBER)                   # a tar path without spaces
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
 REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
@@ -132,11 +133,6 @@ def choose_video_decoder(setting: str, gpu: bool, device_id: int | None,
     return "cpu", reason
 
 
-def write_index(samples: list[list[Entry]], path: Path) -> None:
-    """Write a wds2idx (v1.2) index holding these samples (one may be listed more than once)."""
-    path.write_text(index_text(samples))
-
-
 def parse_bad_member(message: str, tars: Iterable[str] = ()) -> tuple[str, str, str] | None:
     """(tar, key, reason) of the member a DALI error names ("TAR:OFFSET:KEY.EXT"), or None. One of
     `tars` is found by its path (which may hold spaces; the longest that matches), another tar by
@@ -150,8 +146,10 @@ def parse_bad_member(message: str, tars: Iterable[str] = ()) -> tuple[str, str, 
         if match is None:
             return None
         tar = match["tar"]
-    ext = match["ext"]
-    return tar, match["key"], REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
+    key, ext = split_member_name(match["name"])
+    if not ext:
+        return None
+    return tar, key, REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
 
 
 def _dali_error_text(err: BaseException) -> str:
@@ -177,16 +175,21 @@ class DaliLoader(SkipLog):
         self.video_decoder, self.video_fallback = choose_video_decoder(data.video_decode, self.gpu, self.device_id)
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         self.tars = resolve_shards(spec, split)
+        check_shards(self.tars, data.on_error)
         facts = shard_facts(spec)
         self.resize = facts.square_side != cfg.model.img_size
-        self.score_size = facts.score_bytes
+        self.score_size, self.num_classes = facts.score_bytes, facts.num_classes
         self.exts = required_members(cfg)
-        self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts if ext.endswith(SCORE_SUFFIX)]
+        self.score_names = [labeller_of(ext) for ext in self.exts if is_score_member(ext)]
         super().__init__()
         self.excluded: set[tuple[str, str]] = set()
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
-        self.entries = {str(tar): index_entries(tar) for tar in self.tars}
+        # from the tars' headers, checked (deteclap.format.scan_shard): a damaged tar or a stale index
+        # is read through index copies holding only its whole samples, never through its own .idx
+        scans = {str(tar): scan_shard(tar) for tar in self.tars}
+        self.entries = {tar: scan.entries for tar, scan in scans.items()}
+        self.own_index_usable = not any(scan.problems or scan.bad for scan in scans.values())
         # decode only the sampled frame (dali_pipes.pipelines.cut_frame): format-2 shards all hold
         # KEY.frames (one without it is a missing member); a glob of tars when every sample has it
         if facts.format_version >= 2 or (facts.format_version == 0 and self._all_have(FRAME_TABLE_EXT)):
@@ -200,12 +203,20 @@ class DaliLoader(SkipLog):
             from deteclap.data.balance import epoch_repeats
 
             self.repeats, bad = epoch_repeats(self.tars, data.seed, epoch, data.on_error, facts.num_classes)
-            self.epoch_samples = len(bad)
             for item in bad:
                 if rank == 0:
                     self._count(item)
                 self.excluded.add((item.shard, item.key))
-        self.epoch_samples += self.num_samples()      # the skip budget's base (deteclap.data.budget)
+        for tar, scan in scans.items():     # samples a tar cannot give (damage, bad keys, index-only)
+            for key, (reason, detail) in scan.bad.items():
+                if data.on_error == "raise":
+                    raise DataError(f"{tar}: sample {key}: {reason}: {detail}")
+                if rank == 0:
+                    self._count(Skipped(tar, key, reason))
+        # the skip budget's base (deteclap.data.budget): the samples read, and those left out before
+        # reading (balanced sampling's bad draws hold the unreadable ones too, so a set)
+        unreadable = {(tar, key) for tar, scan in scans.items() for key in scan.bad}
+        self.epoch_samples = self.num_samples() + len(self.excluded | unreadable)
         self._check_members()
 
     def _all_have(self, ext: str) -> bool:
@@ -239,18 +250,23 @@ class DaliLoader(SkipLog):
         data = self.cfg.data
         needed = data.num_frames if self.train else data.eval_frame + 1     # frames the table must hold
         for tar, samples in self.entries.items():
+            tables = self._frame_tables(tar) if FRAME_TABLE_EXT in self.exts else {}
             for key, members in samples.items():
                 if not self._times(tar, key):
                     continue                  # not read this epoch (not drawn, or already counted)
                 sizes = {m[0]: m[2] for m in members}
                 problem = None
                 wrong = wrong_score_sizes({e: n for e, n in sizes.items() if e in self.exts}, self.score_size)
-                table = sizes.get(FRAME_TABLE_EXT) if FRAME_TABLE_EXT in self.exts else None
+                table = tables.get(key)
+                cls = sizes.get(CLASSES_EXT)
                 if wrong:
                     problem = ("bad_scores", wrong)
-                elif table is not None and (table % 8 or table // 8 - 1 < needed):
-                    problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} table ({table} bytes) does not hold "
-                                              f"frame {needed - 1} (data.num_frames / data.eval_frame)")
+                elif table is not None and frame_table_problem(table, sizes.get("mp4", 0), needed):
+                    problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} member is not the mp4's frame table: "
+                                              f"{frame_table_problem(table, sizes.get('mp4', 0), needed)}")
+                elif cls is not None and self.num_classes is not None and cls != self.num_classes:
+                    problem = ("bad_classes", f"{CLASSES_EXT} of {cls} bytes, not one per class of dataset.json's "
+                                              f"{self.num_classes}")
                 elif not set(self.exts) <= set(sizes):
                     problem = ("missing_member", f"missing {sorted(set(self.exts) - set(sizes))}")
                 if problem and (not skip) and problem[0] != "missing_member":   # (DALI names those itself)
@@ -259,6 +275,18 @@ class DaliLoader(SkipLog):
                     self.excluded.add((tar, key))
                     if self.rank == 0:
                         self._count(Skipped(tar, key, problem[0]))
+
+    def _frame_tables(self, tar: str) -> dict[str, bytes]:
+        """{key: KEY.frames bytes} of the samples of a tar read this epoch (a few dozen bytes each,
+        read at their index offsets), for `frame_table_problem`."""
+        tables = {}
+        with open(tar, "rb") as handle:
+            for key, members in self.entries[tar].items():
+                for ext, offset, size, _ in members:
+                    if ext == FRAME_TABLE_EXT and self._times(tar, key):
+                        handle.seek(offset)
+                        tables[key] = handle.read(size)
+        return tables
 
     def _times(self, tar: str, key: str) -> int:
         """How often the reader lists a sample this epoch (0: excluded or not drawn)."""
@@ -288,7 +316,7 @@ class DaliLoader(SkipLog):
         """(tars, index files) for the reader: the tars' own .idx files (none when one is missing), or
         written copies once samples are excluded or drawn (balanced sampling: a sample drawn n times
         is listed n times); a tar left with no sample is dropped (DALI refuses an empty index)."""
-        if not self.excluded and self.repeats is None:
+        if not self.excluded and self.repeats is None and self.own_index_usable:
             paths = [index_path(Path(tar)) for tar in self.entries]
             return list(self.entries), [str(p) for p in paths] if all(p.is_file() for p in paths) else []
         if self._index_dir is None:
@@ -298,7 +326,7 @@ class DaliLoader(SkipLog):
             listed = [members for key, members in samples.items() for _ in range(self._times(tar, key))]
             if listed:
                 path = Path(self._index_dir.name) / f"{i:06d}.idx"
-                write_index(listed, path)
+                write_index(path, listed)
                 tars.append(tar)
                 paths.append(str(path))
         return tars, paths
@@ -354,8 +382,9 @@ class DaliLoader(SkipLog):
 
     def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
         sources = [bytes(row).rstrip(b"\0").decode() for row in out["source"].cpu().numpy()]
-        tars = [source.rsplit(":", 2)[0] for source in sources]
-        keys = [source.rsplit(":", 1)[-1].split(".", 1)[0] for source in sources]
+        parts = [source.rsplit(":", 2) for source in sources]      # "TAR:OFFSET:NAME" per sample
+        tars = [tar for tar, _, _ in parts]
+        keys = [split_member_name(name)[0] for _, _, name in parts]
         keep = self._drop_bad_audio(out, tars, keys)
         if not keep:
             return {"keys": []}

@@ -1,8 +1,10 @@
 """`python -m deteclap.label SHARDS --labellers clap,yolo,truth`: store label scores inside the shards.
 
 Each labeller adds a `KEY.<labeller>.f16` member to every sample (see deteclap.labels.store and
-shards/FORMAT.md); a re-run skips shards already done (resumable). At the end it prints, per
-labeller, the labels per clip at the default thresholds, the most frequent classes and failures.
+shards/FORMAT.md); a re-run skips shards already done (resumable). A re-run with settings that
+change a labeller's scores (weights, truth noise, seed, ...) stops and says so; `--force` relabels.
+At the end it prints, per labeller, the labels per clip at the default thresholds, the most
+frequent classes and failures.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ FAILURES_SHOWN = 5
 _DEFAULTS = LabelsConfig()
 THRESHOLDS = {"clap": _DEFAULTS.audio_threshold, "truth_audio": _DEFAULTS.audio_threshold,
               "yolo": _DEFAULTS.visual_threshold, "truth_visual": _DEFAULTS.visual_threshold}
+# the options that change a labeller's scores; the others (--device, --batch-size, ...) do not
+_TRUTH_SETTINGS = ("truth", "truth_noise", "seed")
+SCORE_SETTINGS = {"truth_audio": _TRUTH_SETTINGS, "truth_visual": _TRUTH_SETTINGS,
+                  "clap": ("clap_weights", "random_weights"),
+                  "yolo": ("yolo_weights", "yolo_conf", "yolo_imgsz", "random_weights")}
+RANDOM_WEIGHT_SETTINGS = ("seed",)   # with --random-weights the seed makes CLAP's / YOLO's weights
 
 EPILOG = """\
 labellers:
@@ -76,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the scores mean nothing)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
-    parser.add_argument("--force", action="store_true", help="relabel shards already done")
+    parser.add_argument("--force", action="store_true",
+                        help="relabel shards already done (needed to relabel with other settings)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -155,10 +164,10 @@ def random_yolo(nc: int = 0) -> object:
 
 
 def count_samples(tars: Sequence[Path]) -> int:
-    """Samples in these tars (read from their index files when present)."""
-    from deteclap.data.loader import tar_sample_count
+    """Whole samples in these tars (from their member headers, `deteclap.format.scan_shard`)."""
+    from deteclap.format import scan_shard
 
-    return sum(tar_sample_count(Path(tar)) for tar in tars)
+    return sum(len(scan_shard(Path(tar)).entries) for tar in tars)
 
 
 def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[str]) -> str:
@@ -186,6 +195,19 @@ def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[s
     return "\n".join(lines)
 
 
+def changed_settings(meta: dict, labeller: str, settings: dict) -> list[str]:
+    """How `settings` differ from those the shards' `labeller` scores were made with, on the options
+    that change scores: one "option: stored -> wanted" line each; [] when no shard holds its scores."""
+    if not meta.get("labelled_shards", {}).get(labeller):
+        return []
+    stored = meta.get("labeller_settings", {}).get(labeller, {})
+    keys = SCORE_SETTINGS.get(labeller, tuple(settings))
+    if labeller in ("clap", "yolo") and (stored.get("random_weights") or settings.get("random_weights")):
+        keys += RANDOM_WEIGHT_SETTINGS
+    return [f"--{k.replace('_', '-')}: {stored.get(k)!r} -> {settings.get(k)!r}"
+            for k in keys if stored.get(k) != settings.get(k)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
@@ -200,15 +222,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    total = count_samples(tars)
+    settings = {k: v for k, v in vars(args).items() if k not in ("shards", "no_progress", "force")}
     for labeller in labellers:
-        settings = {k: v for k, v in vars(args).items() if k not in ("shards", "no_progress", "force")}
+        changes = changed_settings(meta, labeller.name, settings)
+        if changes and not args.force:
+            done = len(meta["labelled_shards"][labeller.name])
+            print(f"error: {args.shards}: {done} shard(s) hold `{labeller.name}` scores made with other settings "
+                  f"({'; '.join(changes)}); a rerun would keep those scores. Add --force to relabel every shard "
+                  f"with the new settings, or rerun with the stored ones to finish an interrupted labelling",
+                  file=sys.stderr)
+            return 2
+        if changes:
+            # --force with new settings: forget the shards done with the old ones, so that a forced
+            # run cut short resumes (without --force) by relabelling the rest, not by keeping them
+            meta.setdefault("labelled_shards", {})[labeller.name] = []
+            store.save_dataset_json(args.shards, meta)
+    total = count_samples(tars)
+    failed_shards: set[str] = set()
+    for labeller in labellers:
         with tqdm(total=total, desc=labeller.name, unit="clip", disable=args.no_progress) as bar:
             report = store.label_shards(args.shards, labeller, args.batch_size, settings, args.force,
                                         progress=bar.update)
         print(f"{labeller.name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
               f"skipped {len(report.shards_skipped)} already done, {len(report.failures)} failures")
-    print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+        for tar, why in report.shards_failed.items():
+            print(f"error: {labeller.name}: {tar} not labelled (left as it was): {why}", file=sys.stderr)
+        failed_shards |= set(report.shards_failed)
+    if not failed_shards:
+        print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+    if failed_shards:
+        print(f"error: {len(failed_shards)} damaged shards not labelled: reshard them (python -m deteclap.shard "
+              "SRC OUT rewrites a removed tar) or remove their rows from dataset.json", file=sys.stderr)
+        return 1
     return 0
 
 

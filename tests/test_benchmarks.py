@@ -4,6 +4,7 @@ import json
 
 from benchmarks.common import write_result
 from benchmarks.report import END, START, render, update_readme
+from tests.conftest import REPO, needs_dali, subprocess_env
 
 
 def test_results_schema_and_readme_section(tmp_path):
@@ -24,18 +25,15 @@ def test_results_schema_and_readme_section(tmp_path):
 def test_train_step_benchmark_runs_every_zero_stage(tmp_path):
     """benchmarks/train_step.py on the CPU (tiny model): the real DeepSpeed engine per ZeRO stage, each in
     its own process, reporting the model's parameter count, FLOPs and speed."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from deteclap.config import load_config
     from deteclap.model import build_model
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     out = tmp_path / "train_step.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    env = subprocess_env()
     subprocess.run([sys.executable, "benchmarks/train_step.py", "--model", "tiny", "--stages", "0,3", "--batch", "4",
                     "--steps", "1", "--warmup", "0", "--json", str(out)], cwd=repo, env=env, check=True,
                    capture_output=True, timeout=600)
@@ -136,18 +134,15 @@ def test_every_run_appends_to_the_history_and_the_report_draws_its_trend(tmp_pat
     assert png.name == "trend_loader.png" and png.stat().st_size > 1000
 
 
+@needs_dali
 def test_loader_benchmark_runs_each_loader_in_its_own_process(shard_dir, tmp_path):
     """benchmarks/loader.py on the CPU: every loader (each DALI thread count its own result) timed in
     a spawned process of its own, over the shards read twice per epoch; steady clips/s beside
     clips/s; the run appended to the history beside the JSON."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    import pytest
-
-    pytest.importorskip("nvidia.dali")
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     out = tmp_path / "loader.json"
     cmd = [sys.executable, str(repo / "benchmarks" / "loader.py"), "--shards", str(shard_dir), "--batch", "2",
            "--batches", "12", "--warmup", "1", "--repeats", "1", "--loaders", "reference,dali_cpu", "--threads", "1,2",

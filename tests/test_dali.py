@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import HAVE_DALI
 from tests.test_loader import all_keys, corrupt, keep, make_cfg, rewrite_shards
 
-pytest.importorskip("nvidia.dali")
+if not HAVE_DALI:
+    pytest.skip("DALI (nvidia-dali) is not installed", allow_module_level=True)
 
 from dali_pipes.iterator import DaliLoader, build_dali_loader, parse_bad_member  # noqa: E402
 from deteclap.data import build  # noqa: E402
-from deteclap.data.loader import DataError, build_loader  # noqa: E402
+from deteclap.data.common import DataError  # noqa: E402
+from deteclap.data.loader import build_loader  # noqa: E402
 
 # Frames: DALI's cubic resize (antialiased) and its YUV->RGB differ from PIL bicubic + PyAV by a
 # few grey levels; in normalised units (1 / (0.225 * 255) per level) we allow mean 0.05 and 0.35 for
@@ -320,7 +323,7 @@ def test_gpu_setting_fails_instead_of_falling_back(shard_dir: Path, fresh_fallba
 
 def named_decoder_error(shards: Path, key: str) -> tuple[str, RuntimeError]:
     """DALI's error for a video it cannot open, naming the sample's mp4 member as DALI does."""
-    from deteclap.data.loader import index_entries
+    from deteclap.format import index_entries
 
     for tar in sorted(shards.glob("train-*.tar")):
         members = index_entries(tar).get(key)
@@ -355,9 +358,13 @@ def test_a_named_sample_that_decodes_on_the_cpu_is_a_hardware_failure(shard_dir:
 def test_a_named_sample_that_fails_on_the_cpu_too_is_bad_data(shard_dir: Path, tmp_path: Path,
                                                                fresh_fallback) -> None:
     key = all_keys(shard_dir)[4]
-    shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(key, "mp4"))
+    # the mp4 zeroed at its own size: its frame table still fits it, so the loader's checks before
+    # reading pass it (a truncated mp4 is corrupt_mp4 from the frame table) and only a decoder meets it
+    zeroed = lambda k, ext, data: bytes(len(data)) if (k, ext) == (key, "mp4") else data   # noqa: E731
+    shards = rewrite_shards(shard_dir, tmp_path / "bad", zeroed)
     tar, err = named_decoder_error(shards, key)
     loader = simulated_nvdec_loader(make_cfg(shards), "skip")
+    assert loader.skipped == {}
     loader._handle(err)
     assert loader.skipped == {"corrupt_mp4": 1} and (tar, key) in loader.excluded
     assert loader.video_decoder == "mixed" and fresh_fallback._NVDEC_FALLBACK == {}

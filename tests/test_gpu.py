@@ -16,6 +16,7 @@ import torch
 
 from deteclap import audio
 from tests.test_loader import keep, make_cfg, rewrite_shards
+from tests.conftest import needs_dali
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -43,7 +44,7 @@ def check_fbank(device: str) -> None:
 
 
 def check_noise_and_frames(device: str) -> None:
-    from deteclap.data.loader import normalize_frames
+    from deteclap.data.common import normalize_frames
 
     noisy = audio.add_noise_and_roll(torch.zeros(2, AUDIO_LENGTH, 128, device=device))
     assert noisy.device.type == device and float(noisy.min()) >= 0 and float(noisy.max()) < 1 / audio.NOISE_SCALE
@@ -92,8 +93,8 @@ def nvdec_setting() -> str:
     return "gpu" if reason is None else "auto"
 
 
+@needs_dali
 def test_dali_gpu_pipeline_matches_the_reference(shard_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("nvidia.dali")
     check_dali_matches_reference(rewrite_shards(shard_dir, tmp_path / "s", keep, add_scores=True), "gpu",
                                  nvdec_setting())
 
@@ -116,10 +117,10 @@ def test_fbank_queues_without_a_host_sync() -> None:
     assert (audio.fbank_batch(batch, lengths, AUDIO_LENGTH).cpu() - cpu).abs().max() <= FBANK_TOL
 
 
+@needs_dali
 def test_batches_outlive_the_next_ones(shard_dir: Path) -> None:
     """A GPU pipeline's outputs live in buffers DALI may reuse: a batch taken with next() must keep its
     values while the next two are pulled (every tensor cloned right away, compared afterwards)."""
-    pytest.importorskip("nvidia.dali")
     from dali_pipes.iterator import build_dali_loader
 
     cfg = make_cfg(shard_dir, batch=2)
@@ -134,11 +135,11 @@ def test_batches_outlive_the_next_ones(shard_dir: Path) -> None:
         assert torch.equal(first[name], copy), name
 
 
+@needs_dali
 def test_cpu_decoder_in_a_gpu_pipeline_matches_the_reference(shard_dir: Path, tmp_path: Path,
                                                               monkeypatch) -> None:
     """data.video_decode=cpu, and auto where NVDEC is reported missing: DALI's CPU decoder, frames moved
     to the GPU, the rest there; the reference loader's keys, frames and fbank; the fallback recorded."""
-    pytest.importorskip("nvidia.dali")
     from dali_pipes import iterator
 
     shards = rewrite_shards(shard_dir, tmp_path / "s", keep, add_scores=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from deteclap.data.budget import SkipBudgetExceeded, skip_budget_message
-from deteclap.data.loader import Skipped
+from deteclap.data.common import Skipped
 from tests.test_loader import all_keys, corrupt, make_cfg, rewrite_shards
 
 

@@ -2,7 +2,7 @@
 than `data.max_skip_fraction` of its epoch's samples, instead of training on what is left of a
 broken data set (or spending the epoch rebuilding a DALI pipeline sample after sample).
 
-Each loader counts what it leaves out (`skipped_samples`, deteclap.data.loader.SkipLog) and says how
+Each loader counts what it leaves out (`skipped_samples`, deteclap.data.common.SkipLog) and says how
 many samples its epoch holds, all ranks together (`epoch_samples`; 0: unknown, no budget). With one
 rank the budget is exact; with several each rank compares its own skips with the whole epoch, so a
 run stops at the latest when the ranks together skipped world_size times the fraction.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from deteclap.data.loader import DataError
+from deteclap.data.common import DataError
 
 TOP_REASONS = 3
 
@@ -23,7 +23,7 @@ class SkipBudgetExceeded(DataError):
 
 
 def skip_budget_message(skipped: list[Any], epoch_samples: int, fraction: float) -> str | None:
-    """Why `skipped` (deteclap.data.loader.Skipped items) exceeds the budget, or None when it does not."""
+    """Why `skipped` (deteclap.data.common.Skipped items) exceeds the budget, or None when it does not."""
     if epoch_samples <= 0 or len(skipped) <= fraction * epoch_samples:
         return None
     reasons = Counter(item.reason for item in skipped)

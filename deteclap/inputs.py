@@ -1,0 +1,307 @@
+"""Inputs of the shard writer and of `deteclap embed`: SRC (a folder of videos or a CSV / JSONL
+manifest) -> planned inputs.
+
+`collect_inputs` reads SRC into `ClipInput`s and failure rows (reason codes: REASONS);
+`plan_shards` sorts them by (split, key), drops duplicate keys and cuts the shards, so shard
+membership is fixed before any clip is decoded (a restart plans the same shards).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deteclap.format import FormatError, check_split, make_key
+
+# what a folder SRC takes by name (FFmpeg reads them all); a file without an extension is taken when
+# its first bytes are one of these containers' (CONTAINER_MAGIC); every other file is listed as ignored
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv",
+                    ".wmv")
+CONTAINER_MAGIC = {4: (b"ftyp",), 0: (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"\x00\x00\x01\xba", b"OggS",
+                                    b"\x30\x26\xb2\x75")}   # mp4/mov/3gp; mkv/webm, avi, flv, mpeg-ps, ogg, asf
+TS_PACKET = 188                      # MPEG-TS: a 0x47 sync byte every 188 bytes
+SNIFF_BYTES = 2 * TS_PACKET + 1
+MANIFEST_EXTENSIONS = (".csv", ".jsonl")
+DEFAULT_SPLIT = "train"
+SOURCE_CHARS = 200                   # of a manifest row without a path, shown as its `source`
+# The longest segment a row may ask for: its audio is held whole (16 kHz float32 of every source
+# channel while resampling, ~77 MB for 600 s of stereo); the video keeps 10 frames whatever the length.
+MAX_SEGMENT_SECONDS = 600.0
+
+REASONS = {
+    "missing_file": "the manifest names a file that does not exist",
+    "unreadable": "the file exists but cannot be read (permissions, I/O error, a folder)",
+    "empty_file": "the file has 0 bytes",
+    "not_media": "no media container recognised (e.g. a text file named .mp4)",
+    "corrupt": "a media file that cannot be opened or decoded (truncated or damaged)",
+    "truncated": "the streams end before the duration the container declares",
+    "no_video": "no video stream, or no video frame in the segment",
+    "no_audio": "no audio stream (use --allow-silent to store silence instead)",
+    "too_short": "the segment is shorter than --min-seconds",
+    "duplicate_key": "another input of the split has the same key",
+    "bad_manifest_row": "a manifest row without a usable path, start / end or split name",
+}
+
+
+class ShardError(RuntimeError):
+    """A problem with the whole job (bad SRC, OUT holding other settings), not with one clip."""
+
+
+@dataclass
+class ClipInput:
+    """One planned sample: where it comes from and what it is."""
+    source: str                       # path of the video file
+    clip_id: str
+    key: str
+    split: str
+    start: float = 0.0
+    end: float | None = None          # None: start + settings.seconds
+    classes: list[str] = field(default_factory=list)
+    class_indices: list[int] = field(default_factory=list)
+    shown_source: str = ""            # the path as the manifest / folder names it (goes to KEY.json)
+
+
+def failure_row(source: str, reason: str, detail: str, split: str, key: str | None = None) -> dict:
+    """One row of failures.jsonl (the writer adds `shard`); `reason` is a key of REASONS."""
+    row = {"source": source, "reason": reason, "detail": detail, "split": split}
+    if key is not None:
+        row["key"] = key
+    return row
+
+
+def _split_labels(value) -> list[str]:
+    """A `labels` cell (a list, or names joined by ';') -> its class names, each once, in order."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        names = [str(v) for v in value]
+    else:
+        names = [part.strip() for part in str(value).split(";") if part.strip()]
+    return list(dict.fromkeys(names))
+
+
+def _row_classes(row: dict) -> list[str]:
+    for column in ("labels", "label", "class"):
+        if row.get(column) not in (None, ""):
+            return _split_labels(row[column]) if column == "labels" else [str(row[column])]
+    return []
+
+
+def _vggsound_file(video_dir: Path, ytid: str, start: int) -> tuple[Path, float] | None:
+    """VGGSound clip file: `{ytid}_{start:06d}.*` (already cut: start 0) or `{ytid}.*` (full video)."""
+    for ext in VIDEO_EXTENSIONS:
+        cut = video_dir / f"{ytid}_{start:06d}{ext}"
+        if cut.exists():
+            return cut, 0.0
+    for ext in VIDEO_EXTENSIONS:
+        full = video_dir / f"{ytid}{ext}"
+        if full.exists():
+            return full, float(start)
+    return None
+
+
+def _read_jsonl(src: Path) -> list[dict]:
+    rows = []
+    for line_no, line in enumerate(src.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ShardError(f"{src}:{line_no}: not JSON: {err}") from None
+        if not isinstance(row, dict):
+            raise ShardError(f"{src}:{line_no}: each line must be a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _read_csv(src: Path) -> list[dict]:
+    with open(src, newline="", encoding="utf-8-sig") as f:
+        table = [[cell.strip() for cell in r] for r in csv.reader(f) if r]
+    if not table:
+        return []
+    header = table[0]
+    if "path" in header or "file" in header:
+        return [dict(zip(header, r)) for r in table[1:]]
+    rows = []
+    for line_no, r in enumerate(table, start=1):
+        if len(r) < 3:
+            raise ShardError(f"{src}:{line_no}: expected a header with `path` or `file`, or VGGSound rows "
+                             "(youtube_id, start_seconds, label, split)")
+        rows.append({"vggsound": True, "ytid": r[0], "start": r[1], "label": r[2],
+                     "split": r[3] if len(r) > 3 else ""})
+    return rows
+
+
+def read_rows(src: Path) -> list[dict]:
+    """Manifest rows as dicts. A CSV without a path/file header is read as VGGSound's layout.
+
+    A UTF-8 byte order mark (Excel's "CSV UTF-8") is dropped; CSV cells are stripped of spaces.
+    """
+    return _read_jsonl(src) if src.suffix == ".jsonl" else _read_csv(src)
+
+
+def _is_container(path: Path) -> bool:
+    """Whether a file's first bytes are those of a video container of VIDEO_EXTENSIONS."""
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if any(head[at:at + len(magic)] == magic for at, magics in CONTAINER_MAGIC.items() for magic in magics):
+        return True
+    return len(head) == SNIFF_BYTES and head[0:1] == head[TS_PACKET:TS_PACKET + 1] == head[2 * TS_PACKET:] == b"G"
+
+
+def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
+    """(the video files under a folder, recursive and sorted; every other file as {"source", "reason"}).
+
+    Taken: regular files with a VIDEO_EXTENSIONS name, or without an extension when their first bytes
+    are a video container's. Ignored, each with its reason: other extensions (the reason is the
+    extension, e.g. `.m4a`), files without one that are no video container, and what is not a
+    regular file (a FIFO would block the writer forever; a socket, a device, a broken link)."""
+    videos, ignored = [], []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            ignored.append({"source": rel, "reason": "not a regular file", "detail": "a FIFO, socket or device"})
+            continue
+        ext = path.suffix.lower()
+        try:
+            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(path))
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if taken:
+            videos.append(path)
+        else:
+            ignored.append({"source": rel, "reason": ext or "no extension",
+                            "detail": "not a video container" if not ext else "not a video file extension"})
+    return videos, ignored
+
+
+def _folder_inputs(src: Path, split: str) -> list[ClipInput]:
+    """Every video file under a folder (`folder_files`); its id is the path relative to SRC without extension."""
+    inputs = []
+    for path in folder_files(src)[0]:
+        rel = path.relative_to(src).with_suffix("").as_posix()
+        inputs.append(ClipInput(str(path), rel, make_key(rel), split, shown_source=path.relative_to(src).as_posix()))
+    return inputs
+
+
+def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
+    """A VGGSound-layout row -> its ClipInput, or a failure row."""
+    try:
+        start_s = int(float(row["start"]))
+    except (ValueError, OverflowError):
+        start_s = -1
+    if start_s < 0:
+        return failure_row(row["ytid"], "bad_manifest_row",
+                           f"start_seconds {row['start']!r} is not a number of seconds >= 0", split)
+    clip_id = f"{row['ytid']}_{start_s:06d}"
+    found = _vggsound_file(base, row["ytid"], start_s)
+    if found is None:
+        return failure_row(clip_id, "missing_file", f"neither {clip_id}.* nor {row['ytid']}.* in {base}", split)
+    path, start = found
+    return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, classes=[row["label"]],
+                     shown_source=path.name)
+
+
+def segment_problem(start: float, end: float | None) -> str | None:
+    """Why a row's `start` / `end` (seconds) cannot be a segment, or None: both finite, start >= 0,
+    end after start and at most MAX_SEGMENT_SECONDS later (inf, NaN or 1e12 would hold the writer)."""
+    if not math.isfinite(start) or start < 0:
+        return f"start {start:g} is not a time >= 0 s"
+    if end is None:
+        return None
+    if not math.isfinite(end) or end <= start:
+        return f"end {end:g} is not a time after start {start:g}"
+    if end - start > MAX_SEGMENT_SECONDS:
+        return (f"end {end:g} - start {start:g} = {end - start:g} s is longer than the {MAX_SEGMENT_SECONDS:g} s "
+                "a segment may last (cut the video into clips)")
+    return None
+
+
+def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
+    """A manifest row with `path` / `file` -> its ClipInput, or a failure row."""
+    name = row.get("path") or row.get("file")
+    if not name:
+        return failure_row(json.dumps(row)[:SOURCE_CHARS], "bad_manifest_row", "no `path` or `file`", split)
+    path = Path(name) if Path(name).is_absolute() else base / name
+    clip_id = str(row.get("id") or Path(name).with_suffix("").as_posix())
+    try:
+        start = float(row.get("start") or 0.0)
+        end = float(row["end"]) if row.get("end") not in (None, "") else None
+    except (TypeError, ValueError):
+        return failure_row(str(name), "bad_manifest_row",
+                           f"start / end not numbers: {row.get('start')!r}, {row.get('end')!r}", split)
+    problem = segment_problem(start, end)
+    if problem:
+        return failure_row(str(name), "bad_manifest_row", problem, split)
+    if not path.exists():
+        return failure_row(str(name), "missing_file", f"{path} does not exist", split)
+    return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, end=end,
+                     classes=_row_classes(row), shown_source=str(name))
+
+
+def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str | Path | None = None
+                   ) -> tuple[list[ClipInput], list[dict]]:
+    """SRC (a folder of videos or a CSV / JSONL manifest) -> (inputs, planning failures).
+
+    Inputs are not yet keyed to classes or shards (see plan_shards). `split` is used where a row
+    names none. Raises ShardError when SRC itself is unusable.
+    """
+    src = Path(src)
+    if src.is_dir():
+        return _folder_inputs(src, split), []
+    if not src.is_file():
+        raise ShardError(f"{src}: no such file or folder")
+    if src.suffix.lower() not in MANIFEST_EXTENSIONS:
+        raise ShardError(f"{src}: SRC must be a folder of videos or a .csv / .jsonl manifest")
+    base = Path(video_dir) if video_dir else src.parent
+    inputs: list[ClipInput] = []
+    failures: list[dict] = []
+    for row in read_rows(src):
+        row_split = str(row.get("split") or split)
+        try:
+            check_split(row_split)          # it becomes a file name: nothing may land outside OUT
+        except FormatError as err:
+            failures.append(failure_row(json.dumps(row)[:SOURCE_CHARS], "bad_manifest_row", str(err), split))
+            continue
+        if row.get("vggsound") and video_dir is None:
+            raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
+        made = _vggsound_input(row, base, row_split) if row.get("vggsound") else _manifest_input(row, base, row_split)
+        (inputs if isinstance(made, ClipInput) else failures).append(made)
+    return inputs, failures
+
+
+def plan_shards(inputs: list[ClipInput], samples_per_shard: int
+                ) -> tuple[dict[str, list[list[ClipInput]]], list[str], list[dict]]:
+    """Sort by (split, key), drop duplicate keys, cut into shards; also the sorted class list.
+
+    Returns ({split: [shard's inputs, ...]}, classes, duplicate-key failures).
+    """
+    classes = sorted({c for item in inputs for c in item.classes})
+    index = {name: i for i, name in enumerate(classes)}
+    by_split: dict[str, list[ClipInput]] = {}
+    failures = []
+    seen: set[tuple[str, str]] = set()
+    for item in sorted(inputs, key=lambda it: (it.split, it.key, it.source)):
+        if (item.split, item.key) in seen:
+            failures.append(failure_row(item.shown_source, "duplicate_key",
+                                        f"key {item.key!r} already used in split {item.split!r}", item.split))
+            continue
+        seen.add((item.split, item.key))
+        item.class_indices = [index[c] for c in item.classes]
+        by_split.setdefault(item.split, []).append(item)
+    plan = {split: [items[i:i + samples_per_shard] for i in range(0, len(items), samples_per_shard)]
+            for split, items in sorted(by_split.items())}
+    return plan, classes, failures
