@@ -14,7 +14,8 @@ import torch
 from deteclap.config import load_config
 from deteclap.evaluate import (accuracy, collect, evaluate, format_table, main, mean_average_precision,
                                per_class_subset, ranks_of_pairs, recall_metrics, retrieval_metrics)
-from deteclap.metrics import bootstrap_ci, class_retrieval_ap, class_retrieval_map, hubness, query_sum_r
+from deteclap.metrics import (bootstrap_ci, class_retrieval_ap, class_retrieval_map, cosine_similarity, hubness,
+                              query_sum_r)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.json"   # labels.variant "or"
 
@@ -104,7 +105,7 @@ def test_hubness_counts_distinct_top1_items_and_the_largest_share():
 def test_query_sum_r_is_each_clips_share_of_sum_r():
     torch.manual_seed(0)
     audio, visual = torch.randn(30, 4), torch.randn(30, 4)
-    sim = torch.nn.functional.normalize(audio.double(), dim=-1) @ torch.nn.functional.normalize(visual.double(), dim=-1).T
+    sim = cosine_similarity(audio, visual)
     shares = query_sum_r(sim)
     assert shares.mean() == pytest.approx(retrieval_metrics(audio, visual)["sumR"])
     assert set(np.unique(shares)) <= {100.0 * n for n in range(7)}
