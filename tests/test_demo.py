@@ -102,6 +102,15 @@ def test_make_data_refuses_a_folder_made_with_other_settings(tmp_path):
         demo.make_data(tmp_path, 960, 60, 2.0, 1, 5, 0.5)
 
 
+def test_write_markdown_replaces_only_the_marked_section(tmp_path):
+    path = tmp_path / "demo.md"
+    demo.write_markdown(path, "first\n")
+    assert path.read_text() == "first\n"
+    path.write_text(f"# hand-written\n{demo.MARKDOWN_START}\nold\n{demo.MARKDOWN_END}\ntail\n")
+    demo.write_markdown(path, "new\n")
+    assert path.read_text() == f"# hand-written\n{demo.MARKDOWN_START}\nnew\n{demo.MARKDOWN_END}\ntail\n"
+
+
 def test_budgets_add_their_overrides():
     assert demo.budget_overrides("default") == []
     steps = demo.load_config(demo.DEMO_CONFIG).run.max_steps
