@@ -326,7 +326,9 @@ def format_tables(results: dict[str, Any]) -> str:
                      f"{s['super_map']:<4.1f} | {r['hubness']['top1_distinct']:13.1f} | "
                      f"{r['hubness']['top1_max_share']:.3f}")
     lines.append(f"{'chance':<14} | {chance['class_map']:5.1f}       | {chance['super_map']:5.1f}       |")
-    lines += ["", results["comparison"]["verdict"]]
+    per_seed = "; ".join(f"seed {c['seed']}: {c['sumR']:.1f} / {o['sumR']:.1f} ({o['sumR'] - c['sumR']:+.1f})"
+                         for c, o in zip(results["cavmae"]["per_seed"], results["or"]["per_seed"]))
+    lines += ["", f"sumR per seed, cavmae / or (difference): {per_seed}", "", results["comparison"]["verdict"]]
     return "\n".join(lines)
 
 
