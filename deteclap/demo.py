@@ -332,6 +332,17 @@ def format_tables(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def training_times(runs: dict[str, list[Path]]) -> dict[str, float]:
+    """Mean training seconds and samples/s per run, from each run's summary.json (deteclap/train.py);
+    measured when the run was trained, also for runs this call reused."""
+    summaries = [json.loads((run / "summary.json").read_text()) for paths in runs.values() for run in paths
+                 if (run / "summary.json").is_file()]
+    if not summaries:
+        return {"runs": 0}
+    return {"runs": len(summaries), "seconds_per_run": statistics.fmean(s.get("seconds", 0.0) for s in summaries),
+            "samples_per_s": statistics.fmean(s.get("samples_per_s", 0.0) for s in summaries)}
+
+
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else platform.processor()."""
     try:
@@ -355,9 +366,12 @@ def markdown_report(results: dict[str, Any], info: dict[str, Any], command: str)
         f"{s['fps']} fps, difficulty {s['difficulty']:g} (`deteclap.synth --difficulty`); budget `{s['budget']}`: "
         f"{s['steps']} steps of batch {s['batch_size']}, lr {s['lr']:g}, contrastive weight "
         f"{s['contrastive_weight']:g}, per run; seeds {', '.join(map(str, results['seeds']))}.",
-        f"Machine: {info['cpu']}, {info['cpus']} CPU threads; the demo took {info['seconds'] / 60:.1f} minutes "
+        f"Machine: {info['cpu']}, {info['cpus']} CPU threads. This call took {info['seconds'] / 60:.1f} minutes "
         f"(data {info['timings']['data'] / 60:.1f}, training {info['timings']['train'] / 60:.1f}, evaluation and "
-        f"figure {info['timings']['evaluate'] / 60:.1f}).", "",
+        f"figure {info['timings']['evaluate'] / 60:.1f}) and trained {info['trained_now']} of the "
+        f"{info['training']['runs']} runs it summarises (the others were reused from earlier calls); training "
+        f"took {info['training'].get('seconds_per_run', 0) / 60:.1f} minutes per run on average, at "
+        f"{info['training'].get('samples_per_s', 0):.0f} samples/s (each run's summary.json).", "",
         "```", format_tables(results), "```", "",
         "Chance: the same metrics for random embeddings of the same test clips. `class_map` / `super_map`: "
         "mAP of retrieving the clips of the query's fine class / super-category (each clip's own pair counts "
@@ -418,10 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"also summarising seeds {earlier}: finished in {out / 'runs'} with this config", flush=True)
     seeds = sorted({*requested, *earlier})
     timings["train"] = timings["evaluate"] = 0.0
+    trained_now = 0
     for seed in seeds:
         for variant in VARIANTS:
             begin = _step(f"train {variant} (seed {seed})")
             run_dir = run_path(out, variant, seed)
+            trained_now += not finished(run_dir, load_config(DEMO_CONFIG, train_overrides(
+                variant, seed, shards, run_dir, args.steps, extra)))
             train_variant(variant, seed, shards, run_dir, args.steps, extra)
             middle = time.time()
             per_seed[variant].append(evaluate_run(variant, seed, shards, run_dir, extra))
@@ -453,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     demo_figure(out, runs, shards["test"], {v: per_seed[v][0] for v in VARIANTS}, seeds[0])
     timings["evaluate"] += time.time() - begin
     info = {"seconds": time.time() - started, "timings": timings, "seeds": seeds, "cpu": cpu_model(),
-            "cpus": os.cpu_count(), "config": str(DEMO_CONFIG), "settings": results["settings"],
+            "cpus": os.cpu_count(), "trained_now": trained_now, "training": training_times(runs),
+            "config": str(DEMO_CONFIG), "settings": results["settings"],
             "runs": {v: [str(p) for p in r] for v, r in runs.items()}}
     (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
     command = "python -m deteclap.demo " + " ".join(argv if argv is not None else sys.argv[1:])
