@@ -48,6 +48,7 @@ from collections.abc import Iterator
 import torch
 
 from deteclap.config import Config, ConfigError, add_config_args, load_config
+from deteclap.data.budget import SkipBudgetExceeded
 from deteclap.format import load_dataset_json
 from deteclap.run import (AVERAGED_MODEL_FILE, CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, RunDir, RunFolderError,
                           step_of, tag_of)
@@ -58,6 +59,7 @@ FINETUNE_HEAD = "mlp_head"  # the new fine-tuning layer (lr x finetune.head_lr_s
 IMAGENET_INIT_URL = "https://www.dropbox.com/s/9nlz523a5q52w86/ori_mae_11.pth?dl=1"
 ERROR_EXIT = 2          # a config or run folder that cannot be used as it is
 NON_FINITE_EXIT = 3     # a loss term became NaN / inf
+DATA_EXIT = 4           # the loaders skipped more of an epoch than data.max_skip_fraction allows
 
 
 class NonFiniteLoss(RuntimeError):
@@ -544,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return NON_FINITE_EXIT
+    except SkipBudgetExceeded as err:
+        print(f"error: {err}", file=sys.stderr)
+        return DATA_EXIT
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

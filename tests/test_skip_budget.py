@@ -42,3 +42,17 @@ def test_training_stops_when_an_epoch_skips_too_much(shard_dir: Path, tmp_path: 
         batches = training_batches(cfg, 0, 1, 0, 0)
         for _ in range(8):
             next(batches)
+
+
+def test_train_stops_with_a_message_and_exit_4_when_the_budget_is_spent(monkeypatch, capsys):
+    """train.py's command line turns a spent skip budget into one error line and exit code 4, not a traceback."""
+    import deteclap.train as train_app
+    from tests.conftest import REPO
+
+    def spent(cfg, resume=False):
+        raise SkipBudgetExceeded("3 of this epoch's 8 samples were skipped (max 0.01): corrupt_mp4: 3")
+
+    monkeypatch.setattr(train_app, "train", spent)
+    code = train_app.main(["--config", str(REPO / "configs" / "tiny.json")])
+    assert code == train_app.DATA_EXIT == 4
+    assert "error: 3 of this epoch's 8 samples were skipped" in capsys.readouterr().err
