@@ -1,0 +1,223 @@
+"""Where shard folders and inputs live: local paths and fsspec URLs (`s3://`, `gs://`, `http(s)://`).
+
+The one place that knows the difference. Everything above it names a location as a string (a
+local path or a URL) and calls these functions; local paths keep going through the OS (atomic
+renames, fsync), URLs through fsspec, imported only when a URL is used (`pip install
+'deteclap[s3]'` brings s3fs; `gs://` needs gcsfs, `http(s)://` aiohttp).
+
+Object stores have no rename, but a single PUT is atomic: an object is there whole or not at all.
+So `write_bytes` / `put_file` give the same guarantee on both kinds of location: a reader never
+sees half a file. A shard writer therefore builds a tar in a local staging folder and puts it
+whole (deteclap.shard), and "the tar exists" stays the mark of a finished shard everywhere.
+
+Credentials and endpoints come from the environment as each fsspec backend reads them (for S3:
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL or ~/.aws), so the same command
+line works on every worker of a cluster that shares that environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+INSTALL_HINT = {"s3": "pip install 'deteclap[s3]' (s3fs)", "gs": "pip install gcsfs", "gcs": "pip install gcsfs",
+                "http": "pip install aiohttp", "https": "pip install aiohttp"}
+
+
+class StorageError(RuntimeError):
+    """A location cannot be used (unknown scheme, missing backend package); the message says what to do."""
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """True for `scheme://...` locations other than `file://` (those are local paths)."""
+    text = os.fspath(location)
+    return bool(_URL.match(text)) and not text.startswith("file://")
+
+
+def local_path(location: str | os.PathLike) -> Path:
+    """A local location as a Path (`file://` prefix dropped). Raises StorageError for a URL."""
+    text = os.fspath(location)
+    if is_url(text):
+        raise StorageError(f"{text}: a URL where a local path is needed")
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def join(base: str | os.PathLike, *names: str) -> str:
+    """`base/name/...` for a folder path or URL (URLs always join with '/')."""
+    text = os.fspath(base)
+    if not is_url(text):
+        return str(local_path(text).joinpath(*names))
+    return "/".join([text.rstrip("/"), *names])
+
+
+def basename(location: str | os.PathLike) -> str:
+    """The last part of a path or URL (`s3://b/x/train-000000.tar` -> `train-000000.tar`)."""
+    return os.fspath(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of a URL; a clear error when its backend is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise StorageError(f"{url}: URLs need fsspec: pip install 'deteclap[s3]'") from None
+    scheme = url.split("://", 1)[0].lower()
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as err:
+        hint = INSTALL_HINT.get(scheme, f"install the fsspec backend of {scheme}://")
+        raise StorageError(f"{url}: cannot open {scheme}:// ({err}); {hint}") from None
+    # other processes write the same store: answers from fsspec's listing cache may be stale
+    fs.invalidate_cache()
+    return fs, path
+
+
+def exists(location: str | os.PathLike) -> bool:
+    if not is_url(location):
+        return local_path(location).exists()
+    fs, path = filesystem(os.fspath(location))
+    return fs.exists(path)
+
+
+def is_file(location: str | os.PathLike) -> bool:
+    if not is_url(location):
+        return local_path(location).is_file()
+    fs, path = filesystem(os.fspath(location))
+    return fs.isfile(path)
+
+
+def is_dir(location: str | os.PathLike) -> bool:
+    if not is_url(location):
+        return local_path(location).is_dir()
+    fs, path = filesystem(os.fspath(location))
+    return fs.isdir(path)
+
+
+def size(location: str | os.PathLike) -> int:
+    if not is_url(location):
+        return local_path(location).stat().st_size
+    fs, path = filesystem(os.fspath(location))
+    return int(fs.size(path))
+
+
+def open_file(location: str | os.PathLike, mode: str = "rb") -> IO:
+    """A file object for reading (or writing, for local paths; remote writes go via write_bytes / put_file)."""
+    if not is_url(location):
+        return open(local_path(location), mode)
+    if "r" not in mode:
+        raise StorageError(f"{location}: remote files are written whole with write_bytes / put_file")
+    fs, path = filesystem(os.fspath(location))
+    return fs.open(path, mode)
+
+
+def read_bytes(location: str | os.PathLike) -> bytes:
+    if not is_url(location):
+        return local_path(location).read_bytes()
+    fs, path = filesystem(os.fspath(location))
+    return fs.cat_file(path)
+
+
+def read_text(location: str | os.PathLike) -> str:
+    return read_bytes(location).decode("utf-8")
+
+
+def _replace_synced(tmp: Path, path: Path) -> None:
+    """fsync tmp, rename it over path, fsync the folder: after a crash path is old or new, whole."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(location: str | os.PathLike, data: bytes) -> None:
+    """Write a whole file atomically: local via tmp + fsync + rename, remote as one PUT."""
+    if not is_url(location):
+        path = local_path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        _replace_synced(tmp, path)
+        return
+    fs, path = filesystem(os.fspath(location))
+    fs.pipe_file(path, data)
+
+
+def put_file(local: str | os.PathLike, location: str | os.PathLike) -> None:
+    """Copy a finished local file to `location` atomically (a local target gets tmp + rename)."""
+    local = Path(local)
+    if not is_url(location):
+        path = local_path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if local.resolve() == path.resolve():
+            return
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.copyfile(local, tmp)
+        _replace_synced(tmp, path)
+        return
+    fs, path = filesystem(os.fspath(location))
+    fs.put_file(str(local), path)
+
+
+def remove(location: str | os.PathLike) -> None:
+    """Delete a file if it is there."""
+    if not is_url(location):
+        local_path(location).unlink(missing_ok=True)
+        return
+    fs, path = filesystem(os.fspath(location))
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
+def make_dirs(location: str | os.PathLike) -> None:
+    """Create a local folder (and parents); object stores need none (a prefix exists with its objects)."""
+    if not is_url(location):
+        local_path(location).mkdir(parents=True, exist_ok=True)
+
+
+def list_names(folder: str | os.PathLike) -> list[str]:
+    """Names of the files directly in a folder (or under a URL prefix), sorted; [] when it is missing."""
+    if not is_url(folder):
+        path = local_path(folder)
+        return sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    fs, path = filesystem(os.fspath(folder))
+    if not fs.exists(path):
+        return []
+    return sorted(basename(info["name"]) for info in fs.ls(path, detail=True) if info.get("type") == "file")
+
+
+def walk_files(folder: str | os.PathLike) -> list[str]:
+    """Every file under a folder or URL prefix, recursive, as paths relative to it (with '/'), sorted."""
+    if not is_url(folder):
+        root = local_path(folder)
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    fs, path = filesystem(os.fspath(folder))
+    prefix = path.rstrip("/") + "/"
+    return sorted(name[len(prefix):] for name in fs.find(path) if name.startswith(prefix))
+
+
+@contextlib.contextmanager
+def local_copy(location: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A local path holding the file's bytes: the file itself when local, else a temporary download
+    (deleted on exit). For readers that need a real file (PyAV, tarfile random access)."""
+    if not is_url(location):
+        yield local_path(location)
+        return
+    fs, path = filesystem(os.fspath(location))
+    handle, name = tempfile.mkstemp(prefix="deteclap-", suffix=suffix or Path(basename(location)).suffix)
+    os.close(handle)
+    try:
+        fs.get_file(path, name)
+        yield Path(name)
+    finally:
+        os.unlink(name)
