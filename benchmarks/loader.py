@@ -148,7 +148,8 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
     from tqdm import tqdm
 
     from deteclap.data.decode import decode_audio, decode_video_frames
-    from deteclap.data.loader import iter_tar_samples, resolve_shards
+    from deteclap.data.loader import resolve_shards
+    from deteclap.format import iter_tar_samples
 
     keys = []
     tars = resolve_shards(shards, "train")
@@ -349,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
         results.append(result)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    from deteclap.data.loader import resolve_shards, tar_sample_count
+    from deteclap.data.loader import resolve_shards
+    from deteclap.format import index_sample_count
 
-    set_clips = sum(tar_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
+    set_clips = sum(index_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
     for r in results:
         r.update(batch=args.batch, workers=args.workers, set_clips=set_clips,
                  load_average_after=[float(x) for x in load])

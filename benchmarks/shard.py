@@ -15,7 +15,6 @@ import argparse
 import json
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +27,11 @@ from benchmarks.common import write_result  # noqa: E402
 
 def _member_bytes(out: Path) -> dict[str, int]:
     sizes: dict[str, int] = {}
-    for tar_path in out.glob("*.tar"):
-        with tarfile.open(tar_path) as tar:
-            for info in tar:
-                ext = info.name.partition(".")[2]
+    from deteclap.format import list_tars, read_tar_samples
+
+    for tar_path in list_tars(out):
+        for _, members in read_tar_samples(tar_path):
+            for ext, info in members.items():
                 sizes[ext] = sizes.get(ext, 0) + info.size
     return sizes
 

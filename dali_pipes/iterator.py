@@ -48,22 +48,19 @@ import torch
 
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.config import Config
-from deteclap.data.loader import (AUDIO_EXT, SCORE_SUFFIX, DataError, Entry, Skipped, SkipLog, bad_audio_detail,
-                                  batch_size, epoch_seed, finish_batch, index_entries, index_path, required_members,
+from deteclap.data.loader import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, epoch_seed, finish_batch,
+                                  required_members,
                                   resolve_shards, shard_facts, wrong_score_sizes)
-from deteclap.shard import FRAME_TABLE_EXT, index_text
+from deteclap.format import (AUDIO_EXT, FRAME_TABLE_EXT, index_entries, index_path, is_score_member, labeller_of,
+                             split_member_name, write_index)
 
-MEMBER = r"(?P<offset>\d+):(?P<key>[^\s\"'.:/]+)\.(?P<ext>\w+(?:\.\w+)*)"     # "OFFSET:KEY.EXT" after "TAR:"
+# "OFFSET:NAME" after "TAR:"; NAME (a member name) ends before a quote, space, colon or a sentence's dot
+MEMBER = r"(?P<offset>\d+):(?P<name>[^\s\"':]+?)\.?(?=[\s\"':]|$)"
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):" + MEMBER)                   # a tar path without spaces
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
 REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
 FLAC_MAGIC = b"fLaC"                # the first bytes of every FLAC stream
 THREADS = 2
-
-
-def write_index(samples: list[list[Entry]], path: Path) -> None:
-    """Write a wds2idx (v1.2) index holding these samples (one may be listed more than once)."""
-    path.write_text(index_text(samples))
 
 
 def parse_bad_member(message: str, tars: Iterable[str] = ()) -> tuple[str, str, str] | None:
@@ -79,8 +76,10 @@ def parse_bad_member(message: str, tars: Iterable[str] = ()) -> tuple[str, str, 
         if match is None:
             return None
         tar = match["tar"]
-    ext = match["ext"]
-    return tar, match["key"], REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
+    key, ext = split_member_name(match["name"])
+    if not ext:
+        return None
+    return tar, key, REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
 
 
 def _dali_error_text(err: BaseException) -> str:
@@ -108,7 +107,7 @@ class DaliLoader(SkipLog):
         self.resize = facts.square_side != cfg.model.img_size
         self.score_size = facts.score_bytes
         self.exts = required_members(cfg)
-        self.score_names = [ext[: -len(SCORE_SUFFIX)] for ext in self.exts if ext.endswith(SCORE_SUFFIX)]
+        self.score_names = [labeller_of(ext) for ext in self.exts if is_score_member(ext)]
         super().__init__()
         self.excluded: set[tuple[str, str]] = set()
         self.batches_consumed = 0
@@ -223,7 +222,7 @@ class DaliLoader(SkipLog):
             listed = [members for key, members in samples.items() for _ in range(self._times(tar, key))]
             if listed:
                 path = Path(self._index_dir.name) / f"{i:06d}.idx"
-                write_index(listed, path)
+                write_index(path, listed)
                 tars.append(tar)
                 paths.append(str(path))
         return tars, paths
@@ -278,8 +277,9 @@ class DaliLoader(SkipLog):
 
     def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
         sources = [bytes(row).rstrip(b"\0").decode() for row in out["source"].cpu().numpy()]
-        tars = [source.rsplit(":", 2)[0] for source in sources]
-        keys = [source.rsplit(":", 1)[-1].split(".", 1)[0] for source in sources]
+        parts = [source.rsplit(":", 2) for source in sources]      # "TAR:OFFSET:NAME" per sample
+        tars = [tar for tar, _, _ in parts]
+        keys = [split_member_name(name)[0] for _, _, name in parts]
         keep = self._drop_bad_audio(out, tars, keys)
         if not keep:
             return {"keys": []}

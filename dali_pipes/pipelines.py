@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deteclap.data.loader import SCORE_SUFFIX
-from deteclap.shard import FRAME_TABLE_EXT
+from deteclap.format import FRAME_TABLE_EXT, is_score_member
 
 READER_NAME = "reader"
 OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then one per label-score member
@@ -204,7 +203,7 @@ def _outputs(spec: PipeSpec, nodes: list[Any], index: Any) -> tuple[Any, ...]:
     wave, length, rate = decode_wave(members["flac"])
     if gpu:
         wave = wave.gpu()
-    scores = [label_scores(node) for ext, node in members.items() if ext.endswith(SCORE_SUFFIX)]
+    scores = [label_scores(node) for ext, node in members.items() if is_score_member(ext)]
     return (frames, wave, length, rate, members["cls"], source_info(mp4), *scores)
 
 

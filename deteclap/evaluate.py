@@ -182,7 +182,7 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     """Metrics of a checkpoint on `data.eval_shards` (retrieval, or classification when fine-tuning)."""
     from deteclap.model import build_finetune_model, build_model, load_checkpoint
     from deteclap.model.checkpoint import read_state_dict
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
 
     info = load_dataset_json(cfg.data.eval_shards)
     path = resolve_checkpoint(checkpoint)

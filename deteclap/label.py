@@ -156,9 +156,9 @@ def random_yolo(nc: int = 0) -> object:
 
 def count_samples(tars: Sequence[Path]) -> int:
     """Samples in these tars (read from their index files when present)."""
-    from deteclap.data.loader import tar_sample_count
+    from deteclap.format import index_sample_count
 
-    return sum(tar_sample_count(Path(tar)) for tar in tars)
+    return sum(index_sample_count(Path(tar)) for tar in tars)
 
 
 def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[str]) -> str:

@@ -6,12 +6,13 @@ matplotlib is imported inside the functions (Agg backend), so importing this mod
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from deteclap.format import iter_tar_samples, list_tars
 
 EXAMPLE_QUERIES = 4
 TOP_K = 3
@@ -20,12 +21,10 @@ TOP_K = 3
 def read_members(shard_dir: Path, keys: set[str], ext: str) -> dict[str, bytes]:
     """`KEY.<ext>` members of the given keys from every tar in a shard folder."""
     found: dict[str, bytes] = {}
-    for tar_path in sorted(Path(shard_dir).glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for member in tar:
-                key, _, member_ext = member.name.partition(".")
-                if member_ext == ext and key in keys:
-                    found[key] = tar.extractfile(member).read()
+    for tar_path in list_tars(shard_dir):
+        for key, members in iter_tar_samples(tar_path):
+            if key in keys and ext in members:
+                found[key] = members[ext]
     return found
 
 
@@ -42,7 +41,7 @@ def retrieved_examples(run_dir: Path, config: Path, test_shards: Path, variant: 
     from deteclap.evaluate import collect
     from deteclap.model import build_model, load_checkpoint
     from deteclap.model.checkpoint import read_state_dict, resolve_checkpoint
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
 
     cfg = load_config(config, [f"labels.variant={variant}", f"data.eval_shards={test_shards}",
                                f"data.train_shards={test_shards}", *overrides])

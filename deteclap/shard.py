@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import math
-import os
-import re
 import sys
 import tarfile
 from collections import Counter
@@ -37,7 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2                   # 2: KEY.frames (the frame table of KEY.mp4) in every sample
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS,
+                             META_EXT, MEMBER_EXTENSIONS, VIDEO_EXT, check_index, dataset_problems,
+                             encode_frame_table, index_path, load_dataset_json, make_key, read_tar_samples,
+                             replace_synced, save_dataset_json, score_member, shard_name, tar_index_samples, tmp_path,
+                             write_atomic, write_index, write_tar)
+
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
 SAMPLE_RATE = 16000
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -59,15 +61,7 @@ CODECS = {"vp9": "libvpx-vp9"}
 VPX_OPTIONS = {"crf": "32", "b:v": "0", "deadline": "realtime", "cpu-used": "8", "threads": "1"}
 FLAC_SUBTYPE = "PCM_16"
 INT16_SCALE = 32767
-TAR_MEMBER_MODE = 0o644
-FRAME_TABLE_EXT = "frames"
-MEMBER_EXTENSIONS = ("cls", "flac", FRAME_TABLE_EXT, "json", "mp4")   # written in this order per sample
-JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", "frames", "width",
-               "height", "sample_rate", "num_samples", "classes", "split")
-DATASET_JSON = "dataset.json"
 TEXT_SNIFF_BYTES = 512
-MAX_KEY_LENGTH = 80
-KEY_HASH_CHARS = 12
 
 REASONS = {
     "missing_file": "the manifest names a file that does not exist",
@@ -120,23 +114,6 @@ class ClipInput:
     classes: list[str] = field(default_factory=list)
     class_indices: list[int] = field(default_factory=list)
     shown_source: str = ""            # the path as the manifest / folder names it (goes to KEY.json)
-
-
-def make_key(clip_id: str) -> str:
-    """Sample key: the clip id with every character outside [A-Za-z0-9_-] replaced by '_'.
-
-    Keys longer than MAX_KEY_LENGTH (USTAR member names hold 100 characters) are cut and end with
-    a hash of the whole id, so they stay unique.
-    """
-    key = re.sub(r"[^A-Za-z0-9_-]", "_", clip_id)
-    if len(key) > MAX_KEY_LENGTH:
-        digest = hashlib.sha1(clip_id.encode()).hexdigest()[:KEY_HASH_CHARS]
-        key = f"{key[:MAX_KEY_LENGTH - KEY_HASH_CHARS - 1]}_{digest}"
-    return key
-
-
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,30 +478,13 @@ def _encode_video(frames, settings: EncodeSettings) -> tuple[bytes, int, int]:
     return buf.getvalue(), width, height
 
 
-def load_dataset_json(folder: str | Path) -> dict:
-    """A shard folder's dataset.json (shards/FORMAT.md); the one reader of it.
-
-    Raises:
-        FileNotFoundError: no dataset.json (the message says how one is made).
-        ValueError: it is not valid JSON.
-    """
-    path = Path(folder) / DATASET_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {folder} a shard folder written by `python -m deteclap.shard`?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-
-
 def frame_table(video: bytes, width: int, height: int) -> bytes:
     """The `KEY.frames` member: little-endian uint32 [width, height, offset_0, size_0, ..., offset_N-1,
     size_N-1], where frame i of the all-key-frame `video` mp4 lies at video[offset_i : offset_i + size_i].
     With it a DALI pipeline cuts one frame out of the mp4 and decodes only that frame (dali_pipes)."""
     from deteclap.data.mp4 import read_samples
 
-    rows = [(sample.offset, sample.size) for sample in read_samples(video)]
-    return np.array([width, height, *[v for row in rows for v in row]], "<u4").tobytes()
+    return encode_frame_table(width, height, [(sample.offset, sample.size) for sample in read_samples(video)])
 
 
 def _encode_flac(wave: np.ndarray, sample_rate: int) -> bytes:
@@ -555,9 +515,9 @@ def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) ->
             "silent": silent}
     multi_hot = np.zeros(num_classes, np.uint8)
     multi_hot[item.class_indices] = 1
-    return {"members": {"cls": multi_hot.tobytes(), "flac": flac,
+    return {"members": {CLASSES_EXT: multi_hot.tobytes(), AUDIO_EXT: flac,
                         FRAME_TABLE_EXT: frame_table(video_bytes, width, height),
-                        "json": json.dumps(meta, sort_keys=True).encode(), "mp4": video_bytes}}
+                        META_EXT: json.dumps(meta, sort_keys=True).encode(), VIDEO_EXT: video_bytes}}
 
 
 def _process_job(job: tuple[ClipInput, EncodeSettings, int]) -> dict:
@@ -567,55 +527,6 @@ def _process_job(job: tuple[ClipInput, EncodeSettings, int]) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Tars, indexes, dataset.json
 # ----------------------------------------------------------------------------------------------
-
-def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> list[list[tuple[str, int, int, str]]]:
-    """Write samples [(key, {ext: bytes})] to a tar with fixed metadata; return index entries
-    per sample: [(ext, data offset, size, member name)]."""
-    entries = []
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            sample_entries = []
-            for ext in sorted(members, key=lambda e: (MEMBER_EXTENSIONS.index(e) if e in MEMBER_EXTENSIONS
-                                                      else len(MEMBER_EXTENSIONS), e)):
-                data = members[ext]
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 0, TAR_MEMBER_MODE
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                header_start = tar.offset
-                tar.addfile(info, io.BytesIO(data))   # USTAR: one 512-byte header, then the data
-                sample_entries.append((ext, header_start + tarfile.BLOCKSIZE, len(data), info.name))
-            entries.append(sample_entries)
-    return entries
-
-
-def index_text(entries: list[list[tuple[str, int, int, str]]]) -> str:
-    """DALI's wds2idx index format v1.2: a header line, then per sample `ext offset size name ...`."""
-    lines = [f"v1.2 {len(entries)}"]
-    lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in sample)
-              for sample in entries]
-    return "\n".join(lines) + "\n"
-
-
-def read_tar_samples(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """A tar's samples in order: [(key, {ext: TarInfo})] (WebDataset grouping on the first dot)."""
-    samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-    with tarfile.open(path) as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, ext = info.name.partition(".")
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][ext] = info
-    return samples
-
-
-def _index_from_tar(path: Path) -> str:
-    entries = [[(ext, info.offset_data, info.size, info.name) for ext, info in members.items()]
-               for _, members in read_tar_samples(path)]
-    return index_text(entries)
-
 
 def _check_membership(tar_path: Path, items: list[ClipInput], failures: list[dict]) -> None:
     """A finished shard kept on resume must hold exactly the inputs the plan gives it now."""
@@ -627,15 +538,9 @@ def _check_membership(tar_path: Path, items: list[ClipInput], failures: list[dic
                          f"changed since it was written): use an empty OUT, or the same SRC to resume")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_failures(out: Path, rows: list[dict]) -> None:
     ordered = sorted(rows, key=lambda r: (r.get("split", ""), r.get("shard") or "", r["source"], r["reason"]))
-    _atomic_write(out / "failures.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
+    write_atomic(out / "failures.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
 
 
 def _samples_per_shard(out: Path, previous: dict | None, asked: int | None) -> int:
@@ -725,7 +630,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                 _check_membership(tar_path, items, failures)
                 skipped += 1
                 if not (out / f"{name}.idx").exists():
-                    _atomic_write(out / f"{name}.idx", _index_from_tar(tar_path).encode())
+                    write_index(index_path(tar_path), tar_index_samples(tar_path))
                 continue
             pending.append((name, items))
 
@@ -740,7 +645,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     if "labelled_shards" in kept:
         kept["labelled_shards"] = {labeller: [tar for tar in tars if tar not in rewritten]
                                    for labeller, tars in kept["labelled_shards"].items()}
-    _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": other_shards}, indent=1).encode())
+    save_dataset_json(out, {**kept, **base, "shards": other_shards})
 
     jobs = [(item, settings, len(classes)) for _, items in pending for item in items]
     results = _run_jobs(jobs, workers, progress)
@@ -753,12 +658,12 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                 shard_failures.append(dict(result["failure"], shard=name))
             else:
                 samples.append((item.key, result["members"]))
-        tmp_tar = out / f".{name}.tar.tmp"
+        tmp_tar = tmp_path(out / f"{name}.tar")
         entries = write_tar(tmp_tar, samples)
-        _atomic_write(out / f"{name}.idx", index_text(entries).encode())
+        write_index(out / f"{name}.idx", entries)
         failures.extend(shard_failures)
         _write_failures(out, failures)        # before the tar appears: a kill here redoes the shard
-        os.replace(tmp_tar, out / f"{name}.tar")
+        replace_synced(tmp_tar, out / f"{name}.tar")
         written += len(samples)
 
     shard_rows = []
@@ -774,7 +679,7 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
         # the new shards carry no label scores yet: `python -m deteclap.label` labels just those
         print(f"note: {len(pending)} new shard(s) have no label scores for {labellers}; run "
               f"`python -m deteclap.label {out} --labellers ...` again (it resumes)", file=sys.stderr)
-    _atomic_write(out / DATASET_JSON, json.dumps({**kept, **base, "shards": all_shards}, indent=1).encode())
+    save_dataset_json(out, {**kept, **base, "shards": all_shards})
     _write_failures(out, failures)
     run_failures = [r for r in failures if r["split"] in read_splits]    # not the other splits' rows
     reasons = Counter(r["reason"] for r in run_failures)
@@ -833,7 +738,7 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
 
     encoding = meta_all.get("encoding", {})
     num_frames = encoding.get("num_frames", NUM_FRAMES)
-    expected = set(MEMBER_EXTENSIONS) | {f"{name}.f16" for name in meta_all.get("labellers", [])}
+    expected = set(MEMBER_EXTENSIONS) | {score_member(name) for name in meta_all.get("labellers", [])}
     if meta_all.get("format_version", FORMAT_VERSION) < 2:
         expected.discard(FRAME_TABLE_EXT)         # version 1 shards hold no frame table
     if set(members) != expected:
@@ -841,7 +746,7 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
         return
     data = {ext: tar.extractfile(info).read() for ext, info in members.items()}
     try:
-        meta = json.loads(data["json"])
+        meta = json.loads(data[META_EXT])
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         report.error(f"{where}.json: not JSON: {err}")
         return
@@ -853,7 +758,7 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
     if meta["key"] != key:
         report.error(f"{where}.json: key {meta['key']!r} != member key {key!r}")
     try:
-        frames = decode_video_frames(data["mp4"])
+        frames = decode_video_frames(data[VIDEO_EXT])
         if frames.shape != (num_frames, meta["height"], meta["width"], 3):
             report.error(f"{where}.mp4: frames {frames.shape} != ({num_frames}, {meta['height']}, {meta['width']}, 3)")
         side = encoding.get("short_side", DEFAULT_SHORT_SIDE)
@@ -861,19 +766,20 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
             report.error(f"{where}.mp4: short side {min(meta['height'], meta['width'])} != the encoding's {side}")
         if encoding.get("crop", False) and meta["height"] != meta["width"]:
             report.error(f"{where}.mp4: {meta['width']}x{meta['height']} is not the encoding's square crop")
-        if FRAME_TABLE_EXT in data and data[FRAME_TABLE_EXT] != frame_table(data["mp4"], meta["width"], meta["height"]):
+        table = frame_table(data[VIDEO_EXT], meta["width"], meta["height"])
+        if FRAME_TABLE_EXT in data and data[FRAME_TABLE_EXT] != table:
             report.error(f"{where}.{FRAME_TABLE_EXT}: does not match the frame table of the mp4")
     except (DecodeError, Mp4LayoutError) as err:
         report.error(f"{where}.mp4: {err}")
     try:
-        wave, rate = decode_audio(data["flac"])
+        wave, rate = decode_audio(data[AUDIO_EXT])
         if rate != meta["sample_rate"] or len(wave) != meta["num_samples"]:
             report.error(f"{where}.flac: {len(wave)} samples at {rate} Hz != json "
                          f"{meta['num_samples']} at {meta['sample_rate']}")
     except DecodeError as err:
         report.error(f"{where}.flac: {err}")
     classes = meta_all.get("classes", [])
-    cls = np.frombuffer(data["cls"], np.uint8)
+    cls = np.frombuffer(data[CLASSES_EXT], np.uint8)
     if len(cls) != len(classes) or not np.isin(cls, (0, 1)).all():
         report.error(f"{where}.cls: {len(cls)} bytes, values {sorted(set(cls.tolist()))}; expected "
                      f"{len(classes)} bytes of 0 / 1")
@@ -881,8 +787,9 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
         report.error(f"{where}.cls: does not match json classes {meta['classes']}")
     vocab_bytes = 2 * len(meta_all.get("label_vocabulary", []))
     for name in meta_all.get("labellers", []):
-        if len(data[f"{name}.f16"]) != vocab_bytes:
-            report.error(f"{where}.{name}.f16: {len(data[name + '.f16'])} bytes != {vocab_bytes}")
+        ext = score_member(name)
+        if len(data[ext]) != vocab_bytes:
+            report.error(f"{where}.{ext}: {len(data[ext])} bytes != {vocab_bytes}")
 
 
 def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
@@ -894,9 +801,8 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
     except (OSError, ValueError) as err:
         report.error(str(err))
         return report
-    for key_name in ("format_version", "shards", "classes", "label_vocabulary", "labellers", "encoding"):
-        if key_name not in meta_all:
-            report.error(f"dataset.json: missing `{key_name}`")
+    for problem in dataset_problems(meta_all):
+        report.error(problem)
     if not report.ok:
         return report
     listed = {s["tar"] for s in meta_all["shards"]}
@@ -919,9 +825,9 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
             samples = read_tar_samples(tar_path)
             if len(samples) != shard["samples"]:
                 report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
-            index_path = out / shard["index"]
-            if not index_path.exists() or index_path.read_text() != _index_from_tar(tar_path):
-                report.error(f"{shard['index']}: missing or does not match {shard['tar']}")
+            problem = check_index(tar_path)
+            if problem:
+                report.error(problem)
             keys = [k for k, _ in samples]
             if len(set(keys)) != len(keys):
                 report.error(f"{shard['tar']}: a key appears in more than one group")

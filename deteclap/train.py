@@ -41,7 +41,7 @@ from collections.abc import Iterator
 import torch
 
 from deteclap.config import Config, add_config_args, load_config
-from deteclap.shard import load_dataset_json
+from deteclap.format import load_dataset_json
 
 LATEST = "latest"
 MODEL_FILE = "model.pt"              # plain state dict in every checkpoint folder

@@ -117,7 +117,7 @@ def test_retrieval_keeps_clips_whose_labelling_failed(labelled_shards, checkpoin
 
 
 def test_collect_names_the_shards_when_no_clip_could_be_read(shard_dir, tmp_path):
-    from deteclap.data.loader import index_entries
+    from deteclap.format import index_entries
 
     shards = tmp_path / "shards"
     shutil.copytree(shard_dir, shards)

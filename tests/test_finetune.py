@@ -61,7 +61,7 @@ def pretrained(tmp_path_factory) -> Path:
 
 def test_pretrained_encoder_weights_load_and_head_gets_its_lr(pretrained, shard_dir):
     from deteclap.config import load_config
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
     from deteclap.train import build_objective
 
     state = torch.load(pretrained, weights_only=True)
@@ -83,7 +83,7 @@ def test_pretrained_encoder_weights_load_and_head_gets_its_lr(pretrained, shard_
 
 def test_pretrained_without_encoder_weights_is_refused(pretrained, shard_dir, tmp_path):
     from deteclap.config import load_config
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
     from deteclap.train import build_objective
 
     state = torch.load(pretrained, weights_only=True)
@@ -96,7 +96,7 @@ def test_pretrained_without_encoder_weights_is_refused(pretrained, shard_dir, tm
 
 def test_mixup_in_pretraining_fails_at_start_up(shard_dir):
     from deteclap.config import load_config
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
     from deteclap.train import build_objective
 
     cfg = load_config(REPO / "configs" / "tiny.json", ["data.mixup=0.5", "labels.variant=cavmae"])
@@ -108,7 +108,7 @@ def test_missing_init_checkpoint_says_where_the_official_one_is(shard_dir, tmp_p
     """base.json starts pretraining from CAV-MAE's ImageNet-MAE weights, as its recipes do; without
     the file the run stops at start-up and says how to get it (or how to start from random weights)."""
     from deteclap.config import load_config
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
     from deteclap.train import IMAGENET_INIT_URL, build_objective
 
     assert load_config(REPO / "configs" / "or.json").model.init_checkpoint == "weights/IN-initial.pth"
@@ -242,7 +242,7 @@ def test_average_frames_is_the_mean_of_per_frame_probabilities(shard_dir):
     from deteclap.config import load_config
     from deteclap.evaluate import class_probabilities, collect
     from deteclap.model import build_finetune_model
-    from deteclap.shard import load_dataset_json
+    from deteclap.format import load_dataset_json
 
     cfg = load_config(REPO / "configs" / "finetune_tiny.json",
                       [f"data.train_shards={shard_dir}", f"data.eval_shards={shard_dir}", "data.eval_split=train",

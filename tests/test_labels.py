@@ -43,7 +43,7 @@ def replace_member(tar_path: Path, member_name: str, data: bytes) -> None:
             payload = data if info.name == member_name else payload
             info.size = len(payload)
             dst.addfile(info, io.BytesIO(payload))
-    store.write_index(tar_path)
+    store.rewrite_index(tar_path)
 
 
 def test_vocabulary_is_ultralytics_open_images_v7(tmp_path):

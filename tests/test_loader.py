@@ -20,8 +20,8 @@ from deteclap.config import Config
 from deteclap.data import build
 from deteclap.data.decode import DecodeError, decode_video_frames
 from deteclap.data.mp4 import Mp4LayoutError, find_sample
-from deteclap.data.loader import (DataError, ReferenceLoader, build_loader, decode_frame, iter_tar_samples,
-                                  scan_samples)
+from deteclap.data.loader import DataError, ReferenceLoader, build_loader, decode_frame, scan_samples
+from deteclap.format import iter_tar_samples
 
 NUM_LABELS = 601
 Edit = Callable[[str, str, bytes], "bytes | None"]

@@ -26,8 +26,9 @@ import pytest
 from scipy.signal import resample_poly
 
 from deteclap.data.decode import decode_audio, decode_video_frames
-from deteclap.shard import (SEEK_MARGIN, EncodeSettings, _segment_video, frame_instants, main, read_tar_samples,
-                            verify_shards, write_shards)
+from deteclap.format import read_tar_samples
+from deteclap.shard import (SEEK_MARGIN, EncodeSettings, _segment_video, frame_instants, main, verify_shards,
+                            write_shards)
 from deteclap.synth import make_broken_files, write_mp4
 
 VIDEO_MAE_TOLERANCE = 8.0

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deteclap.data.loader import CLASSES_EXT, DataError, Skipped, epoch_seed, index_entries
+from deteclap.data.loader import DataError, Skipped, epoch_seed
+from deteclap.format import CLASSES_EXT, index_entries
 
 LABEL_WEIGHT_SCALE = 1000.0   # CAV-MAE: label_weight = 1000 / (label_count + 0.01)
 LABEL_COUNT_EPSILON = 0.01

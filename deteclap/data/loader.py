@@ -2,8 +2,8 @@
 
 Owns the shard listing shared with dali_pipes (`resolve_shards`, `scan_samples`, `DataError`) and
 `build_loader(cfg, train, rank, world_size, epoch)`. Per sample (in DataLoader workers): the tar
-is read with python's tarfile (members grouped by key as webdataset does: key = name up to the
-first dot), ONLY the sampled frame decoded (its bytes found in the mp4 sample table,
+is read with python's tarfile (members grouped by the key rule of deteclap.format, WebDataset's),
+ONLY the sampled frame decoded (its bytes found in the mp4 sample table,
 deteclap.data.mp4, and decoded by a reused decoder), resized and cropped exactly like CAV-MAE
 (PIL T.Resize(224, BICUBIC) + CenterCrop, skipped for frames stored at 224 x 224) and kept as
 uint8, the FLAC decoded with soundfile. Per batch: ToTensor + Normalize's ops on the frames
@@ -31,7 +31,6 @@ import functools
 import glob
 import os
 import random
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,13 +43,10 @@ import torch
 from deteclap import audio
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
 from deteclap.device import flush_denormals
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, index_entries,
+                             is_score_member, iter_tar_samples, labeller_of, list_tars,
+                             load_dataset_json, score_member)
 
-VIDEO_EXT = "mp4"
-AUDIO_EXT = "flac"
-META_EXT = "json"
-CLASSES_EXT = "cls"
-SCORE_SUFFIX = ".f16"
-INDEX_VERSION = "v1.2"
 
 
 EPOCH_SEED_STRIDE = 1009  # keeps the (seed, epoch) sample streams of a run apart
@@ -76,15 +72,9 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     """
     if not spec:
         raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
-    from deteclap.shard import DATASET_JSON, load_dataset_json
-
     root = Path(spec)
     if root.is_dir():
-        if (root / DATASET_JSON).is_file():  # its shard list leaves out tars whose every input failed
-            listed = load_dataset_json(root).get("shards", [])
-            tars = sorted(root / row["tar"] for row in listed if row["split"] == split)
-        else:
-            tars = sorted(root.glob(f"{split}-*.tar"))
+        tars = list_tars(root, split)
         if not tars:
             raise FileNotFoundError(f"{root}: no `{split}-*.tar` shards (split `{split}`); "
                                     f"found {sorted(p.name for p in root.glob('*.tar'))[:5]}")
@@ -108,7 +98,7 @@ class ShardFacts:
 def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None:
     """The `bad_scores` detail for a sample's {member ext: byte size}, or None when every label-score
     member holds `expected` bytes (or nothing is expected: no dataset.json). Both loaders use it."""
-    wrong = {ext: n for ext, n in sizes.items() if ext.endswith(SCORE_SUFFIX) and n != expected}
+    wrong = {ext: n for ext, n in sizes.items() if is_score_member(ext) and n != expected}
     if expected is None or not wrong:
         return None
     return f"{wrong} bytes, not {expected} (float16 per class of dataset.json's label_vocabulary)"
@@ -124,8 +114,6 @@ def bad_audio_detail(num_samples: int, rate: float) -> str | None:
 
 def shard_facts(spec: str) -> ShardFacts:
     """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
-    from deteclap.shard import DATASET_JSON, load_dataset_json
-
     if not (Path(spec) / DATASET_JSON).is_file():
         return ShardFacts()
     meta = load_dataset_json(spec)
@@ -134,36 +122,6 @@ def shard_facts(spec: str) -> ShardFacts:
                       square_side=encoding.get("short_side") if encoding.get("crop") else None,
                       score_bytes=None if vocabulary is None else 2 * len(vocabulary),
                       codec=encoding.get("codec"), num_classes=None if classes is None else len(classes))
-
-
-def index_path(tar: Path) -> Path:
-    """The DALI wds2idx index file that belongs beside a tar."""
-    return tar.with_suffix(".idx")
-
-
-Entry = tuple[str, int, int, str]   # (ext, offset, size, member name): one wds2idx field group
-
-
-def index_entries(tar: Path) -> dict[str, list[Entry]]:
-    """{key: [(ext, offset, size, name)]} of a tar in tar order (its .idx, else its headers)."""
-    samples: dict[str, list[Entry]] = {}
-    idx = index_path(tar)
-    if idx.is_file():
-        lines = idx.read_text().splitlines()
-        if not lines or not lines[0].startswith(INDEX_VERSION):
-            raise DataError(f"{idx}: not a {INDEX_VERSION} wds2idx index")
-        for line in lines[1:]:
-            fields = line.split()
-            for ext, offset, size, name in zip(*[iter(fields)] * 4):
-                samples.setdefault(name.split(".", 1)[0], []).append((ext, int(offset), int(size), name))
-        return samples
-    with tarfile.open(tar) as archive:
-        for member in archive:
-            name = Path(member.name).name
-            if member.isfile() and "." in name:
-                key, ext = name.split(".", 1)
-                samples.setdefault(key, []).append((ext, member.offset_data, member.size, name))
-    return samples
 
 
 def scan_samples(tar: Path) -> dict[str, set[str]]:
@@ -178,7 +136,7 @@ def required_members(cfg: Config) -> list[str]:
         labellers: list[str] = []
     else:
         labellers = list(required_labellers(cfg.labels))
-    return [VIDEO_EXT, AUDIO_EXT, META_EXT, CLASSES_EXT] + [name + SCORE_SUFFIX for name in labellers]
+    return [VIDEO_EXT, AUDIO_EXT, META_EXT, CLASSES_EXT] + [score_member(name) for name in labellers]
 
 
 def batch_size(cfg: Config, train: bool) -> int:
@@ -298,24 +256,6 @@ def preload_decoders() -> None:
     import torchvision.transforms  # noqa: F401
 
 
-def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) for consecutive members sharing a key, in tar order (streamed)."""
-    key, members = None, {}
-    with tarfile.open(tar, mode="r|") as archive:
-        for member in archive:
-            name = Path(member.name).name
-            if not member.isfile() or "." not in name:
-                continue
-            this_key, ext = name.split(".", 1)
-            if this_key != key and key is not None:
-                yield key, members
-                members = {}
-            key = this_key
-            members[ext] = archive.extractfile(member).read()
-    if key is not None:
-        yield key, members
-
-
 class ShardSamples(torch.utils.data.IterableDataset):
     """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
 
@@ -346,11 +286,11 @@ class ShardSamples(torch.utils.data.IterableDataset):
         bad_audio = bad_audio_detail(len(wave), rate)
         if bad_audio:
             raise DataError("bad_audio", bad_audio)
-        score_exts = [e for e in self.exts if e.endswith(SCORE_SUFFIX)]
+        score_exts = [e for e in self.exts if is_score_member(e)]
         wrong = wrong_score_sizes({ext: len(members[ext]) for ext in score_exts}, self.score_size)
         if wrong:
             raise DataError("bad_scores", wrong)
-        scores = {ext[: -len(SCORE_SUFFIX)]: torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
+        scores = {labeller_of(ext): torch.from_numpy(np.frombuffer(members[ext], dtype="<f2").copy())
                   for ext in score_exts}
         return {"key": key, "shard": str(tar), "frame": transform(frame), "wave": torch.from_numpy(wave),
                 "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
@@ -515,16 +455,6 @@ def failed_label_rows(scores: dict[str, torch.Tensor]) -> list[int]:
     for value in scores.values():
         bad |= torch.isnan(value.float()).any(dim=1).cpu()
     return torch.nonzero(bad).flatten().tolist()
-
-
-def tar_sample_count(tar: Path) -> int:
-    """Samples in a tar (from its index when present)."""
-    idx = index_path(tar)
-    if idx.is_file():
-        first = idx.read_text().split("\n", 1)[0].split()
-        if len(first) == 2 and first[0] == INDEX_VERSION:
-            return int(first[1])
-    return len(scan_samples(tar))
 
 
 @functools.lru_cache(maxsize=4)

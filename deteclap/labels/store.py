@@ -18,8 +18,6 @@ instead of reading zeros, and every sample of a tar keeps the same members (DALI
 from __future__ import annotations
 
 import io
-import json
-import os
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,11 +26,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deteclap.shard import DATASET_JSON, load_dataset_json  # noqa: F401 (store.load_dataset_json is used)
-
-SCORE_DTYPE = np.dtype("<f2")      # raw little-endian float16
-SCORE_SUFFIX = "f16"
-INDEX_SUFFIX = ".idx"
+from deteclap.format import (DATASET_JSON, SCORE_DTYPE, index_path, is_score_member, iter_tar_samples, labeller_of,
+                             list_tars, load_dataset_json, replace_synced, save_dataset_json, score_member,
+                             split_member_name, tar_index_samples, tmp_path, write_index)
 Sample = dict[str, Any]            # {"__key__": key, "<ext>": bytes, ...} (ext = after the key's first dot)
 
 
@@ -56,13 +52,6 @@ class LabelReport:
     failures: dict[str, str] = field(default_factory=dict)      # key -> reason (this run)
 
 
-def score_member(labeller: str) -> str:
-    """The member extension of a labeller's scores, e.g. `clap.f16`."""
-    if not labeller or "." in labeller or "/" in labeller:
-        raise ValueError(f"bad labeller name {labeller!r}: non-empty, without '.' or '/'")
-    return f"{labeller}.{SCORE_SUFFIX}"
-
-
 def encode_scores(scores: np.ndarray) -> bytes:
     """float [C] -> raw little-endian float16 bytes (2 * C)."""
     return np.ascontiguousarray(np.asarray(scores).reshape(-1), dtype=SCORE_DTYPE).tobytes()
@@ -76,81 +65,29 @@ def decode_scores(data: bytes, num_classes: int | None = None) -> np.ndarray:
     return scores
 
 
-def split_member_name(name: str) -> tuple[str, str]:
-    """`dir/KEY.ext.more` -> (`dir/KEY`, `ext.more`) as WebDataset and DALI split names."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1:]
-
-
 def iter_samples(tar_path: str | Path) -> Iterator[Sample]:
     """Yield the samples of a WebDataset tar as {"__key__", ext: bytes} (members of a key are consecutive)."""
-    from deteclap.data.loader import iter_tar_samples
-
     for key, members in iter_tar_samples(Path(tar_path)):
         yield {"__key__": key, **members}
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def _replace_synced(tmp: Path, path: Path) -> None:
-    """fsync a finished tmp file, move it over `path` and fsync the folder."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file as a whole or not at all: tmp file, fsync, os.replace, fsync the folder."""
-    tmp = _tmp_path(path)
-    tmp.write_bytes(data)
-    _replace_synced(tmp, path)
-
-
-def save_dataset_json(shards_dir: str | Path, meta: dict[str, Any]) -> None:
-    write_atomic(Path(shards_dir) / DATASET_JSON, (json.dumps(meta, indent=2) + "\n").encode())
-
-
 def shard_paths(shards_dir: str | Path) -> list[Path]:
-    """The tars of a shard folder: dataset.json's shard list when it names them, else *.tar sorted."""
+    """The tars of a shard folder as dataset.json lists them (`deteclap.format.list_tars`).
+
+    Raises:
+        FileNotFoundError: no dataset.json, or it lists a tar that does not exist.
+    """
     shards_dir = Path(shards_dir)
-    meta = load_dataset_json(shards_dir)
-    names = []
-    for entry in meta.get("shards", []):
-        if isinstance(entry, str):
-            names.append(entry)
-        elif isinstance(entry, dict):
-            name = next((entry[k] for k in ("file", "name", "path", "tar") if isinstance(entry.get(k), str)), None)
-            if name is not None:
-                names.append(name)
-    paths = [shards_dir / Path(name).name for name in names] if names else sorted(shards_dir.glob("*.tar"))
+    load_dataset_json(shards_dir)                   # a folder without dataset.json is no shard folder
+    paths = list_tars(shards_dir)
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"dataset.json names shards that do not exist: {missing}")
     return paths
 
 
-def write_index(tar_path: Path) -> Path:
-    """(Re)write the DALI index beside a tar (deteclap.shard's wds2idx v1.2 writer), atomically."""
-    from deteclap.shard import index_text, read_tar_samples
-
-    entries = [[(ext, info.offset_data, info.size, info.name) for ext, info in members.items()]
-               for _, members in read_tar_samples(tar_path)]
-    idx_path = tar_path.with_suffix(INDEX_SUFFIX)
-    write_atomic(idx_path, index_text(entries).encode())
-    return idx_path
+def rewrite_index(tar_path: Path) -> Path:
+    """(Re)write the index beside a tar from its members (after the tar was rewritten)."""
+    return write_index(index_path(tar_path), tar_index_samples(tar_path))
 
 
 def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarray]) -> None:
@@ -163,7 +100,7 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
     """
     tar_path = Path(tar_path)
     ext = score_member(labeller)
-    tmp = _tmp_path(tar_path)
+    tmp = tmp_path(tar_path)
     with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as dst:
         # an old member of this labeller is left out; the new one follows the key's last kept member
         kept = [info for info in src if info.isfile() and split_member_name(info.name)[1] != ext]
@@ -179,8 +116,8 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
                 new.size, new.mtime, new.mode = len(data), info.mtime, info.mode
                 new.uid, new.gid, new.uname, new.gname = info.uid, info.gid, info.uname, info.gname
                 dst.addfile(new, io.BytesIO(data))
-    _replace_synced(tmp, tar_path)
-    write_index(tar_path)
+    replace_synced(tmp, tar_path)
+    rewrite_index(tar_path)
 
 
 def read_scores(shards_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
@@ -193,13 +130,11 @@ def read_scores(shards_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
     meta = load_dataset_json(shards_dir)
     vocabulary = meta.get("label_vocabulary")
     num_classes = len(vocabulary) if vocabulary else None
-    suffix = "." + SCORE_SUFFIX
     out: dict[str, dict[str, np.ndarray]] = {}
     for tar_path in shard_paths(shards_dir):
         for sample in iter_samples(tar_path):
-            out[sample["__key__"]] = {ext[: -len(suffix)]: decode_scores(data, num_classes)
-                                      for ext, data in sample.items()
-                                      if ext != "__key__" and ext.endswith(suffix) and ext.count(".") == 1}
+            out[sample["__key__"]] = {labeller_of(ext): decode_scores(data, num_classes)
+                                      for ext, data in sample.items() if is_score_member(ext) and ext.count(".") == 1}
     return out
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.labels.store import Sample
-from deteclap.shard import make_key
+from deteclap.format import make_key
 
 MODALITY_FIELDS = {"audio": "heard", "visual": "seen"}   # modality -> truth.jsonl list
 LABELLER_PREFIX = "truth"

@@ -1,0 +1,65 @@
+"""`dataset.json`, the description of a shard folder: its schema, one reader and one writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DATASET_JSON = "dataset.json"
+FORMAT_VERSION = 2      # 2: KEY.frames (the frame table of KEY.mp4) in every sample
+# key -> what it holds (shards/FORMAT.md); every dataset.json written by deteclap holds these
+DATASET_KEYS = {
+    "format_version": "the shard format version (FORMAT_VERSION when written)",
+    "shards": "[{split, tar, index, samples}]: the tars to read",
+    "classes": "sorted class names of the manifest (KEY.cls is multi-hot over them)",
+    "label_vocabulary": "the classes of the label-score members",
+    "labellers": "labellers whose KEY.<labeller>.f16 every listed sample holds",
+    "encoding": "the shard writer's encoding settings",
+}
+SHARD_ROW_KEYS = ("split", "tar", "index", "samples")
+
+
+def load_dataset_json(folder: str | Path) -> dict[str, Any]:
+    """A shard folder's dataset.json; the one reader of it.
+
+    Raises:
+        FileNotFoundError: no dataset.json (the message says how one is made).
+        ValueError: it is not valid JSON, or not an object.
+    """
+    path = Path(folder) / DATASET_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {folder} a shard folder written by `python -m deteclap.shard`?")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return meta
+
+
+def dataset_json_bytes(meta: dict[str, Any]) -> bytes:
+    """The bytes dataset.json is written as (one layout: sorted keys, indent 1)."""
+    return (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode()
+
+
+def save_dataset_json(folder: str | Path, meta: dict[str, Any]) -> None:
+    """Write a shard folder's dataset.json atomically (fsynced); the one writer of it."""
+    from deteclap.format.tario import write_atomic
+
+    write_atomic(Path(folder) / DATASET_JSON, dataset_json_bytes(meta))
+
+
+def dataset_problems(meta: dict[str, Any]) -> list[str]:
+    """What breaks the schema: missing keys, a format version this code does not know, bad shard rows."""
+    problems = [f"dataset.json: missing `{key}`" for key in DATASET_KEYS if key not in meta]
+    version = meta.get("format_version")
+    if version is not None and (not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION):
+        problems.append(f"dataset.json: format_version {version!r} is not one this code reads "
+                        f"(1..{FORMAT_VERSION}): update deteclap or reshard")
+    for row in meta.get("shards", []) if isinstance(meta.get("shards"), list) else []:
+        missing = [k for k in SHARD_ROW_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            problems.append(f"dataset.json: shard row {row!r} lacks {missing}")
+    return problems

@@ -1,0 +1,95 @@
+"""Member names, the key rule, extensions and the frame table of the shard format (shards/FORMAT.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+VIDEO_EXT = "mp4"
+AUDIO_EXT = "flac"
+META_EXT = "json"
+CLASSES_EXT = "cls"
+FRAME_TABLE_EXT = "frames"
+MEMBER_EXTENSIONS = (CLASSES_EXT, AUDIO_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT)   # written in this order
+SCORE_EXT = "f16"                     # label scores: `KEY.<labeller>.f16`, raw little-endian float16
+SCORE_DTYPE = np.dtype("<f2")
+FRAME_TABLE_DTYPE = np.dtype("<u4")
+MAX_KEY_LENGTH = 80                   # USTAR member names hold 100 characters
+KEY_HASH_CHARS = 12
+JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", "frames", "width",
+               "height", "sample_rate", "num_samples", "classes", "split")
+
+
+class FormatError(ValueError):
+    """A file that breaks the shard format (an index, dataset.json, a member); the message names it."""
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """A tar member name -> (key, extension) by WebDataset's rule: the key ends at the first dot after
+    the last slash. `dir/KEY.ext.more` -> (`dir/KEY`, `ext.more`); `./k.mp4` -> (`./k`, `mp4`);
+    a name without a dot there -> (name, ""). DALI's reader splits names the same way."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:]
+
+
+def make_key(clip_id: str) -> str:
+    """Sample key: the clip id with every character outside [A-Za-z0-9_-] replaced by '_'.
+
+    Keys longer than MAX_KEY_LENGTH (USTAR member names hold 100 characters) are cut and end with
+    a hash of the whole id, so they stay unique.
+    """
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", clip_id)
+    if len(key) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(clip_id.encode()).hexdigest()[:KEY_HASH_CHARS]
+        key = f"{key[:MAX_KEY_LENGTH - KEY_HASH_CHARS - 1]}_{digest}"
+    return key
+
+
+def member_name(key: str, ext: str) -> str:
+    """`KEY.ext`; refuses a key that the key rule would split elsewhere (a dot after its last slash)."""
+    if "." in key[key.rfind("/") + 1:]:
+        raise FormatError(f"sample key {key!r} holds a dot: the member {key}.{ext} would get another key")
+    return f"{key}.{ext}"
+
+
+def score_member(labeller: str) -> str:
+    """The member extension of a labeller's scores, e.g. `clap.f16`."""
+    if not labeller or "." in labeller or "/" in labeller:
+        raise ValueError(f"bad labeller name {labeller!r}: non-empty, without '.' or '/'")
+    return f"{labeller}.{SCORE_EXT}"
+
+
+def is_score_member(ext: str) -> bool:
+    """Whether a member extension holds label scores (`<labeller>.f16`)."""
+    return ext.endswith("." + SCORE_EXT) and len(ext) > len(SCORE_EXT) + 1
+
+
+def labeller_of(ext: str) -> str:
+    """`clap.f16` -> `clap` (the labeller whose scores a score member holds)."""
+    if not is_score_member(ext):
+        raise ValueError(f"{ext!r} is not a score member extension (`<labeller>.{SCORE_EXT}`)")
+    return ext[: -len(SCORE_EXT) - 1]
+
+
+def shard_name(split: str, index: int) -> str:
+    """A shard's file stem: `{split}-{index:06d}` (its tar and index add `.tar` / `.idx`)."""
+    return f"{split}-{index:06d}"
+
+
+def encode_frame_table(width: int, height: int, frames: list[tuple[int, int]]) -> bytes:
+    """The `KEY.frames` member: little-endian uint32 [width, height, offset_0, size_0, ...]; frame i of
+    the all-key-frame mp4 lies at mp4[offset_i : offset_i + size_i]."""
+    return np.array([width, height, *[v for row in frames for v in row]], FRAME_TABLE_DTYPE).tobytes()
+
+
+def decode_frame_table(data: bytes) -> tuple[int, int, list[tuple[int, int]]]:
+    """`KEY.frames` bytes -> (width, height, [(offset, size)] per frame)."""
+    if len(data) % 8 or len(data) < 8:
+        raise FormatError(f"a frame table of {len(data)} bytes: expected 8 + 8 per frame")
+    values = np.frombuffer(data, FRAME_TABLE_DTYPE).tolist()
+    return values[0], values[1], list(zip(values[2::2], values[3::2]))

@@ -1,0 +1,113 @@
+"""Tars of samples and the files beside them: reading samples by the key rule, writing a tar with
+fixed metadata, listing a folder's tars, and atomic writes that survive a crash (fsynced)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from deteclap.format.meta import DATASET_JSON, load_dataset_json
+from deteclap.format.spec import MEMBER_EXTENSIONS, member_name, split_member_name
+
+TAR_MEMBER_MODE = 0o644
+
+
+def tmp_path(path: Path) -> Path:
+    """The temporary name a file is written under before it replaces `path`: `.NAME.tmp` beside it."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_synced(tmp: Path, path: Path) -> None:
+    """fsync a finished tmp file, move it over `path` and fsync the folder: after a crash `path` is
+    the old file or the new one, whole."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file as a whole or not at all: tmp file, fsync, os.replace, fsync the folder."""
+    tmp = tmp_path(path)
+    tmp.write_bytes(data)
+    replace_synced(tmp, path)
+
+
+def read_tar_samples(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
+    """A tar's samples in order: [(key, {ext: TarInfo})], consecutive members grouped by the key rule
+    (`split_member_name`); entries that are not files are left out."""
+    samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+    with tarfile.open(path) as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, ext = split_member_name(info.name)
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            samples[-1][1][ext] = info
+    return samples
+
+
+def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for consecutive members sharing a key, in tar order (streamed, one pass);
+    names without an extension are left out, as WebDataset does."""
+    key, members = None, {}
+    with tarfile.open(tar, mode="r|") as archive:
+        for member in archive:
+            this_key, ext = split_member_name(member.name)
+            if not member.isfile() or not ext:
+                continue
+            if this_key != key and key is not None:
+                yield key, members
+                members = {}
+            key = this_key
+            members[ext] = archive.extractfile(member).read()
+    if key is not None:
+        yield key, members
+
+
+def _member_order(ext: str) -> tuple[int, str]:
+    return (MEMBER_EXTENSIONS.index(ext) if ext in MEMBER_EXTENSIONS else len(MEMBER_EXTENSIONS), ext)
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> list[list[tuple[str, int, int, str]]]:
+    """Write samples [(key, {ext: bytes})] as a USTAR tar with fixed metadata (mtime 0, uid / gid 0,
+    mode 644; members in MEMBER_EXTENSIONS order, then others sorted), so equal samples give equal
+    bytes. Returns the index entries per sample: [(ext, data offset, size, member name)]."""
+    entries = []
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            sample_entries = []
+            for ext in sorted(members, key=_member_order):
+                data = members[ext]
+                info = tarfile.TarInfo(member_name(key, ext))
+                info.size, info.mtime, info.mode = len(data), 0, TAR_MEMBER_MODE
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                header_start = tar.offset
+                tar.addfile(info, io.BytesIO(data))   # USTAR: one 512-byte header, then the data
+                sample_entries.append((ext, header_start + tarfile.BLOCKSIZE, len(data), info.name))
+            entries.append(sample_entries)
+    return entries
+
+
+def list_tars(folder: str | Path, split: str | None = None) -> list[Path]:
+    """The tars of a shard folder (of one split, or all): those its dataset.json lists (a shard whose
+    every input failed keeps its empty tar unlisted), sorted; without dataset.json its
+    `{split}-*.tar` (or `*.tar`). The one rule for reading a folder's shard list."""
+    folder = Path(folder)
+    if (folder / DATASET_JSON).is_file():
+        rows = load_dataset_json(folder).get("shards", [])
+        return sorted(folder / row["tar"] for row in rows if split is None or row["split"] == split)
+    return sorted(folder.glob("*.tar" if split is None else f"{split}-*.tar"))
