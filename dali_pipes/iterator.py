@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
+from deteclap import storage
 from deteclap.config import Config
 from deteclap.data.loader import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, epoch_seed, finish_batch,
                                   required_members,
@@ -112,7 +113,8 @@ class DaliLoader(SkipLog):
         self.excluded: set[tuple[str, str]] = set()
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
-        self.entries = {str(tar): index_entries(tar) for tar in self.tars}
+        # DALI reads s3:// tars and (2.4+) index files itself: hand it URLs, not pathlib's collapsed form
+        self.entries = {storage.location(tar): index_entries(tar) for tar in self.tars}
         # decode only the sampled frame (dali_pipes.pipelines.cut_frame): format-2 shards all hold
         # KEY.frames (one without it is a missing member); a glob of tars when every sample has it
         if facts.format_version >= 2 or (facts.format_version == 0 and self._all_have(FRAME_TABLE_EXT)):
@@ -214,7 +216,8 @@ class DaliLoader(SkipLog):
         is listed n times); a tar left with no sample is dropped (DALI refuses an empty index)."""
         if not self.excluded and self.repeats is None:
             paths = [index_path(Path(tar)) for tar in self.entries]
-            return list(self.entries), [str(p) for p in paths] if all(p.is_file() for p in paths) else []
+            return list(self.entries), ([storage.location(p) for p in paths]
+                                        if all(storage.is_file(p) for p in paths) else [])
         if self._index_dir is None:
             self._index_dir = tempfile.TemporaryDirectory(prefix="deteclap-idx-")
         tars, paths = [], []

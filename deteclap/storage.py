@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# pathlib turns `s3://b/k` into `s3:/b/k`: such a Path (or its str) still names the URL (see location)
+_COLLAPSED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
 INSTALL_HINT = {"s3": "pip install 'deteclap[s3]' (s3fs)", "gs": "pip install gcsfs", "gcs": "pip install gcsfs",
                 "http": "pip install aiohttp", "https": "pip install aiohttp"}
 
@@ -35,15 +37,22 @@ class StorageError(RuntimeError):
     """A location cannot be used (unknown scheme, missing backend package); the message says what to do."""
 
 
-def is_url(location: str | os.PathLike) -> bool:
-    """True for `scheme://...` locations other than `file://` (those are local paths)."""
-    text = os.fspath(location)
+def location(place: str | os.PathLike) -> str:
+    """A path or URL as a string; a Path made from a URL (pathlib collapses `s3://b/k` to `s3:/b/k`),
+    or its str, gives the URL back, so code may join shard names onto a folder URL with pathlib's
+    `/` and key dicts by str(path)."""
+    return _COLLAPSED_URL.sub(r"\1://", os.fspath(place), count=1)
+
+
+def is_url(place: str | os.PathLike) -> bool:
+    """True for `scheme://...` locations (or Paths made from them) other than `file://` (local paths)."""
+    text = location(place)
     return bool(_URL.match(text)) and not text.startswith("file://")
 
 
-def local_path(location: str | os.PathLike) -> Path:
+def local_path(place: str | os.PathLike) -> Path:
     """A local location as a Path (`file://` prefix dropped). Raises StorageError for a URL."""
-    text = os.fspath(location)
+    text = location(place)
     if is_url(text):
         raise StorageError(f"{text}: a URL where a local path is needed")
     return Path(text[len("file://"):] if text.startswith("file://") else text)
@@ -51,15 +60,15 @@ def local_path(location: str | os.PathLike) -> Path:
 
 def join(base: str | os.PathLike, *names: str) -> str:
     """`base/name/...` for a folder path or URL (URLs always join with '/')."""
-    text = os.fspath(base)
+    text = location(base)
     if not is_url(text):
         return str(local_path(text).joinpath(*names))
     return "/".join([text.rstrip("/"), *names])
 
 
-def basename(location: str | os.PathLike) -> str:
+def basename(place: str | os.PathLike) -> str:
     """The last part of a path or URL (`s3://b/x/train-000000.tar` -> `train-000000.tar`)."""
-    return os.fspath(location).rstrip("/").rsplit("/", 1)[-1]
+    return location(place).rstrip("/").rsplit("/", 1)[-1]
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -79,53 +88,53 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, path
 
 
-def exists(location: str | os.PathLike) -> bool:
-    if not is_url(location):
-        return local_path(location).exists()
-    fs, path = filesystem(os.fspath(location))
+def exists(place: str | os.PathLike) -> bool:
+    if not is_url(place):
+        return local_path(place).exists()
+    fs, path = filesystem(location(place))
     return fs.exists(path)
 
 
-def is_file(location: str | os.PathLike) -> bool:
-    if not is_url(location):
-        return local_path(location).is_file()
-    fs, path = filesystem(os.fspath(location))
+def is_file(place: str | os.PathLike) -> bool:
+    if not is_url(place):
+        return local_path(place).is_file()
+    fs, path = filesystem(location(place))
     return fs.isfile(path)
 
 
-def is_dir(location: str | os.PathLike) -> bool:
-    if not is_url(location):
-        return local_path(location).is_dir()
-    fs, path = filesystem(os.fspath(location))
+def is_dir(place: str | os.PathLike) -> bool:
+    if not is_url(place):
+        return local_path(place).is_dir()
+    fs, path = filesystem(location(place))
     return fs.isdir(path)
 
 
-def size(location: str | os.PathLike) -> int:
-    if not is_url(location):
-        return local_path(location).stat().st_size
-    fs, path = filesystem(os.fspath(location))
+def size(place: str | os.PathLike) -> int:
+    if not is_url(place):
+        return local_path(place).stat().st_size
+    fs, path = filesystem(location(place))
     return int(fs.size(path))
 
 
-def open_file(location: str | os.PathLike, mode: str = "rb") -> IO:
+def open_file(place: str | os.PathLike, mode: str = "rb") -> IO:
     """A file object for reading (or writing, for local paths; remote writes go via write_bytes / put_file)."""
-    if not is_url(location):
-        return open(local_path(location), mode)
+    if not is_url(place):
+        return open(local_path(place), mode)
     if "r" not in mode:
-        raise StorageError(f"{location}: remote files are written whole with write_bytes / put_file")
-    fs, path = filesystem(os.fspath(location))
+        raise StorageError(f"{location(place)}: remote files are written whole with write_bytes / put_file")
+    fs, path = filesystem(location(place))
     return fs.open(path, mode)
 
 
-def read_bytes(location: str | os.PathLike) -> bytes:
-    if not is_url(location):
-        return local_path(location).read_bytes()
-    fs, path = filesystem(os.fspath(location))
+def read_bytes(place: str | os.PathLike) -> bytes:
+    if not is_url(place):
+        return local_path(place).read_bytes()
+    fs, path = filesystem(location(place))
     return fs.cat_file(path)
 
 
-def read_text(location: str | os.PathLike) -> str:
-    return read_bytes(location).decode("utf-8")
+def read_text(place: str | os.PathLike) -> str:
+    return read_bytes(place).decode("utf-8")
 
 
 def _replace_synced(tmp: Path, path: Path) -> None:
@@ -140,24 +149,24 @@ def _replace_synced(tmp: Path, path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(location: str | os.PathLike, data: bytes) -> None:
+def write_bytes(place: str | os.PathLike, data: bytes) -> None:
     """Write a whole file atomically: local via tmp + fsync + rename, remote as one PUT."""
-    if not is_url(location):
-        path = local_path(location)
+    if not is_url(place):
+        path = local_path(place)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(data)
         _replace_synced(tmp, path)
         return
-    fs, path = filesystem(os.fspath(location))
+    fs, path = filesystem(location(place))
     fs.pipe_file(path, data)
 
 
-def put_file(local: str | os.PathLike, location: str | os.PathLike) -> None:
-    """Copy a finished local file to `location` atomically (a local target gets tmp + rename)."""
+def put_file(local: str | os.PathLike, place: str | os.PathLike) -> None:
+    """Copy a finished local file to `place` atomically (a local target gets tmp + rename)."""
     local = Path(local)
-    if not is_url(location):
-        path = local_path(location)
+    if not is_url(place):
+        path = local_path(place)
         path.parent.mkdir(parents=True, exist_ok=True)
         if local.resolve() == path.resolve():
             return
@@ -165,24 +174,24 @@ def put_file(local: str | os.PathLike, location: str | os.PathLike) -> None:
         shutil.copyfile(local, tmp)
         _replace_synced(tmp, path)
         return
-    fs, path = filesystem(os.fspath(location))
+    fs, path = filesystem(location(place))
     fs.put_file(str(local), path)
 
 
-def remove(location: str | os.PathLike) -> None:
+def remove(place: str | os.PathLike) -> None:
     """Delete a file if it is there."""
-    if not is_url(location):
-        local_path(location).unlink(missing_ok=True)
+    if not is_url(place):
+        local_path(place).unlink(missing_ok=True)
         return
-    fs, path = filesystem(os.fspath(location))
+    fs, path = filesystem(location(place))
     if fs.exists(path):
         fs.rm_file(path)
 
 
-def make_dirs(location: str | os.PathLike) -> None:
+def make_dirs(place: str | os.PathLike) -> None:
     """Create a local folder (and parents); object stores need none (a prefix exists with its objects)."""
-    if not is_url(location):
-        local_path(location).mkdir(parents=True, exist_ok=True)
+    if not is_url(place):
+        local_path(place).mkdir(parents=True, exist_ok=True)
 
 
 def list_names(folder: str | os.PathLike) -> list[str]:
@@ -207,14 +216,14 @@ def walk_files(folder: str | os.PathLike) -> list[str]:
 
 
 @contextlib.contextmanager
-def local_copy(location: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+def local_copy(place: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """A local path holding the file's bytes: the file itself when local, else a temporary download
     (deleted on exit). For readers that need a real file (PyAV, tarfile random access)."""
-    if not is_url(location):
-        yield local_path(location)
+    if not is_url(place):
+        yield local_path(place)
         return
-    fs, path = filesystem(os.fspath(location))
-    handle, name = tempfile.mkstemp(prefix="deteclap-", suffix=suffix or Path(basename(location)).suffix)
+    fs, path = filesystem(location(place))
+    handle, name = tempfile.mkstemp(prefix="deteclap-", suffix=suffix or Path(basename(place)).suffix)
     os.close(handle)
     try:
         fs.get_file(path, name)

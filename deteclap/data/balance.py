@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deteclap import storage
 from deteclap.data.loader import DataError, Skipped, epoch_seed
 from deteclap.format import CLASSES_EXT, index_entries
 
@@ -58,7 +59,7 @@ def read_classes(tars: list[Path], num_classes: int | None = None
         num_classes = Counter(size for *_, size in found).most_common(1)[0][0]
     names, rows = [], []
     for tar, samples in itertools.groupby(found, key=lambda row: row[0]):     # one open per tar
-        with open(tar, "rb") as handle:
+        with storage.open_file(tar) as handle:
             for _, key, offset, size in samples:
                 if size != num_classes:
                     bad.append(Skipped(tar, key, "bad_classes"))

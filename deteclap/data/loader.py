@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deteclap import audio
+from deteclap import audio, storage
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
 from deteclap.device import flush_denormals
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, index_entries,
@@ -73,11 +73,11 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     if not spec:
         raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
     root = Path(spec)
-    if root.is_dir():
+    if storage.is_url(spec) or root.is_dir():       # a folder, or a folder in object storage
         tars = list_tars(root, split)
         if not tars:
-            raise FileNotFoundError(f"{root}: no `{split}-*.tar` shards (split `{split}`); "
-                                    f"found {sorted(p.name for p in root.glob('*.tar'))[:5]}")
+            found = [name for name in storage.list_names(root) if name.endswith(".tar")]
+            raise FileNotFoundError(f"{spec}: no `{split}-*.tar` shards (split `{split}`); found {found[:5]}")
         return tars
     tars = sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
     if not tars:
@@ -114,7 +114,7 @@ def bad_audio_detail(num_samples: int, rate: float) -> str | None:
 
 def shard_facts(spec: str) -> ShardFacts:
     """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
-    if not (Path(spec) / DATASET_JSON).is_file():
+    if not storage.is_file(Path(spec) / DATASET_JSON):
         return ShardFacts()
     meta = load_dataset_json(spec)
     encoding, vocabulary, classes = meta.get("encoding", {}), meta.get("label_vocabulary"), meta.get("classes")
@@ -307,7 +307,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
             except DataError as err:
                 reason, detail = err.args
                 if self.cfg.data.on_error == "raise":
-                    raise DataError(f"{tar}: sample {key}: {reason}: {detail}") from None
+                    raise DataError(f"{storage.location(tar)}: sample {key}: {reason}: {detail}") from None
                 yield from [Skipped(str(tar), key, reason)] * (times - draw)
                 return
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from deteclap import storage
 from deteclap.format.spec import FormatError, split_member_name
 from deteclap.format.tario import read_tar_samples, write_atomic
 
@@ -47,7 +48,7 @@ def read_index(path: Path) -> list[list[Entry]]:
     Raises:
         FormatError: not a v1.2 index, or a line that is not groups of `ext offset size name`.
     """
-    lines = Path(path).read_text().splitlines()
+    lines = storage.read_text(path).splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise FormatError(f"{path}: not a {INDEX_VERSION} wds2idx index (first line {lines[:1]})")
@@ -70,7 +71,7 @@ def index_entries(tar: Path) -> dict[str, list[Entry]]:
     """{key: [(ext, offset, size, name)]} of a tar in tar order, from its index when present, else
     from its headers; keys by the key rule (`split_member_name`)."""
     idx = index_path(tar)
-    samples = read_index(idx) if idx.is_file() else tar_index_samples(tar)
+    samples = read_index(idx) if storage.is_file(idx) else tar_index_samples(tar)
     entries: dict[str, list[Entry]] = {}
     for sample in samples:
         for entry in sample:
@@ -81,8 +82,8 @@ def index_entries(tar: Path) -> dict[str, list[Entry]]:
 def index_sample_count(tar: Path) -> int:
     """Samples in a tar: its index header's count when an index is present, else counted from the tar."""
     idx = index_path(tar)
-    if idx.is_file():
-        head = idx.read_text().split("\n", 1)[0].split()
+    if storage.is_file(idx):
+        head = storage.read_text(idx).split("\n", 1)[0].split()
         if len(head) == 2 and head[0] == INDEX_VERSION and head[1].isdigit():
             return int(head[1])
     return len(read_tar_samples(tar))
@@ -91,8 +92,8 @@ def index_sample_count(tar: Path) -> int:
 def check_index(tar: Path) -> str | None:
     """None when the index beside `tar` is the one its members give, else what is wrong (naming both)."""
     idx = index_path(tar)
-    if not idx.is_file():
+    if not storage.is_file(idx):
         return f"{idx.name}: missing (the index of {Path(tar).name})"
-    if idx.read_text() != index_text(tar_index_samples(tar)):
+    if storage.read_text(idx) != index_text(tar_index_samples(tar)):
         return f"{idx.name}: does not match {Path(tar).name} (a stale or foreign index)"
     return None

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from deteclap import storage
+
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 2      # 2: KEY.frames (the frame table of KEY.mp4) in every sample
 # key -> what it holds (shards/FORMAT.md); every dataset.json written by deteclap holds these
@@ -27,11 +29,12 @@ def load_dataset_json(folder: str | Path) -> dict[str, Any]:
         FileNotFoundError: no dataset.json (the message says how one is made).
         ValueError: it is not valid JSON, or not an object.
     """
-    path = Path(folder) / DATASET_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {folder} a shard folder written by `python -m deteclap.shard`?")
+    path = storage.join(folder, DATASET_JSON)
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{path} not found: is {storage.location(folder)} a shard folder written by "
+                                "`python -m deteclap.shard`?")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(meta, dict):

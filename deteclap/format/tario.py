@@ -3,12 +3,14 @@ fixed metadata, listing a folder's tars, and atomic writes that survive a crash 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from deteclap import storage
 from deteclap.format.meta import DATASET_JSON, load_dataset_json
 from deteclap.format.spec import MEMBER_EXTENSIONS, member_name, split_member_name
 
@@ -38,17 +40,32 @@ def replace_synced(tmp: Path, path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file as a whole or not at all: tmp file, fsync, os.replace, fsync the folder."""
+    """Write a file as a whole or not at all: tmp file, fsync, os.replace, fsync the folder (in
+    object storage: one PUT, which is atomic)."""
+    if storage.is_url(path):
+        storage.write_bytes(path, data)
+        return
     tmp = tmp_path(path)
     tmp.write_bytes(data)
     replace_synced(tmp, path)
+
+
+@contextlib.contextmanager
+def open_tar(path: Path, mode: str = "r") -> Iterator[tarfile.TarFile]:
+    """tarfile.open for a local path or a URL (deteclap.storage; `r|` streams it in one pass)."""
+    if not storage.is_url(path):
+        with tarfile.open(path, mode) as tar:
+            yield tar
+        return
+    with storage.open_file(path) as handle, tarfile.open(fileobj=handle, mode=mode) as tar:
+        yield tar
 
 
 def read_tar_samples(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
     """A tar's samples in order: [(key, {ext: TarInfo})], consecutive members grouped by the key rule
     (`split_member_name`); entries that are not files are left out."""
     samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-    with tarfile.open(path) as tar:
+    with open_tar(path) as tar:
         for info in tar:
             if not info.isfile():
                 continue
@@ -63,7 +80,7 @@ def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) for consecutive members sharing a key, in tar order (streamed, one pass);
     names without an extension are left out, as WebDataset does."""
     key, members = None, {}
-    with tarfile.open(tar, mode="r|") as archive:
+    with open_tar(tar, mode="r|") as archive:
         for member in archive:
             this_key, ext = split_member_name(member.name)
             if not member.isfile() or not ext:
@@ -107,7 +124,10 @@ def list_tars(folder: str | Path, split: str | None = None) -> list[Path]:
     every input failed keeps its empty tar unlisted), sorted; without dataset.json its
     `{split}-*.tar` (or `*.tar`). The one rule for reading a folder's shard list."""
     folder = Path(folder)
-    if (folder / DATASET_JSON).is_file():
+    if storage.is_file(folder / DATASET_JSON):
         rows = load_dataset_json(folder).get("shards", [])
         return sorted(folder / row["tar"] for row in rows if split is None or row["split"] == split)
+    if storage.is_url(folder):
+        return [folder / name for name in storage.list_names(folder)
+                if name.endswith(".tar") and (split is None or name.startswith(f"{split}-"))]
     return sorted(folder.glob("*.tar" if split is None else f"{split}-*.tar"))
