@@ -8,6 +8,7 @@ labeller, the labels per clip at the default thresholds, the most frequent class
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.config import LabelsConfig
+from deteclap.distribute import DISTRIBUTORS, DistributorError
 from deteclap.labels import clap, store, truth, yolo
 from deteclap.labels.vocabulary import load_vocabulary
 
@@ -78,7 +80,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
     parser.add_argument("--force", action="store_true", help="relabel shards already done")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = parser.add_argument_group("distribution (docs/SCALE.md)")
+    scale.add_argument("--distributor", default="local", choices=DISTRIBUTORS,
+                       help="local: this process; ray: replicas of each labeller as Ray actors, one shard at a "
+                            "time each (pip install 'deteclap[ray]')")
+    scale.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (auto, or ray://HOST:10001); default: start a local one")
+    scale.add_argument("--actors", type=int, default=0,
+                       help="replicas per labeller (default: the cluster's GPUs / --num-gpus, or its CPUs "
+                            "/ --num-cpus without GPUs)")
+    scale.add_argument("--num-gpus", type=float, default=None,
+                       help="GPUs per replica, fractional allowed (0.5: two replicas share a GPU; default 1 "
+                            "when the cluster has GPUs, else 0)")
+    scale.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
     return parser
+
+
+# options that say where labelling runs, not what it computes: left out of labeller_settings
+DISTRIBUTION_OPTIONS = ("distributor", "ray_address", "actors", "num_gpus", "num_cpus")
+
+
+def labeller_names(args: argparse.Namespace) -> list[str]:
+    """The score members --labellers asks for, in build_labellers' order, without building any."""
+    names = [n.strip() for n in args.labellers.split(",") if n.strip()]
+    out = []
+    for group in LABELLERS:
+        if group in names:
+            out += [f"truth_{modality}" for modality in truth.MODALITY_FIELDS] if group == "truth" else [group]
+    return out
+
+
+def build_one(args: argparse.Namespace, vocabulary: list[str], name: str) -> store.Labeller:
+    """The labeller whose score member is `name` (a Ray replica builds its own with this)."""
+    group = "truth" if name.startswith("truth_") else name
+    built = build_labellers(argparse.Namespace(**{**vars(args), "labellers": group}), vocabulary)
+    return next(labeller for labeller in built if labeller.name == name)
+
+
+def distribution(args: argparse.Namespace, vocabulary: list[str], name: str) -> store.Distribution:
+    """How `name` is labelled: here, or by Ray actors sized from the options and the cluster."""
+    if args.distributor == "local":
+        return store.Distribution()
+    from deteclap import distribute
+
+    ray = distribute.init_ray(args.ray_address)
+    resources = ray.cluster_resources()
+    num_gpus = args.num_gpus if args.num_gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
+    actors = args.actors or max(1, int(resources.get("GPU", 0) / num_gpus) if num_gpus > 0
+                                else int(resources.get("CPU", 1) / max(args.num_cpus, 1e-3)))
+    return store.Distribution("ray", functools.partial(build_one, args, vocabulary, name), actors=actors,
+                              num_gpus=num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address)
 
 
 def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[store.Labeller]:
@@ -114,6 +165,14 @@ def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[sto
 
 
 def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) -> clap.ClapLabeller:
+    weights = None if args.random_weights else args.clap_weights
+    embeddings = _clap_embeddings(args, vocabulary, device)
+    encoder = clap.build_audio_encoder(weights, device)
+    return clap.ClapLabeller(encoder, embeddings, device)
+
+
+def _clap_embeddings(args: argparse.Namespace, vocabulary: list[str], device: str):
+    """The prompt-embedding table: read from --clap-text-embeddings, or computed and saved there."""
     if not args.clap_weights and not args.random_weights:
         raise ValueError("--labellers clap needs --clap-weights CLAP_weights_2023.pth (or --random-weights)")
     weights = None if args.random_weights else args.clap_weights
@@ -134,8 +193,7 @@ def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) ->
             embeddings = clap.clap_text_embeddings(weights, vocabulary, device=device)
         clap.save_text_embeddings(table, embeddings, vocabulary, source=identity)
         print(f"saved CLAP prompt embeddings to {table}", file=sys.stderr)
-    encoder = clap.build_audio_encoder(weights, device)
-    return clap.ClapLabeller(encoder, embeddings, device)
+    return embeddings
 
 
 def random_yolo(nc: int = 0) -> object:
@@ -195,20 +253,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         vocabulary = meta.get("label_vocabulary") or load_vocabulary()
         if args.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
-        labellers = build_labellers(args, vocabulary)
+        if args.distributor == "local":
+            labellers: list[store.Labeller | str] = list(build_labellers(args, vocabulary))
+        else:                   # each replica builds its own; the driver needs no model
+            labellers = labeller_names(args)
+            if "clap" in labellers:       # the prompt table once, before replicas look for it
+                _clap_embeddings(args, vocabulary, yolo.resolve_device(args.device))
         tars = store.shard_paths(args.shards)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DistributorError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     total = count_samples(tars)
-    for labeller in labellers:
-        settings = {k: v for k, v in vars(args).items() if k not in ("shards", "no_progress", "force")}
-        with tqdm(total=total, desc=labeller.name, unit="clip", disable=args.no_progress) as bar:
+    names = [lab if isinstance(lab, str) else lab.name for lab in labellers]
+    for labeller, name in zip(labellers, names):
+        settings = {k: v for k, v in vars(args).items()
+                    if k not in ("shards", "no_progress", "force", *DISTRIBUTION_OPTIONS)}
+        try:
+            where = distribution(args, vocabulary, name)
+        except DistributorError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        with tqdm(total=total, desc=name, unit="clip", disable=args.no_progress) as bar:
             report = store.label_shards(args.shards, labeller, args.batch_size, settings, args.force,
-                                        progress=bar.update)
-        print(f"{labeller.name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
+                                        progress=bar.update, distribution=where)
+        print(f"{name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
               f"skipped {len(report.shards_skipped)} already done, {len(report.failures)} failures")
-    print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+    print(summary(args.shards, names, vocabulary))
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deteclap import storage
 from deteclap.format import (DATASET_JSON, SCORE_DTYPE, index_path, is_score_member, iter_tar_samples, labeller_of,
                              list_tars, load_dataset_json, replace_synced, save_dataset_json, score_member,
                              split_member_name, tar_index_samples, tmp_path, write_index)
@@ -79,7 +80,7 @@ def shard_paths(shards_dir: str | Path) -> list[Path]:
     shards_dir = Path(shards_dir)
     load_dataset_json(shards_dir)                   # a folder without dataset.json is no shard folder
     paths = list_tars(shards_dir)
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [storage.location(p) for p in paths if not storage.is_file(p)]
     if missing:
         raise FileNotFoundError(f"dataset.json names shards that do not exist: {missing}")
     return paths
@@ -148,6 +149,7 @@ def _record_shard(shards_dir: Path, labeller: str, tar_name: str, keys: Sequence
     done = meta.setdefault("labelled_shards", {}).setdefault(labeller, [])
     if tar_name not in done:
         done.append(tar_name)
+        done.sort()                 # replicas finish in any order: the file does not depend on it
     known = meta.setdefault("label_failures", {}).setdefault(labeller, {})
     for key in keys:                               # this labelling replaces the shard's earlier outcome
         known.pop(key, None)
@@ -160,50 +162,117 @@ def _record_shard(shards_dir: Path, labeller: str, tar_name: str, keys: Sequence
     save_dataset_json(shards_dir, meta)
 
 
-def label_shards(shards_dir: str | Path, labeller: Labeller, batch_size: int = 16,
-                 settings: dict[str, Any] | None = None, force: bool = False,
-                 progress: Callable[[int], None] | None = None) -> LabelReport:
-    """Run a labeller over every not-yet-labelled shard of a folder and store its scores.
+def label_tar(tar_path: str | Path, labeller: Labeller, num_classes: int, batch_size: int = 16,
+              progress: Callable[[int], None] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Score every sample of one tar and rewrite it with the labeller's members (write_scores).
 
-    Args:
-        settings: what to record about the run in dataset.json `labeller_settings` (weights, ...).
-        force: relabel shards already recorded as done.
-        progress: called with the number of samples finished after each batch (e.g. tqdm.update).
+    A tar in object storage is copied here, rewritten and put back whole (tar, then its index).
+    Returns (the tar's keys, {key: reason} of the samples whose labelling failed).
     """
-    shards_dir = Path(shards_dir)
-    meta = load_dataset_json(shards_dir)
-    vocabulary = meta.get("label_vocabulary")
-    if not vocabulary:
-        raise ValueError(f"{shards_dir}/{DATASET_JSON} has no label_vocabulary")
-    score_member(labeller.name)
-    tars = shard_paths(shards_dir)
-    done = set(meta.get("labelled_shards", {}).get(labeller.name, []))
-    report = LabelReport(labeller.name)
-    for tar_path in tars:
-        if tar_path.name in done and not force:
-            report.shards_skipped.append(tar_path.name)
-            continue
-        scores: dict[str, np.ndarray] = {}
-        failures: dict[str, str] = {}
-        samples = list(iter_samples(tar_path))
+    scores: dict[str, np.ndarray] = {}
+    failures: dict[str, str] = {}
+    with storage.local_copy(tar_path) as local:
+        samples = list(iter_samples(local))
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
             batch_scores, reasons = labeller(batch)
-            if batch_scores.shape != (len(batch), len(vocabulary)):
+            if batch_scores.shape != (len(batch), num_classes):
                 raise ValueError(f"labeller {labeller.name} returned scores {batch_scores.shape}, "
-                                 f"expected ({len(batch)}, {len(vocabulary)})")
+                                 f"expected ({len(batch)}, {num_classes})")
             for sample, row, reason in zip(batch, batch_scores, reasons):
                 key = sample["__key__"]
                 if reason is not None:
-                    row = np.full(len(vocabulary), np.nan, np.float32)
+                    row = np.full(num_classes, np.nan, np.float32)
                     failures[key] = reason
                 scores[key] = row
             if progress is not None:
                 progress(len(batch))
-        write_scores(tar_path, labeller.name, scores)
-        _record_shard(shards_dir, labeller.name, tar_path.name, list(scores), failures, settings or {},
-                      [p.name for p in tars])
+        write_scores(local, labeller.name, scores)
+        if storage.is_url(tar_path):
+            try:
+                storage.put_file(local, tar_path)
+                storage.put_file(index_path(local), storage.location(index_path(Path(tar_path))))
+            finally:
+                index_path(local).unlink(missing_ok=True)
+    return list(scores), failures
+
+
+class LabelWorker:
+    """One labelling replica (a Ray actor under `--distributor ray`): builds its labeller once with
+    `make_labeller()` (on the actor's GPU), then labels one tar per call."""
+
+    def __init__(self, make_labeller: Callable[[], Labeller], num_classes: int, batch_size: int):
+        self.labeller = make_labeller()
+        self.num_classes, self.batch_size = num_classes, batch_size
+
+    def label(self, tar: str) -> tuple[list[str], dict[str, str]]:
+        return label_tar(tar, self.labeller, self.num_classes, self.batch_size)
+
+
+@dataclass
+class Distribution:
+    """How `label_shards` spreads tars over replicas (deteclap.distribute): `local` labels in this
+    process; `ray` runs `actors` replicas of `make_labeller()` with `num_gpus` (fractional allowed)
+    and `num_cpus` each, one tar at a time per replica."""
+    distributor: str = "local"
+    make_labeller: Callable[[], Labeller] | None = None
+    actors: int = 1
+    num_gpus: float = 0
+    num_cpus: float = 1
+    ray_address: str | None = None
+
+
+def label_shards(shards_dir: str | Path, labeller: Labeller | str, batch_size: int = 16,
+                 settings: dict[str, Any] | None = None, force: bool = False,
+                 progress: Callable[[int], None] | None = None, distribution: Distribution | None = None
+                 ) -> LabelReport:
+    """Run a labeller over every not-yet-labelled shard of a folder and store its scores.
+
+    Args:
+        labeller: the labeller, or (with a `ray` distribution, whose replicas build their own) its name.
+        settings: what to record about the run in dataset.json `labeller_settings` (weights, ...).
+        force: relabel shards already recorded as done.
+        progress: called with the number of samples finished (after each batch; each tar under Ray).
+        distribution: where the labelling runs (default: here). Whatever runs it, this process alone
+            records finished shards in dataset.json, one at a time, so a rerun resumes.
+    """
+    distribution = distribution or Distribution()
+    meta = load_dataset_json(shards_dir)
+    vocabulary = meta.get("label_vocabulary")
+    if not vocabulary:
+        raise ValueError(f"{storage.join(shards_dir, DATASET_JSON)} has no label_vocabulary")
+    name = labeller if isinstance(labeller, str) else labeller.name
+    score_member(name)
+    tars = shard_paths(shards_dir)
+    done = set(meta.get("labelled_shards", {}).get(name, []))
+    report = LabelReport(name)
+    pending = []
+    for tar_path in tars:
+        if tar_path.name in done and not force:
+            report.shards_skipped.append(tar_path.name)
+        else:
+            pending.append(tar_path)
+    if distribution.distributor == "local":
+        if isinstance(labeller, str):
+            raise ValueError("local labelling needs the labeller itself, not its name")
+        results = ((i, label_tar(tar, labeller, len(vocabulary), batch_size, progress))
+                   for i, tar in enumerate(pending))
+    else:
+        from deteclap import distribute
+
+        if distribution.make_labeller is None:
+            raise ValueError(f"--distributor {distribution.distributor}: the replicas need make_labeller")
+        results = distribute.run_actors(
+            LabelWorker, (distribution.make_labeller, len(vocabulary), batch_size),
+            [(storage.location(tar),) for tar in pending], method="label", distributor=distribution.distributor,
+            actors=distribution.actors, num_gpus=distribution.num_gpus, num_cpus=distribution.num_cpus,
+            ray_address=distribution.ray_address)
+    for index, (keys, failures) in results:
+        tar_path = pending[index]
+        _record_shard(shards_dir, name, tar_path.name, keys, failures, settings or {}, [p.name for p in tars])
+        if progress is not None and distribution.distributor != "local":
+            progress(len(keys))
         report.shards_done.append(tar_path.name)
-        report.samples += len(samples)
+        report.samples += len(keys)
         report.failures.update(failures)
     return report
