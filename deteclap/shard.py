@@ -24,21 +24,27 @@ import csv
 import io
 import json
 import math
+import shutil
+import socket
 import sys
 import tarfile
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from deteclap import storage
+from deteclap.distribute import DistributorError
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS,
-                             META_EXT, MEMBER_EXTENSIONS, VIDEO_EXT, check_index, dataset_problems,
-                             encode_frame_table, index_path, load_dataset_json, make_key, read_tar_samples,
-                             replace_synced, save_dataset_json, score_member, shard_name, tar_index_samples, tmp_path,
-                             write_atomic, write_index, write_tar)
+                             MEMBER_EXTENSIONS, META_EXT, VIDEO_EXT, check_index, dataset_problems, encode_frame_table,
+                             index_entries, index_path, index_sample_count, load_dataset_json, make_key,
+                             read_tar_samples, replace_synced, save_dataset_json, score_member, shard_name,
+                             tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
 
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
 SAMPLE_RATE = 16000
@@ -54,6 +60,9 @@ DEFAULT_SAMPLES_PER_SHARD = 1000
 SEEK_MIN_START = 5.0                 # s
 SEEK_MARGIN = 1.0                    # s
 DEFAULT_SPLIT = "train"
+FAILURES_JSONL = "failures.jsonl"
+STATS_SUFFIX = ".stats.json"        # per shard: clips, samples, bytes, decode / encode seconds, failures
+JOB_STATS_JSON = "stats.json"       # the job's totals over the planned shards
 # DALI's CPU decoder reads VP8 / VP9 / MJPEG, NVDEC VP9: VP9 (FFmpeg's mp4 muxer refuses VP8:
 # "'mp4' format does not support 'libvpx' codec")
 CODECS = {"vp9": "libvpx-vp9"}
@@ -114,6 +123,8 @@ class ClipInput:
     classes: list[str] = field(default_factory=list)
     class_indices: list[int] = field(default_factory=list)
     shown_source: str = ""            # the path as the manifest / folder names it (goes to KEY.json)
+    member: str = ""                  # the video member when `source` is a tar (video2dataset's layout)
+    member_range: list[int] | None = None   # [data offset, size] of `member` in that tar
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,11 +199,30 @@ def read_rows(src: Path) -> list[dict]:
 
 def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str | Path | None = None
                    ) -> tuple[list[ClipInput], list[dict]]:
-    """SRC (a folder of videos or a CSV / JSONL manifest) -> (inputs, planning failures).
+    """SRC (a folder of videos, a CSV / JSONL manifest, or a folder of video2dataset tars; each may be
+    a URL, deteclap.storage) -> (inputs, planning failures).
 
     Inputs are not yet keyed to classes or shards (see plan_shards). `split` is used where a row
     names none. Raises ShardError when SRC itself is unusable.
     """
+    from deteclap import sources
+
+    src_text = storage.location(src)
+    if sources.looks_like_video2dataset(src_text):
+        rows, failures = sources.read_video2dataset(src_text, split)
+        return _rows_to_inputs(src_text, rows, split, None, failures)
+    if storage.is_url(src_text) and storage.is_dir(src_text):
+        return [ClipInput(storage.join(src_text, rel), rel.rsplit(".", 1)[0], make_key(rel.rsplit(".", 1)[0]), split,
+                          shown_source=rel)
+                for rel in storage.walk_files(src_text) if Path(rel).suffix.lower() in VIDEO_EXTENSIONS], []
+    if storage.is_url(src_text):
+        if not storage.is_file(src_text):
+            raise ShardError(f"{src_text}: no such file or folder")
+        if Path(src_text).suffix.lower() not in MANIFEST_EXTENSIONS:
+            raise ShardError(f"{src_text}: SRC must be a folder of videos or a .csv / .jsonl manifest")
+        with storage.local_copy(src_text) as local:
+            rows = read_rows(local)
+        return _rows_to_inputs(src_text, rows, split, video_dir, [])
     src = Path(src)
     failures: list[dict] = []
     inputs: list[ClipInput] = []
@@ -207,12 +237,25 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
         raise ShardError(f"{src}: no such file or folder")
     if src.suffix.lower() not in MANIFEST_EXTENSIONS:
         raise ShardError(f"{src}: SRC must be a folder of videos or a .csv / .jsonl manifest")
-    base = Path(video_dir) if video_dir else src.parent
-    for row in read_rows(src):
+    return _rows_to_inputs(str(src), read_rows(src), split, video_dir, failures)
+
+
+def _rows_to_inputs(src: str, rows: list[dict], split: str, video_dir: str | Path | None, failures: list[dict]
+                    ) -> tuple[list[ClipInput], list[dict]]:
+    """Manifest rows (read_rows, or sources.read_video2dataset's) -> (inputs, failures + their failures).
+
+    Relative paths count from `video_dir`, else from the manifest's folder (a URL's too). Files named
+    by URL are not looked up here (a million HEAD requests): one that is missing becomes a
+    `missing_file` failure when its shard is written."""
+    inputs: list[ClipInput] = []
+    remote_base = video_dir is None and storage.is_url(src)
+    base = Path(video_dir) if video_dir else Path(src).parent
+    for row in rows:
         row_split = str(row.get("split") or split)
         if row.get("vggsound"):
             if video_dir is None:
                 raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
+            base = Path(video_dir)
             try:
                 start_s = int(float(row["start"]))
             except ValueError:
@@ -234,7 +277,12 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
             failures.append({"source": json.dumps(row)[:200], "reason": "bad_manifest_row",
                              "detail": "no `path` or `file`", "split": row_split})
             continue
-        path = Path(name) if Path(name).is_absolute() else base / name
+        if storage.is_url(name) or Path(name).is_absolute():
+            path = str(name)
+        elif remote_base:
+            path = storage.join(src.rsplit("/", 1)[0], name)
+        else:
+            path = str(base / name)
         clip_id = str(row.get("id") or Path(name).with_suffix("").as_posix())
         try:
             start = float(row.get("start") or 0.0)
@@ -247,12 +295,13 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
             failures.append({"source": str(name), "reason": "bad_manifest_row", "split": row_split,
                              "detail": f"end {end:g} is not after start {start:g}"})
             continue
-        if not path.exists():
+        if not storage.is_url(path) and not Path(path).exists():
             failures.append({"source": str(name), "reason": "missing_file", "split": row_split,
                              "detail": f"{path} does not exist"})
             continue
-        inputs.append(ClipInput(str(path), clip_id, make_key(clip_id), row_split, start=start, end=end,
-                                classes=_row_classes(row), shown_source=str(name)))
+        inputs.append(ClipInput(path, clip_id, make_key(clip_id), row_split, start=start, end=end,
+                                classes=_row_classes(row), shown_source=str(row.get("shown_source") or name),
+                                member=str(row.get("member") or ""), member_range=row.get("member_range")))
     return inputs, failures
 
 
@@ -496,16 +545,39 @@ def _encode_flac(wave: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) -> dict:
-    """Decode one input and encode its members. Returns {"members": {ext: bytes}} or {"failure": row}."""
+def _decode_input(item: ClipInput, settings: EncodeSettings):
+    """_decode_segment of an input wherever it lives: a URL or a tar member is copied to a local
+    temporary file first (deteclap.sources.local_input)."""
+    if not item.member and not storage.is_url(item.source):
+        return _decode_segment(item, settings)
+    from deteclap.sources import local_input
+
     try:
-        frames, wave, source_fps, duration, silent = _decode_segment(item, settings)
+        with local_input(item.source, item.member, item.member_range) as local:
+            return _decode_segment(replace(item, source=str(local), member="", member_range=None), settings)
+    except FileNotFoundError as err:
+        raise ClipFailure("missing_file", str(err)) from None
+    except (OSError, storage.StorageError) as err:
+        raise ClipFailure("unreadable", f"{type(err).__name__}: {err}") from None
+
+
+def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) -> dict:
+    """Decode one input and encode its members. Returns {"members": {ext: bytes}} or {"failure": row},
+    and "seconds": {"decode": s, "encode": s} (reading and decoding the input; encoding the members)."""
+    started = time.perf_counter()
+    decoded = None
+    try:
+        frames, wave, source_fps, duration, silent = _decode_input(item, settings)
+        decoded = time.perf_counter()
         chosen = [frames[i] for i in frame_instants(len(frames), settings.num_frames)]
         video_bytes, width, height = _encode_video(chosen, settings)
         flac = _encode_flac(wave, settings.sample_rate)
     except ClipFailure as failure:
+        decoded = decoded or time.perf_counter()
         return {"failure": {"source": item.shown_source, "reason": failure.reason, "detail": failure.detail,
-                            "split": item.split, "key": item.key}}
+                            "split": item.split, "key": item.key},
+                "seconds": {"decode": decoded - started, "encode": time.perf_counter() - decoded}}
+    seconds = {"decode": decoded - started, "encode": time.perf_counter() - decoded}
     meta = {"key": item.key, "id": item.clip_id, "source": item.shown_source, "start": item.start,
             "duration": round(duration, 6), "fps": 1, "source_fps": round(source_fps, 6),
             "frames": settings.num_frames, "width": width, "height": height,
@@ -517,7 +589,8 @@ def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) ->
     multi_hot[item.class_indices] = 1
     return {"members": {CLASSES_EXT: multi_hot.tobytes(), AUDIO_EXT: flac,
                         FRAME_TABLE_EXT: frame_table(video_bytes, width, height),
-                        META_EXT: json.dumps(meta, sort_keys=True).encode(), VIDEO_EXT: video_bytes}}
+                        META_EXT: json.dumps(meta, sort_keys=True).encode(), VIDEO_EXT: video_bytes},
+            "seconds": seconds}
 
 
 def _process_job(job: tuple[ClipInput, EncodeSettings, int]) -> dict:
@@ -531,16 +604,16 @@ def _process_job(job: tuple[ClipInput, EncodeSettings, int]) -> dict:
 def _check_membership(tar_path: Path, items: list[ClipInput], failures: list[dict]) -> None:
     """A finished shard kept on resume must hold exactly the inputs the plan gives it now."""
     planned = {item.key for item in items}
-    stored = {key for key, _ in read_tar_samples(tar_path)}
+    stored = set(index_entries(tar_path))
     failed = {row.get("key") for row in failures if row.get("shard") == tar_path.stem}
     if not stored <= planned or not planned - stored <= failed:
-        raise ShardError(f"{tar_path} holds other clips than the inputs now planned for it (the input list "
-                         f"changed since it was written): use an empty OUT, or the same SRC to resume")
+        raise ShardError(f"{storage.location(tar_path)} holds other clips than the inputs now planned for it (the "
+                         "input list changed since it was written): use an empty OUT, or the same SRC to resume")
 
 
 def _write_failures(out: Path, rows: list[dict]) -> None:
     ordered = sorted(rows, key=lambda r: (r.get("split", ""), r.get("shard") or "", r["source"], r["reason"]))
-    write_atomic(out / "failures.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
+    write_atomic(out / FAILURES_JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
 
 
 def _samples_per_shard(out: Path, previous: dict | None, asked: int | None) -> int:
@@ -552,54 +625,119 @@ def _samples_per_shard(out: Path, previous: dict | None, asked: int | None) -> i
     if asked is None:
         return recorded or DEFAULT_SAMPLES_PER_SHARD
     if recorded is not None and asked != recorded:
-        raise ShardError(f"{out} holds shards of --samples-per-shard {recorded}, not the --samples-per-shard "
-                         f"{asked} asked for now: leave the option out (or give {recorded}) to resume or add "
-                         "a split, or use an empty OUT")
+        raise ShardError(f"{storage.location(out)} holds shards of --samples-per-shard {recorded}, not the "
+                         f"--samples-per-shard {asked} asked for now: leave the option out (or give {recorded}) "
+                         "to resume or add a split, or use an empty OUT")
     return asked
+
+
+def stats_path(out: Path, name: str) -> Path:
+    """The statistics file of shard `name` (STATS_SUFFIX beside its tar)."""
+    return out / f"{name}{STATS_SUFFIX}"
+
+
+def _read_stats(out: Path, name: str) -> dict | None:
+    path = stats_path(out, name)
+    return json.loads(storage.read_text(path)) if storage.is_file(path) else None
 
 
 def _kept_failures(out: Path, plan: dict[str, list[list[ClipInput]]], planned_names: set[str],
                    read_splits: set[str]) -> list[dict]:
-    """The rows of OUT's failures.jsonl that stay true after this run.
+    """The failure rows that stay true after this run, before its new shards are written.
 
-    Kept: rows of the finished shards this run keeps, and every row of a split this run does not
-    shard (its shards stay listed as they are). Dropped: manifest-level rows (shard null) of the
-    splits this run reads (collect_inputs lists them again), and rows of shards written again."""
-    if not (out / "failures.jsonl").exists():
-        return []
-    kept = []
-    for line in (out / "failures.jsonl").read_text().splitlines():
+    Kept: the rows of the finished shards this run keeps (from each one's stats file, written
+    before its tar; from OUT's failures.jsonl for shards written without one), and every row of a
+    split this run does not shard (its shards stay listed as they are). Dropped: manifest-level
+    rows (shard null) of the splits this run reads (collect_inputs lists them again), and rows of
+    shards written again."""
+    done = {name for name in planned_names if storage.exists(out / f"{name}.tar")}
+    with_stats = {name: stats for name in sorted(done) if (stats := _read_stats(out, name)) is not None}
+    kept = [row for stats in with_stats.values() for row in stats["failure_rows"]]
+    if not storage.exists(out / FAILURES_JSONL):
+        return kept
+    for line in storage.read_text(out / FAILURES_JSONL).splitlines():
         row = json.loads(line)
         if row.get("shard") is None:
             keep = row.get("split") not in read_splits
         elif row.get("split") not in plan:
             keep = True
         else:
-            keep = row["shard"] in planned_names and (out / f"{row['shard']}.tar").exists()
+            keep = row["shard"] in done and row["shard"] not in with_stats
         if keep:
             kept.append(row)
     return kept
 
 
+def write_shard(out: str, name: str, items: list[ClipInput], settings: EncodeSettings, num_classes: int,
+                results: list[dict] | None = None) -> dict:
+    """Write shard `name` of OUT (a folder or URL): its stats file, its index, then its tar, whose
+    presence marks the shard done (so whatever runs this may be killed and run again: the same
+    bytes come out). `results`: process_clip of each item when computed elsewhere (local mode's
+    clip pool); else the clips are processed here (one Ray task per shard).
+
+    Returns the shard's statistics (what its stats file holds): {"shard", "split", "clips"
+    (inputs planned), "samples", "bytes" (of the tar), "decode_seconds", "encode_seconds",
+    "failures" ({reason: count}), "failure_rows" (failures.jsonl rows)}.
+    """
+    out_path = Path(out)
+    if results is None:
+        results = [process_clip(item, settings, num_classes) for item in items]
+    samples, failure_rows = [], []
+    for item, result in zip(items, results):
+        if "failure" in result:
+            failure_rows.append(dict(result["failure"], shard=name))
+        else:
+            samples.append((item.key, result["members"]))
+    remote = storage.is_url(out)
+    staging = Path(tempfile.mkdtemp(prefix="deteclap-shard-")) if remote else out_path
+    try:
+        tmp_tar = tmp_path(staging / f"{name}.tar")
+        entries = write_tar(tmp_tar, samples)
+        stats = {"shard": name, "split": items[0].split if items else "", "clips": len(items),
+                 "samples": len(samples), "bytes": tmp_tar.stat().st_size,
+                 "decode_seconds": round(sum(r["seconds"]["decode"] for r in results), 4),
+                 "encode_seconds": round(sum(r["seconds"]["encode"] for r in results), 4),
+                 "failures": dict(sorted(Counter(r["reason"] for r in failure_rows).items())),
+                 "failure_rows": failure_rows, "host": socket.gethostname()}
+        write_atomic(stats_path(out_path, name), json.dumps(stats, indent=1, sort_keys=True).encode())
+        write_index(index_path(out_path / f"{name}.tar"), entries)
+        if remote:
+            storage.put_file(tmp_tar, storage.join(out, f"{name}.tar"))
+        else:
+            replace_synced(tmp_tar, out_path / f"{name}.tar")
+    finally:
+        if remote:
+            shutil.rmtree(staging, ignore_errors=True)
+    return stats
+
+
 def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str = DEFAULT_SPLIT,
                  samples_per_shard: int | None = None, settings: EncodeSettings | None = None,
-                 video_dir: str | Path | None = None, progress: bool = False) -> dict:
+                 video_dir: str | Path | None = None, progress: bool = False, distributor: str = "local",
+                 ray_address: str | None = None) -> dict:
     """Shard SRC into OUT (see module docstring); returns the summary dict that is also printed.
 
     `samples_per_shard` None: the value OUT's dataset.json records (a resume or another split),
-    else DEFAULT_SAMPLES_PER_SHARD. Summary: {"inputs", "samples" (in the listed shards),
-    "written_now", "skipped_shards" (done by an earlier run), "shards", "failed", "reasons":
-    {reason: count}, "out"}. Raises ShardError for an unusable SRC or an OUT written with other
-    settings.
+    else DEFAULT_SAMPLES_PER_SHARD. `distributor` "local": clips on `workers` processes here;
+    "ray": one Ray task per shard (on the cluster at `ray_address`, or a local Ray instance with
+    `workers` CPUs), the same bytes. SRC and OUT may be URLs (deteclap.storage). Summary:
+    {"inputs", "samples" (in the listed shards), "written_now", "skipped_shards" (done by an
+    earlier run), "shards", "failed", "reasons": {reason: count}, "out", and the job totals of
+    OUT/stats.json}. Raises ShardError for an unusable SRC or an OUT written with other settings.
     """
+    started = time.perf_counter()
     settings = settings or EncodeSettings()
     if settings.codec not in CODECS:
         raise ShardError(f"--codec {settings.codec!r}: choose one of {sorted(CODECS)}")
     if samples_per_shard is not None and samples_per_shard < 1:
         raise ShardError("--samples-per-shard must be at least 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = load_dataset_json(out) if (out / DATASET_JSON).exists() else None
+    from deteclap.distribute import check_distributor
+
+    check_distributor(distributor)         # before any work: a typo must not cost a planning pass
+    out_text = storage.location(out)
+    out = Path(out_text)
+    storage.make_dirs(out_text)
+    previous = load_dataset_json(out) if storage.exists(out / DATASET_JSON) else None
     samples_per_shard = _samples_per_shard(out, previous, samples_per_shard)
     inputs, plan_failures = collect_inputs(src, split, video_dir)
     plan, classes, dup_failures = plan_shards(inputs, samples_per_shard)
@@ -608,13 +746,14 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     encoding = asdict(settings)
     if previous is not None:
         if previous.get("encoding") != encoding or previous.get("classes") != classes:
-            raise ShardError(f"{out} holds shards written with other encoding settings or classes; "
+            raise ShardError(f"{out_text} holds shards written with other encoding settings or classes; "
                              "use an empty OUT (or the same SRC and options to resume)")
     labellers = previous.get("labellers", []) if previous else []
     other_shards = [s for s in (previous or {}).get("shards", []) if s["split"] not in plan]
 
-    for stale in out.glob(".*.tmp"):
-        stale.unlink()
+    if not storage.is_url(out_text):
+        for stale in out.glob(".*.tmp"):
+            stale.unlink()
     planned_names = {shard_name(s, i) for s, shards in plan.items() for i in range(len(shards))}
     read_splits = set(plan) | {r["split"] for r in plan_failures}
     failures: list[dict] = [dict(r, shard=None) for r in plan_failures]
@@ -626,10 +765,10 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
         for i, items in enumerate(shards):
             name = shard_name(split_name, i)
             tar_path = out / f"{name}.tar"
-            if tar_path.exists():
+            if storage.exists(tar_path):
                 _check_membership(tar_path, items, failures)
                 skipped += 1
-                if not (out / f"{name}.idx").exists():
+                if not storage.exists(index_path(tar_path)):
                     write_index(index_path(tar_path), tar_index_samples(tar_path))
                 continue
             pending.append((name, items))
@@ -647,30 +786,20 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                                    for labeller, tars in kept["labelled_shards"].items()}
     save_dataset_json(out, {**kept, **base, "shards": other_shards})
 
-    jobs = [(item, settings, len(classes)) for _, items in pending for item in items]
-    results = _run_jobs(jobs, workers, progress)
     written = 0
-    for name, items in pending:
-        samples, shard_failures = [], []
-        for item in items:
-            result = next(results)
-            if "failure" in result:
-                shard_failures.append(dict(result["failure"], shard=name))
-            else:
-                samples.append((item.key, result["members"]))
-        tmp_tar = tmp_path(out / f"{name}.tar")
-        entries = write_tar(tmp_tar, samples)
-        write_index(out / f"{name}.idx", entries)
-        failures.extend(shard_failures)
-        _write_failures(out, failures)        # before the tar appears: a kill here redoes the shard
-        replace_synced(tmp_tar, out / f"{name}.tar")
-        written += len(samples)
+    for stats in _run_shards(out_text, pending, settings, len(classes), workers, progress, distributor,
+                             ray_address):
+        failures.extend(stats["failure_rows"])
+        written += stats["samples"]
 
-    shard_rows = []
+    shard_rows, shard_stats = [], []
     for split_name, shards in plan.items():
         for i in range(len(shards)):
             name = shard_name(split_name, i)
-            count = len(read_tar_samples(out / f"{name}.tar"))
+            stats = _read_stats(out, name)
+            if stats is not None:
+                shard_stats.append(stats)
+            count = index_sample_count(out / f"{name}.tar")
             if count == 0:
                 continue      # every input of this shard failed: the tar stays as a resume marker
             shard_rows.append({"split": split_name, "tar": f"{name}.tar", "index": f"{name}.idx", "samples": count})
@@ -678,23 +807,58 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     if pending and labellers:
         # the new shards carry no label scores yet: `python -m deteclap.label` labels just those
         print(f"note: {len(pending)} new shard(s) have no label scores for {labellers}; run "
-              f"`python -m deteclap.label {out} --labellers ...` again (it resumes)", file=sys.stderr)
+              f"`python -m deteclap.label {out_text} --labellers ...` again (it resumes)", file=sys.stderr)
     save_dataset_json(out, {**kept, **base, "shards": all_shards})
     _write_failures(out, failures)
     run_failures = [r for r in failures if r["split"] in read_splits]    # not the other splits' rows
     reasons = Counter(r["reason"] for r in run_failures)
-    return {"inputs": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),
-            "samples": sum(s["samples"] for s in shard_rows), "written_now": written,
+    job = {"clips": len(inputs) + sum(1 for r in plan_failures if r["reason"] != "duplicate_key"),
+           "samples": sum(s["samples"] for s in shard_rows), "shards": len(shard_rows),
+           "bytes": sum(s["bytes"] for s in shard_stats),
+           "decode_seconds": round(sum(s["decode_seconds"] for s in shard_stats), 3),
+           "encode_seconds": round(sum(s["encode_seconds"] for s in shard_stats), 3),
+           "failures": dict(sorted(reasons.items())), "written_now": written, "skipped_shards": skipped,
+           "shards_without_stats": len(planned_names) - len(shard_stats),
+           "wall_seconds": round(time.perf_counter() - started, 3), "distributor": distributor, "workers": workers}
+    write_atomic(out / JOB_STATS_JSON, json.dumps(job, indent=1, sort_keys=True).encode())
+    return {"inputs": job["clips"], "samples": job["samples"], "written_now": written,
             "skipped_shards": skipped, "shards": len(shard_rows), "failed": len(run_failures),
-            "reasons": dict(sorted(reasons.items())), "out": str(out)}
+            "reasons": job["failures"], "out": out_text, "job": job}
 
 
-def _run_jobs(jobs: list, workers: int, progress: bool) -> Iterator[dict]:
-    """Results of process_clip in job order, from a process pool when workers > 1."""
+def _run_shards(out: str, pending: list[tuple[str, list[ClipInput]]], settings: EncodeSettings, num_classes: int,
+                workers: int, progress: bool, distributor: str, ray_address: str | None) -> Iterator[dict]:
+    """write_shard for every pending shard; yields each one's statistics as it is written.
+
+    local: the clips of all shards on a pool of `workers` processes (in plan order), each shard
+    written here when its clips are done. ray: one task per shard, retried when its worker dies
+    (deteclap.distribute). One progress bar over all clips either way."""
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(jobs), desc="shard", unit="clip")
+        bar = tqdm(total=sum(len(items) for _, items in pending), desc="shard", unit="clip")
+    try:
+        if distributor == "local":
+            jobs = [(item, settings, num_classes) for _, items in pending for item in items]
+            results = _run_jobs(jobs, workers, bar)
+            for name, items in pending:
+                yield write_shard(out, name, items, settings, num_classes, [next(results) for _ in items])
+            return
+        from deteclap.distribute import run_tasks
+
+        jobs = [(out, name, items, settings, num_classes) for name, items in pending]
+        for _, stats in run_tasks(write_shard, jobs, distributor=distributor, workers=workers,
+                                  ray_address=ray_address):
+            if bar is not None:
+                bar.update(stats["clips"])
+            yield stats
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run_jobs(jobs: list, workers: int, bar=None) -> Iterator[dict]:
+    """Results of process_clip in job order, from a process pool when workers > 1."""
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
 
@@ -711,8 +875,6 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> Iterator[dict]:
         if pool is not None:
             pool.terminate()
             pool.join()
-        if bar is not None:
-            bar.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -793,8 +955,9 @@ def _verify_sample(tar: tarfile.TarFile, where: str, members: dict[str, tarfile.
 
 
 def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
-    """Open every tar of OUT, check members, decode video (all frames) and FLAC, check JSON and sizes."""
-    out = Path(out)
+    """Open every tar of OUT, check members, decode video (all frames) and FLAC, check JSON and sizes.
+    OUT may be a URL (each tar is copied here to be checked)."""
+    out = Path(storage.location(out))
     report = VerifyReport()
     try:
         meta_all = load_dataset_json(out)
@@ -806,14 +969,14 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
     if not report.ok:
         return report
     listed = {s["tar"] for s in meta_all["shards"]}
-    for extra in sorted(p for p in out.glob("*.tar") if p.name not in listed):
+    for extra in [out / name for name in storage.list_names(out) if name.endswith(".tar") and name not in listed]:
         try:
             if read_tar_samples(extra):
                 report.error(f"{extra.name}: a tar with samples not listed in dataset.json")
         except (OSError, tarfile.TarError) as err:
             report.error(f"{extra.name}: cannot read: {err}")
-    if not (out / "failures.jsonl").exists():
-        report.error("failures.jsonl is missing")
+    if not storage.exists(out / FAILURES_JSONL):
+        report.error(f"{FAILURES_JSONL} is missing")
     shards = meta_all["shards"]
     if progress:
         from tqdm import tqdm
@@ -822,22 +985,28 @@ def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
         tar_path = out / shard["tar"]
         report.shards += 1
         try:
-            samples = read_tar_samples(tar_path)
-            if len(samples) != shard["samples"]:
-                report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
-            problem = check_index(tar_path)
-            if problem:
-                report.error(problem)
-            keys = [k for k, _ in samples]
-            if len(set(keys)) != len(keys):
-                report.error(f"{shard['tar']}: a key appears in more than one group")
-            with tarfile.open(tar_path) as tar:
-                for key, members in samples:
-                    report.samples += 1
-                    _verify_sample(tar, f"{shard['tar']}:{key}", members, meta_all, report)
+            with storage.local_copy(tar_path) as local:
+                _verify_tar(local, tar_path, shard, meta_all, report)
         except (OSError, tarfile.TarError) as err:
             report.error(f"{shard['tar']}: cannot read: {err}")
     return report
+
+
+def _verify_tar(local: Path, tar_path: Path, shard: dict, meta_all: dict, report: VerifyReport) -> None:
+    """Check one listed shard: `local` holds its bytes, `tar_path` is where it lives (its index beside)."""
+    samples = read_tar_samples(local)
+    if len(samples) != shard["samples"]:
+        report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
+    problem = check_index(tar_path)
+    if problem:
+        report.error(problem)
+    keys = [k for k, _ in samples]
+    if len(set(keys)) != len(keys):
+        report.error(f"{shard['tar']}: a key appears in more than one group")
+    with tarfile.open(local) as tar:
+        for key, members in samples:
+            report.samples += 1
+            _verify_sample(tar, f"{shard['tar']}:{key}", members, meta_all, report)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -872,6 +1041,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip inputs whose segment is shorter")
     parser.add_argument("--video-dir", default=None, help="folder of the clips a manifest names (VGGSound CSV)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--distributor", default="local", choices=("local", "ray"),
+                        help="local: --workers processes here; ray: one Ray task per shard, same bytes "
+                             "(pip install 'deteclap[ray]'; docs/SCALE.md)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join (auto, or ray://HOST:10001); default: a local Ray instance "
+                             "with --workers CPUs")
     args = parser.parse_args(argv)
     if args.verify:
         if len(args.paths) != 1:
@@ -890,12 +1065,17 @@ def main(argv: list[str] | None = None) -> int:
                               min_seconds=args.min_seconds, allow_silent=args.allow_silent)
     try:
         summary = write_shards(args.paths[0], args.paths[1], workers=args.workers, split=args.split,
+                               distributor=args.distributor, ray_address=args.ray_address,
                                samples_per_shard=args.samples_per_shard, settings=settings,
                                video_dir=args.video_dir, progress=not args.quiet)
-    except ShardError as err:
+    except (ShardError, DistributorError, storage.StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"
+    job = summary["job"]
+    print(f"job: {job['clips']} clips, {job['bytes'] / 1e6:.1f} MB of shards, decode {job['decode_seconds']:.1f} s "
+          f"+ encode {job['encode_seconds']:.1f} s of worker time, {job['wall_seconds']:.1f} s wall "
+          f"({job['distributor']}); totals in {storage.join(summary['out'], JOB_STATS_JSON)}")
     print(f"{summary['samples']} samples in {summary['shards']} shards under {summary['out']} "
           f"({summary['written_now']} written now, {summary['skipped_shards']} shards already done); "
           f"{summary['failed']} inputs skipped ({reasons})")

@@ -34,8 +34,9 @@ MEMBER_SEPARATOR = "#"           # shown source of a tar member: `TAR#MEMBER`
 
 
 def tars_in(folder: str) -> list[str]:
-    """The .tar files directly in a folder or URL prefix, sorted (their locations)."""
-    return [storage.join(folder, name) for name in storage.list_names(folder) if name.endswith(".tar")]
+    """The .tar files directly in a folder or URL prefix, sorted (their locations; local ones absolute)."""
+    root = folder if storage.is_url(folder) else str(Path(folder).resolve())
+    return [storage.join(root, name) for name in storage.list_names(folder) if name.endswith(".tar")]
 
 
 def looks_like_video2dataset(src: str) -> bool:

@@ -70,7 +70,7 @@ def _shard_task_pids() -> list[int]:
     import psutil
 
     return [p.pid for p in psutil.process_iter(["cmdline"])
-            if (p.info["cmdline"] or [""])[0].startswith("ray::shard_task")]
+            if (p.info["cmdline"] or [""])[0].startswith("ray::write_shard")]
 
 
 def test_ray_worker_killed_mid_shard_is_retried(ray_cluster, synth_dir, local_reference, tmp_path):
