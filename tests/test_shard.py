@@ -27,8 +27,9 @@ from scipy.signal import resample_poly
 
 from deteclap.data.decode import decode_audio, decode_video_frames
 from deteclap.format import read_tar_samples
-from deteclap.shard import (JOB_STATS_JSON, SEEK_MARGIN, STATS_SUFFIX, EncodeSettings, _segment_video,
-                            frame_instants, main, verify_shards, write_shards)
+from deteclap.shard import SEEK_MARGIN, EncodeSettings, frame_instants, main, verify_shards, write_shards
+from deteclap.shard.clip import _segment_video
+from deteclap.shard.write import JOB_STATS_JSON, STATS_SUFFIX
 from deteclap.synth import make_broken_files, write_mp4
 
 VIDEO_MAE_TOLERANCE = 8.0
@@ -476,7 +477,7 @@ def long_source(tmp_path_factory) -> Path:
 def _shard_segments(manifest: Path, out: Path, monkeypatch, **constants) -> dict[str, dict[str, bytes]]:
     with monkeypatch.context() as patch:
         for name, value in constants.items():
-            patch.setattr(f"deteclap.shard.{name}", value)
+            patch.setattr(f"deteclap.shard.clip.{name}", value)
         summary = write_shards(manifest, out, samples_per_shard=8, settings=EncodeSettings(min_seconds=0.5))
     assert summary["failed"] == 0, _failure_rows(out)
     return _samples(out)
