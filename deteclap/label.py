@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deteclap import storage
 from deteclap.config import LabelsConfig
 from deteclap.distribute import DISTRIBUTORS, DistributorError
 from deteclap.labels import clap, store, truth, yolo
@@ -110,10 +111,12 @@ def labeller_names(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def build_one(args: argparse.Namespace, vocabulary: list[str], name: str) -> store.Labeller:
-    """The labeller whose score member is `name` (a Ray replica builds its own with this)."""
+def build_one(args: argparse.Namespace, vocabulary: list[str], name: str, clap_embeddings=None) -> store.Labeller:
+    """The labeller whose score member is `name` (a Ray replica builds its own with this; CLAP's
+    prompt table comes from the driver, so replicas on other machines need neither the table
+    file nor the text model)."""
     group = "truth" if name.startswith("truth_") else name
-    built = build_labellers(argparse.Namespace(**{**vars(args), "labellers": group}), vocabulary)
+    built = build_labellers(argparse.Namespace(**{**vars(args), "labellers": group}), vocabulary, clap_embeddings)
     return next(labeller for labeller in built if labeller.name == name)
 
 
@@ -128,11 +131,12 @@ def distribution(args: argparse.Namespace, vocabulary: list[str], name: str) -> 
     num_gpus = args.num_gpus if args.num_gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
     actors = args.actors or max(1, int(resources.get("GPU", 0) / num_gpus) if num_gpus > 0
                                 else int(resources.get("CPU", 1) / max(args.num_cpus, 1e-3)))
-    return store.Distribution("ray", functools.partial(build_one, args, vocabulary, name), actors=actors,
+    embeddings = _clap_embeddings(args, vocabulary, yolo.resolve_device(args.device)) if name == "clap" else None
+    return store.Distribution("ray", functools.partial(build_one, args, vocabulary, name, embeddings), actors=actors,
                               num_gpus=num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address)
 
 
-def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[store.Labeller]:
+def build_labellers(args: argparse.Namespace, vocabulary: list[str], clap_embeddings=None) -> list[store.Labeller]:
     """The labellers named by --labellers, built from the options (clear errors for missing files)."""
     names = [n.strip() for n in args.labellers.split(",") if n.strip()]
     unknown = sorted(set(names) - set(LABELLERS))
@@ -152,7 +156,7 @@ def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[sto
 
         torch.manual_seed(args.seed)
     if "clap" in names:
-        out.append(_build_clap(args, vocabulary, device))
+        out.append(_build_clap(args, vocabulary, device, clap_embeddings))
     if "yolo" in names:
         if args.random_weights:
             model = random_yolo()
@@ -164,9 +168,10 @@ def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[sto
     return out
 
 
-def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) -> clap.ClapLabeller:
+def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str, embeddings=None) -> clap.ClapLabeller:
     weights = None if args.random_weights else args.clap_weights
-    embeddings = _clap_embeddings(args, vocabulary, device)
+    if embeddings is None:
+        embeddings = _clap_embeddings(args, vocabulary, device)
     encoder = clap.build_audio_encoder(weights, device)
     return clap.ClapLabeller(encoder, embeddings, device)
 
@@ -177,6 +182,8 @@ def _clap_embeddings(args: argparse.Namespace, vocabulary: list[str], device: st
         raise ValueError("--labellers clap needs --clap-weights CLAP_weights_2023.pth (or --random-weights)")
     weights = None if args.random_weights else args.clap_weights
     identity = clap.weights_identity(weights)
+    if not args.clap_text_embeddings and storage.is_url(args.shards):
+        raise ValueError(f"{args.shards} is in object storage: give --clap-text-embeddings a local .npz path")
     table = Path(args.clap_text_embeddings or Path(args.shards) / "clap_text_embeddings.npz")
     stored = clap.text_embeddings_source(table) if table.is_file() else None
     if stored == identity:
@@ -257,8 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             labellers: list[store.Labeller | str] = list(build_labellers(args, vocabulary))
         else:                   # each replica builds its own; the driver needs no model
             labellers = labeller_names(args)
-            if "clap" in labellers:       # the prompt table once, before replicas look for it
-                _clap_embeddings(args, vocabulary, yolo.resolve_device(args.device))
         tars = store.shard_paths(args.shards)
     except (ValueError, FileNotFoundError, DistributorError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -270,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if k not in ("shards", "no_progress", "force", *DISTRIBUTION_OPTIONS)}
         try:
             where = distribution(args, vocabulary, name)
-        except DistributorError as err:
+        except (DistributorError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         with tqdm(total=total, desc=name, unit="clip", disable=args.no_progress) as bar:

@@ -69,6 +69,7 @@ def labelled_shards(shard_dir, synth_dir, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 _BUCKET_NUMBERS = itertools.count()
+RAY_OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +106,9 @@ def ray_cluster(s3_server):
     """A local Ray instance with 2 CPUs for the session (started after the S3 server, so its
     workers inherit the AWS_* variables)."""
     ray = pytest.importorskip("ray", reason="the Ray tests need ray (pip install -e '.[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # a small object store: the tests pass kilobytes, and CI machines have little shared memory
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             object_store_memory=RAY_OBJECT_STORE_BYTES)
     yield ray
     ray.shutdown()
 
