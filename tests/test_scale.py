@@ -267,3 +267,26 @@ def test_training_from_s3_matches_local(s3_bucket, labelled_shards, tmp_path):
         run_train(overrides(shards, run_dir, **{"run.max_steps": 2, "run.checkpoint_every": 100}))
         runs[name] = [{k: row[k] for k in ("step", *TERMS)} for row in metrics(run_dir) if "total" in row]
     assert runs["s3"] == runs["local"] and len(runs["local"]) == 2
+
+
+def test_labelling_shards_in_s3_matches_local(ray_cluster, s3_bucket, shard_dir, labelled_shards, synth_dir):
+    from deteclap import label
+
+    url = _upload(shard_dir, f"{s3_bucket}/shards")
+    truth = str(Path(synth_dir) / "truth.jsonl")
+    assert label.main([url, "--labellers", "truth", "--truth", truth, "--no-progress", "--distributor", "ray",
+                       "--actors", "2", "--num-gpus", "0", "--num-cpus", "0.5"]) == 0
+    assert _remote_tree(url).keys() >= {p.name for p in labelled_shards.glob("*.tar")}
+    for path in sorted(labelled_shards.glob("*.tar")) + sorted(labelled_shards.glob("*.idx")):
+        assert storage.read_bytes(storage.join(url, path.name)) == path.read_bytes(), path.name
+    assert _scores(url).keys() == _scores(labelled_shards).keys()
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    import sys
+
+    from deteclap import distribute
+
+    monkeypatch.setitem(sys.modules, "ray", None)        # import ray raises ImportError
+    with pytest.raises(distribute.DistributorError, match=r"pip install 'deteclap\[ray\]'"):
+        list(distribute.run_tasks(len, [("ab",)], distributor="ray"))
