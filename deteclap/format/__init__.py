@@ -9,7 +9,8 @@
 - `tario`: a tar's samples (`read_tar_samples`, `iter_tar_samples`), writing a tar of samples
   (`write_tar`), a folder's tars (`list_tars`) and atomic, fsynced writes (`write_atomic`).
 
-This package imports nothing else of deteclap, so every layer above it can use it.
+This package imports nothing else of deteclap but deteclap.storage (where files live: local paths or
+fsspec URLs), so every layer above it can use it.
 """
 
 from deteclap.format.index import (INDEX_SUFFIX, INDEX_VERSION, Entry, check_index, index_entries, index_path,
