@@ -290,3 +290,64 @@ def test_ray_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)        # import ray raises ImportError
     with pytest.raises(distribute.DistributorError, match=r"pip install 'deteclap\[ray\]'"):
         list(distribute.run_tasks(len, [("ab",)], distributor="ray"))
+
+
+class _SlowLabeller:
+    """A real labeller that takes 0.3 s per batch, so that a test can kill its actor mid-shard."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, inner.name
+
+    def __call__(self, samples):
+        time.sleep(0.3)
+        return self.inner(samples)
+
+
+def _slow_truth(argv: list[str], vocabulary: list[str], name: str):
+    from deteclap import label
+
+    return _SlowLabeller(label.build_one(label.build_parser().parse_args(argv), vocabulary, name))
+
+
+def test_label_actor_killed_mid_shard_is_retried(ray_cluster, shard_dir, synth_dir, tmp_path):
+    pytest.importorskip("psutil")
+    import functools
+    import os
+    import shutil
+    import signal
+
+    import psutil
+
+    from deteclap.labels import store
+
+    argv = ["unused", "--labellers", "truth", "--truth", str(Path(synth_dir) / "truth.jsonl")]
+    vocabulary = json.loads((shard_dir / "dataset.json").read_text())["label_vocabulary"]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    shutil.copytree(shard_dir, local)
+    shutil.copytree(shard_dir, remote)
+    store.label_shards(local, _slow_truth(argv, vocabulary, "truth_audio").inner, batch_size=1)
+
+    killed: list[int] = []
+
+    def kill_one_labelling_actor():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for proc in psutil.process_iter(["cmdline"]):
+                if (proc.info["cmdline"] or [""])[0].startswith("ray::LabelWorker.label"):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    killed.append(proc.pid)
+                    break
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_labelling_actor)
+    killer.start()
+    where = store.Distribution("ray", functools.partial(_slow_truth, argv, vocabulary, "truth_audio"), actors=2,
+                               num_cpus=0.5)
+    report = store.label_shards(remote, "truth_audio", batch_size=1, distribution=where)
+    killer.join()
+    assert killed, "no labelling actor was seen at work"
+    assert sorted(report.shards_done) == sorted(p.name for p in local.glob("*.tar")) and report.samples == 8
+    assert _tree(remote, (".tar", ".idx")) == _tree(local, (".tar", ".idx"))
+    meta = json.loads((remote / "dataset.json").read_text())
+    assert meta["labellers"] == ["truth_audio"] and meta["labelled_shards"]["truth_audio"] == sorted(
+        p.name for p in local.glob("*.tar"))
