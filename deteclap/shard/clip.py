@@ -360,6 +360,13 @@ def _sample_json(item: ClipInput, clip: Clip, settings: EncodeSettings, width: i
     return json.dumps(meta, sort_keys=True).encode()
 
 
+def preload() -> None:
+    """Import PyAV and torchvision now (seconds in a fresh process), so that the first clip's decode
+    and encode times in the stats files are the clip's own."""
+    import av  # noqa: F401
+    import torchvision.transforms.functional  # noqa: F401
+
+
 def _decode_input(item: ClipInput, settings: EncodeSettings) -> Clip:
     """decode_clip of an input wherever it lives: a URL or a tar member (video2dataset's layout) is
     copied to a local temporary file first (deteclap.sources.local_input)."""

@@ -28,7 +28,7 @@ from deteclap import storage
 from deteclap.format import (DATASET_JSON, FORMAT_VERSION, index_entries, index_path, index_sample_count,
                              load_dataset_json, replace_synced, save_dataset_json, shard_name, tar_index_samples,
                              tmp_path, write_atomic, write_index, write_tar)
-from deteclap.shard.clip import CODECS, EncodeSettings, process_clip, process_job
+from deteclap.shard.clip import CODECS, EncodeSettings, preload, process_clip, process_job
 from deteclap.shard.inputs import DEFAULT_SPLIT, ClipInput, ShardError, collect_inputs, plan_shards
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
@@ -169,6 +169,7 @@ def write_shard(out: str, name: str, items: list[ClipInput], settings: EncodeSet
     """
     out_path = Path(out)
     if results is None:
+        preload()
         results = [process_clip(item, settings, num_classes) for item in items]
     samples, failure_rows = [], []
     for item, result in zip(items, results):
@@ -214,6 +215,8 @@ def _write_pending(out: str, pending: list[tuple[str, list[ClipInput]]], setting
     try:
         if distributor == "local":
             jobs = [(item, settings, num_classes) for _, items in pending for item in items]
+            if jobs:
+                preload()         # once here: the pool's forked workers inherit the imports
             results = _run_jobs(jobs, workers, bar)
             for name, items in pending:
                 yield write_shard(out, name, items, settings, num_classes, [next(results) for _ in items])
