@@ -10,10 +10,12 @@ EXTRAS = {
     "s3": ["fsspec>=2023.1", "s3fs>=2023.1"],
     # --distributor ray (deteclap.distribute)
     "ray": ["ray>=2.9"],
+    "search": ["faiss-cpu>=1.7"],
     # moto's S3 server on the loopback address for the storage tests
-    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10", "moto[server]>=5.0"],
+    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10", "import-linter>=2.0",
+            "moto[server]>=5.0"],
 }
-EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels", "s3", "ray") for req in EXTRAS[name]})
+EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels", "search", "s3", "ray") for req in EXTRAS[name]})
 
 setup(
     name="deteclap",
@@ -22,11 +24,13 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*",
-                                    "benchmarks", "benchmarks.*"]),
+    # benchmarks/ runs from a checkout (`python -m benchmarks`); it is not installed as a
+    # top-level package of that generic name.
+    packages=find_packages(include=["deteclap", "deteclap.*", "dali_pipes", "dali_pipes.*"]),
     package_data={"deteclap": ["assets/*"]},
     install_requires=[
         "torch>=2.1,<2.16",
+        "torchvision>=0.16",
         "numpy>=1.24",
         "timm>=0.9",
         "av>=11",

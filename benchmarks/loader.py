@@ -148,7 +148,7 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
     from tqdm import tqdm
 
     from deteclap.data.decode import decode_audio, decode_video_frames
-    from deteclap.data.loader import resolve_shards
+    from deteclap.data.common import resolve_shards
     from deteclap.format import iter_tar_samples
 
     keys = []
@@ -245,7 +245,7 @@ def official_batches(root: Path, keys: list[str], cfg: Any) -> Iterator[dict]:
 def profile(make: Callable[[], Iterator[dict]], count: int) -> dict[str, Any]:
     """Top own-time costs (cProfile, ms per batch) of `count` batches after one warm-up batch, on one
     torch thread like a DataLoader worker (two threads on a busy 2-core machine measure OpenMP waits)."""
-    from deteclap.data.loader import single_cpu_thread
+    from deteclap.data.common import single_cpu_thread
 
     with single_cpu_thread():
         batches = make()
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
         results.append(result)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    from deteclap.data.loader import resolve_shards
+    from deteclap.data.common import resolve_shards
     from deteclap.format import index_sample_count
 
     set_clips = sum(index_sample_count(tar) for tar in resolve_shards(args.shards, "train"))

@@ -31,9 +31,12 @@ COLUMNS = {
     "train_step": [("run", "name", "{}"), ("samples/s", "samples_per_s", "{:.1f}"), ("ms/step", "step_ms", "{:.0f}"),
                    ("TFLOP/s", "achieved_tflops", "{:.3f}"), ("MFU", "mfu", "{:.1%}"),
                    ("peak mem GiB", "peak_memory_gib", "{:.2f}"), ("device", "device", "{}")],
+    "embed": [("run", "name", "{}"), ("clips/s", "clips_per_s", "{:.2f}"), ("query ms", "latency_ms", "{:.0f}"),
+              ("items", "items", "{:,}"), ("device", "device", "{}")],
 }
 TITLES = {"shard": "Shard writer", "loader": "Loader (finished training batches: frame + fbank + targets)",
-          "label": "Labellers", "train_step": "Train step (DeepSpeed engine, random inputs)"}
+          "label": "Labellers", "train_step": "Train step (DeepSpeed engine, random inputs)",
+          "embed": "Embedding (`deteclap embed`, random weights) and search (one query, exact top-10)"}
 
 
 def _cell(result: dict, key: str, fmt: str) -> str:

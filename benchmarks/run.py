@@ -1,8 +1,8 @@
 """Run every benchmark that fits this machine, then regenerate the README's results section.
 
-    python -m benchmarks [--shards DIR [--truth JSONL]] [--clips N] [--skip shard,loader,label,train_step]
+    python -m benchmarks [--shards DIR [--truth JSONL]] [--clips N] [--skip shard,loader,label,train_step,embed]
 
-Shard, loader, label and train-step benchmarks write JSON under benchmarks/results/ with the
+Shard, loader, label, train-step and embed / search benchmarks write JSON under benchmarks/results/ with the
 machine description; `benchmarks/report.py` turns those files into the README table and plots.
 The loader and label benchmarks run on a synthetic shard set made here (kept under
 benchmarks/results/.data/) unless --shards names one; the truth labeller's row needs that set's
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default=None, help="shard folder for the loader / label benchmarks")
     parser.add_argument("--truth", default=None, help="truth.jsonl of --shards (for the truth labeller's row)")
     parser.add_argument("--clips", type=int, default=256, help="synthetic 10 s clips when no --shards is given")
-    parser.add_argument("--skip", default="", help="comma-separated benchmarks to skip: shard,loader,label,train_step")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated benchmarks to skip: shard,loader,label,train_step,embed")
     args = parser.parse_args(argv)
     if args.truth and not args.shards:
         parser.error("--truth goes with --shards (the synthetic set brings its own)")
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
               *(["--truth", truth] if truth else ["--labellers", "clap,yolo"])])
     if "train_step" not in skip:
         _run(["benchmarks/train_step.py"])
+    if "embed" not in skip:
+        _run(["benchmarks/embed.py"])
     _run(["benchmarks/report.py"])
     return 0
 

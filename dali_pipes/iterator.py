@@ -5,7 +5,7 @@ wrapping `DALIGenericIterator` (reader_name drives the epoch size; training drop
 batch, LastBatchPolicy.DROP; evaluation keeps it, LastBatchPolicy.PARTIAL). Right after the
 pipeline the padded waves go through deteclap.audio's Kaldi fbank (on the GPU in GPU mode), and
 the label scores through deteclap.data.targets.build_targets (shared with the reference loader via
-deteclap.data.loader.finish_batch). Keys come from the `source_info` of each sample's mp4 member
+deteclap.data.common.finish_batch). Keys come from the `source_info` of each sample's mp4 member
 ("TAR:OFFSET:KEY.mp4"), so no JSON is parsed.
 
 Bad samples. A DALI pipeline cannot drop a sample once it has failed: an operator error kills the
@@ -47,13 +47,12 @@ from typing import Any
 import torch
 
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
-from deteclap import storage
+from deteclap.format import storage
 from deteclap.config import Config
-from deteclap.data.loader import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, epoch_seed, finish_batch,
-                                  required_members,
-                                  resolve_shards, shard_facts, wrong_score_sizes)
-from deteclap.format import (AUDIO_EXT, FRAME_TABLE_EXT, index_entries, index_path, is_score_member, labeller_of,
-                             split_member_name, write_index)
+from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
+                                  finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, frame_table_problem, index_entries, index_path,
+                             is_score_member, labeller_of, scan_shard, split_member_name, write_index)
 
 # "OFFSET:NAME" after "TAR:"; NAME (a member name) ends before a quote, space, colon or a sentence's dot
 MEMBER = r"(?P<offset>\d+):(?P<name>[^\s\"':]+?)\.?(?=[\s\"':]|$)"
@@ -104,17 +103,22 @@ class DaliLoader(SkipLog):
         self.gpu = device == "gpu"
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         self.tars = resolve_shards(spec, split)
+        check_shards(self.tars, data.on_error)
         facts = shard_facts(spec)
         self.resize = facts.square_side != cfg.model.img_size
-        self.score_size = facts.score_bytes
+        self.score_size, self.num_classes = facts.score_bytes, facts.num_classes
         self.exts = required_members(cfg)
         self.score_names = [labeller_of(ext) for ext in self.exts if is_score_member(ext)]
         super().__init__()
         self.excluded: set[tuple[str, str]] = set()
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
-        # DALI reads s3:// tars and (2.4+) index files itself: hand it URLs, not pathlib's collapsed form
-        self.entries = {storage.location(tar): index_entries(tar) for tar in self.tars}
+        # from the tars' headers, checked (deteclap.format.scan_shard): a damaged tar or a stale index
+        # is read through index copies holding only its whole samples, never through its own .idx.
+        # DALI reads s3:// tars and (2.4+) index files itself: keys are URLs, not pathlib's collapsed form
+        scans = {storage.location(tar): scan_shard(tar) for tar in self.tars}
+        self.entries = {tar: scan.entries for tar, scan in scans.items()}
+        self.own_index_usable = not any(scan.problems or scan.bad for scan in scans.values())
         # decode only the sampled frame (dali_pipes.pipelines.cut_frame): format-2 shards all hold
         # KEY.frames (one without it is a missing member); a glob of tars when every sample has it
         if facts.format_version >= 2 or (facts.format_version == 0 and self._all_have(FRAME_TABLE_EXT)):
@@ -132,6 +136,12 @@ class DaliLoader(SkipLog):
                 if rank == 0:
                     self._count(item)
                 self.excluded.add((item.shard, item.key))
+        for tar, scan in scans.items():     # samples a tar cannot give (damage, bad keys, index-only)
+            for key, (reason, detail) in scan.bad.items():
+                if data.on_error == "raise":
+                    raise DataError(f"{tar}: sample {key}: {reason}: {detail}")
+                if rank == 0:
+                    self._count(Skipped(tar, key, reason))
         self._check_members()
 
     def _all_have(self, ext: str) -> bool:
@@ -165,18 +175,23 @@ class DaliLoader(SkipLog):
         data = self.cfg.data
         needed = data.num_frames if self.train else data.eval_frame + 1     # frames the table must hold
         for tar, samples in self.entries.items():
+            tables = self._frame_tables(tar) if FRAME_TABLE_EXT in self.exts else {}
             for key, members in samples.items():
                 if not self._times(tar, key):
                     continue                  # not read this epoch (not drawn, or already counted)
                 sizes = {m[0]: m[2] for m in members}
                 problem = None
                 wrong = wrong_score_sizes({e: n for e, n in sizes.items() if e in self.exts}, self.score_size)
-                table = sizes.get(FRAME_TABLE_EXT) if FRAME_TABLE_EXT in self.exts else None
+                table = tables.get(key)
+                cls = sizes.get(CLASSES_EXT)
                 if wrong:
                     problem = ("bad_scores", wrong)
-                elif table is not None and (table % 8 or table // 8 - 1 < needed):
-                    problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} table ({table} bytes) does not hold "
-                                              f"frame {needed - 1} (data.num_frames / data.eval_frame)")
+                elif table is not None and frame_table_problem(table, sizes.get("mp4", 0), needed):
+                    problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} member is not the mp4's frame table: "
+                                              f"{frame_table_problem(table, sizes.get('mp4', 0), needed)}")
+                elif cls is not None and self.num_classes is not None and cls != self.num_classes:
+                    problem = ("bad_classes", f"{CLASSES_EXT} of {cls} bytes, not one per class of dataset.json's "
+                                              f"{self.num_classes}")
                 elif not set(self.exts) <= set(sizes):
                     problem = ("missing_member", f"missing {sorted(set(self.exts) - set(sizes))}")
                 if problem and (not skip) and problem[0] != "missing_member":   # (DALI names those itself)
@@ -185,6 +200,18 @@ class DaliLoader(SkipLog):
                     self.excluded.add((tar, key))
                     if self.rank == 0:
                         self._count(Skipped(tar, key, problem[0]))
+
+    def _frame_tables(self, tar: str) -> dict[str, bytes]:
+        """{key: KEY.frames bytes} of the samples of a tar read this epoch (a few dozen bytes each,
+        read at their index offsets), for `frame_table_problem`."""
+        tables = {}
+        with storage.open_file(tar) as handle:
+            for key, members in self.entries[tar].items():
+                for ext, offset, size, _ in members:
+                    if ext == FRAME_TABLE_EXT and self._times(tar, key):
+                        handle.seek(offset)
+                        tables[key] = handle.read(size)
+        return tables
 
     def _times(self, tar: str, key: str) -> int:
         """How often the reader lists a sample this epoch (0: excluded or not drawn)."""
@@ -214,7 +241,7 @@ class DaliLoader(SkipLog):
         """(tars, index files) for the reader: the tars' own .idx files (none when one is missing), or
         written copies once samples are excluded or drawn (balanced sampling: a sample drawn n times
         is listed n times); a tar left with no sample is dropped (DALI refuses an empty index)."""
-        if not self.excluded and self.repeats is None:
+        if not self.excluded and self.repeats is None and self.own_index_usable:
             paths = [index_path(Path(tar)) for tar in self.entries]
             return list(self.entries), ([storage.location(p) for p in paths]
                                         if all(storage.is_file(p) for p in paths) else [])

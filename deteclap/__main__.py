@@ -10,6 +10,8 @@ COMMANDS = {
     "label": "python -m deteclap.label SHARDS --labellers ... CLAP / YOLO / truth label scores into the shards",
     "train": "deepspeed deteclap/train.py --config C          pretrain (or fine-tune) with DeepSpeed ZeRO",
     "evaluate": "python -m deteclap.evaluate --config C --checkpoint CKPT   retrieval / classification metrics",
+    "embed": "python -m deteclap.embed SRC --checkpoint CKPT --out INDEX   embed videos / shards into an index",
+    "search": "python -m deteclap.search INDEX --audio F | --video F | --key K   query an index (--json, --html)",
     "sweep": "python -m deteclap.sweep --config C ...         label-threshold sweep (paper Fig. 3)",
     "demo": "python -m deteclap.demo [--out DIR]            CAV-MAE vs DETECLAP (OR) on synthetic data, CPU ok",
     "benchmarks": "python -m benchmarks                    shard / loader / label / train-step benchmarks",

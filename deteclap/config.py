@@ -4,7 +4,8 @@ A config file is a JSON object with one object per section (model, data, labels,
 deepspeed, eval, run, finetune). A file may name a base file with `"extends": "base.json"`
 (relative to itself); its sections are merged key by key over the base. Overrides
 `section.key=value` are applied last; the value is parsed as JSON when it parses, else taken as a
-string. Every unknown key, wrong type or missing file raises `ConfigError` naming the key and file.
+string. Every unknown key, wrong type, value out of range (`validate`: choices, bounds and relations
+between keys) or missing file raises `ConfigError` naming the key and file.
 """
 
 from __future__ import annotations
@@ -179,9 +180,109 @@ _CHOICES = {
     ("finetune", "mode"): ("multimodal", "audioonly", "videoonly"),
     ("run", "device"): ("auto", "cpu", "cuda"),
 }
-_RANGES = {  # (section, key): [low, high)
-    ("finetune", "label_smooth"): (0.0, 1.0),
+# Bounds of numeric keys, one place: ">= x", "> x", or an interval "[a, b]" / "[a, b)" / "(a, b]".
+# Tuple values (optim.betas, eval.recall_at) are checked element by element. A bound refuses a
+# value that lies outside it; NaN lies outside nothing and passes (JSON has no NaN: only a deliberate
+# `--set key=NaN` writes one, which is how a run's stop on a non-finite loss is provoked).
+_BOUNDS = {
+    ("model", "img_size"): ">= 1",
+    ("model", "audio_length"): ">= 1",
+    ("model", "num_mel_bins"): ">= 1",
+    ("model", "patch_size"): ">= 1",
+    ("model", "embed_dim"): ">= 1",
+    ("model", "modality_specific_depth"): ">= 0",
+    ("model", "joint_depth"): ">= 0",
+    ("model", "num_heads"): ">= 1",
+    ("model", "decoder_embed_dim"): ">= 1",
+    ("model", "decoder_depth"): ">= 0",
+    ("model", "decoder_num_heads"): ">= 1",
+    ("model", "mlp_ratio"): "> 0",
+    ("data", "batch_size"): ">= 1",
+    ("data", "num_workers"): ">= 0",
+    ("data", "shuffle_buffer"): ">= 0",
+    ("data", "eval_frame"): ">= 0",
+    ("data", "num_frames"): ">= 1",
+    ("data", "freqm"): ">= 0",
+    ("data", "timem"): ">= 0",
+    ("data", "mixup"): "[0, 1]",
+    ("data", "seed"): ">= 0",
+    ("labels", "audio_threshold"): "[-1, 1]",      # CLAP cosine (truth scores lie in [0, 1])
+    ("labels", "visual_threshold"): "[0, 1]",      # YOLO probability
+    ("loss", "mae_weight"): ">= 0",
+    ("loss", "contrastive_weight"): ">= 0",
+    ("loss", "contrastive_tau"): "> 0",
+    ("loss", "a2l_weight"): ">= 0",
+    ("loss", "v2l_weight"): ">= 0",
+    ("loss", "mask_ratio_a"): "[0, 1)",           # 1 would leave the encoder no patch at all
+    ("loss", "mask_ratio_v"): "[0, 1)",
+    ("optim", "lr"): "> 0",
+    ("optim", "weight_decay"): ">= 0",
+    ("optim", "betas"): "[0, 1)",
+    ("optim", "warmup_steps"): ">= 0",
+    ("optim", "decay_start_step"): ">= 0",
+    ("optim", "decay_every"): ">= 0",
+    ("optim", "decay_rate"): "> 0",
+    ("optim", "grad_clip"): ">= 0",
+    ("deepspeed", "grad_accum_steps"): ">= 1",
+    ("eval", "per_class"): ">= 0",
+    ("eval", "batch_size"): ">= 1",
+    ("eval", "recall_at"): ">= 1",
+    ("finetune", "head_lr_scale"): "> 0",
+    ("finetune", "label_smooth"): "[0, 1)",
+    ("finetune", "average_from_step"): ">= 0",
+    ("run", "max_steps"): ">= 1",
+    ("run", "log_every"): ">= 1",
+    ("run", "checkpoint_every"): ">= 1",
+    ("run", "keep_checkpoints"): ">= 0",          # 0 keeps every checkpoint
+    ("run", "seed"): ">= 0",
 }
+# (section, key, section, key): the first must divide evenly by the second
+_DIVISIBLE = (
+    ("model", "img_size", "model", "patch_size"),
+    ("model", "audio_length", "model", "patch_size"),
+    ("model", "num_mel_bins", "model", "patch_size"),
+    ("model", "embed_dim", "model", "num_heads"),
+    ("model", "decoder_embed_dim", "model", "decoder_num_heads"),
+)
+
+
+def _outside(value: float, bound: str) -> bool:
+    """True when `value` lies outside `bound` (see _BOUNDS for the notation)."""
+    if bound.startswith(">= "):
+        return value < float(bound[3:])
+    if bound.startswith("> "):
+        return value <= float(bound[2:])
+    low, high = (float(x) for x in bound[1:-1].split(","))
+    return (value < low or (bound[0] == "(" and value == low)
+            or value > high or (bound[-1] == ")" and value == high))
+
+
+def validate(cfg: Config) -> None:
+    """Check every choice, bound and relation between keys; raise ConfigError naming the file and key.
+
+    `load_config` calls this; call it again after changing a Config in code.
+    """
+    for section in dataclasses.fields(cfg):
+        if section.name == "source":
+            continue
+        values = getattr(cfg, section.name)
+        for key in dataclasses.fields(values):
+            value = getattr(values, key.name)
+            where = f"{cfg.source}: {section.name}.{key.name}"
+            choices = _CHOICES.get((section.name, key.name))
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{where}: {json.dumps(value)} is not one of {list(choices)}")
+            bound = _BOUNDS.get((section.name, key.name))
+            if bound is not None and any(_outside(v, bound) for v in (value if isinstance(value, tuple) else (value,))):
+                rule = f"must be {bound}" if bound[0] in "<>" else f"must lie in {bound}"
+                raise ConfigError(f"{where}: {json.dumps(value)} {rule}")
+    for section, key, by_section, by_key in _DIVISIBLE:
+        value, by = getattr(getattr(cfg, section), key), getattr(getattr(cfg, by_section), by_key)
+        if value % by:
+            raise ConfigError(f"{cfg.source}: {section}.{key}={value} is not a multiple of {by_section}.{by_key}={by}")
+    if cfg.optim.decay_start_step > 0 and cfg.optim.decay_every == 0:
+        raise ConfigError(f"{cfg.source}: optim.decay_start_step={cfg.optim.decay_start_step} needs "
+                          f"optim.decay_every > 0 (the steps between lr decays); set decay_start_step=0 for no decay")
 
 
 def _read_json(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -251,14 +352,10 @@ def _build(raw: dict[str, Any], source: str) -> Config:
             if key not in known:
                 raise ConfigError(f"{source}: unknown key `{name}.{key}` (known: {', '.join(sorted(known))})")
             parsed[key] = _coerce(value, hints[key], where)
-            choices = _CHOICES.get((name, key))
-            if choices is not None and parsed[key] not in choices:
-                raise ConfigError(f"{where}: {json.dumps(value)} is not one of {list(choices)}")
-            low, high = _RANGES.get((name, key), (None, None))
-            if low is not None and not low <= parsed[key] < high:
-                raise ConfigError(f"{where}: {json.dumps(value)} must lie in [{low:g}, {high:g})")
         kwargs[name] = cls(**parsed)
-    return Config(**kwargs, source=source)
+    config = Config(**kwargs, source=source)
+    validate(config)
+    return config
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -277,8 +374,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Load a JSON config (following `extends`) and apply `section.key=value` overrides.
 
-    Raises ConfigError naming the file and key for unknown keys, wrong types, bad choices or a
-    missing file.
+    Raises ConfigError naming the file and key for unknown keys, wrong types, values out of range
+    or against another key (`validate`) or a missing file.
     """
     path = Path(path)
     raw = _read_json(path)

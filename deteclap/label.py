@@ -1,8 +1,10 @@
 """`python -m deteclap.label SHARDS --labellers clap,yolo,truth`: store label scores inside the shards.
 
 Each labeller adds a `KEY.<labeller>.f16` member to every sample (see deteclap.labels.store and
-shards/FORMAT.md); a re-run skips shards already done (resumable). At the end it prints, per
-labeller, the labels per clip at the default thresholds, the most frequent classes and failures.
+shards/FORMAT.md); a re-run skips shards already done (resumable). A re-run with settings that
+change a labeller's scores (weights, truth noise, seed, ...) stops and says so; `--force` relabels.
+At the end it prints, per labeller, the labels per clip at the default thresholds, the most
+frequent classes and failures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deteclap import storage
+from deteclap.format import storage
 from deteclap.config import LabelsConfig
 from deteclap.distribute import DISTRIBUTORS, DistributorError
 from deteclap.labels import clap, store, truth, yolo
@@ -29,6 +31,12 @@ FAILURES_SHOWN = 5
 _DEFAULTS = LabelsConfig()
 THRESHOLDS = {"clap": _DEFAULTS.audio_threshold, "truth_audio": _DEFAULTS.audio_threshold,
               "yolo": _DEFAULTS.visual_threshold, "truth_visual": _DEFAULTS.visual_threshold}
+# the options that change a labeller's scores; the others (--device, --batch-size, ...) do not
+_TRUTH_SETTINGS = ("truth", "truth_noise", "seed")
+SCORE_SETTINGS = {"truth_audio": _TRUTH_SETTINGS, "truth_visual": _TRUTH_SETTINGS,
+                  "clap": ("clap_weights", "random_weights"),
+                  "yolo": ("yolo_weights", "yolo_conf", "yolo_imgsz", "random_weights")}
+RANDOM_WEIGHT_SETTINGS = ("seed",)   # with --random-weights the seed makes CLAP's / YOLO's weights
 
 EPILOG = """\
 labellers:
@@ -79,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the scores mean nothing)")
     parser.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per model batch")
-    parser.add_argument("--force", action="store_true", help="relabel shards already done")
+    parser.add_argument("--force", action="store_true",
+                        help="relabel shards already done (needed to relabel with other settings)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     scale = parser.add_argument_group("distribution (docs/SCALE.md)")
     scale.add_argument("--distributor", default="local", choices=DISTRIBUTORS,
@@ -220,10 +229,10 @@ def random_yolo(nc: int = 0) -> object:
 
 
 def count_samples(tars: Sequence[Path]) -> int:
-    """Samples in these tars (read from their index files when present)."""
-    from deteclap.format import index_sample_count
+    """Whole samples in these tars (from their member headers, `deteclap.format.scan_shard`)."""
+    from deteclap.format import scan_shard
 
-    return sum(index_sample_count(Path(tar)) for tar in tars)
+    return sum(len(scan_shard(Path(tar)).entries) for tar in tars)
 
 
 def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[str]) -> str:
@@ -251,6 +260,19 @@ def summary(shards_dir: str | Path, labellers: Sequence[str], vocabulary: list[s
     return "\n".join(lines)
 
 
+def changed_settings(meta: dict, labeller: str, settings: dict) -> list[str]:
+    """How `settings` differ from those the shards' `labeller` scores were made with, on the options
+    that change scores: one "option: stored -> wanted" line each; [] when no shard holds its scores."""
+    if not meta.get("labelled_shards", {}).get(labeller):
+        return []
+    stored = meta.get("labeller_settings", {}).get(labeller, {})
+    keys = SCORE_SETTINGS.get(labeller, tuple(settings))
+    if labeller in ("clap", "yolo") and (stored.get("random_weights") or settings.get("random_weights")):
+        keys += RANDOM_WEIGHT_SETTINGS
+    return [f"--{k.replace('_', '-')}: {stored.get(k)!r} -> {settings.get(k)!r}"
+            for k in keys if stored.get(k) != settings.get(k)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
@@ -268,11 +290,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, DistributorError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    total = count_samples(tars)
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("shards", "no_progress", "force", *DISTRIBUTION_OPTIONS)}
     names = [lab if isinstance(lab, str) else lab.name for lab in labellers]
+    for name in names:
+        changes = changed_settings(meta, name, settings)
+        if changes and not args.force:
+            done = len(meta["labelled_shards"][name])
+            print(f"error: {args.shards}: {done} shard(s) hold `{name}` scores made with other settings "
+                  f"({'; '.join(changes)}); a rerun would keep those scores. Add --force to relabel every shard "
+                  f"with the new settings, or rerun with the stored ones to finish an interrupted labelling",
+                  file=sys.stderr)
+            return 2
+        if changes:
+            # --force with new settings: forget the shards done with the old ones, so that a forced
+            # run cut short resumes (without --force) by relabelling the rest, not by keeping them
+            meta.setdefault("labelled_shards", {})[name] = []
+            store.save_dataset_json(args.shards, meta)
+    total = count_samples(tars)
+    failed_shards: set[str] = set()
     for labeller, name in zip(labellers, names):
-        settings = {k: v for k, v in vars(args).items()
-                    if k not in ("shards", "no_progress", "force", *DISTRIBUTION_OPTIONS)}
         try:
             where = distribution(args, vocabulary, name)
         except (DistributorError, ValueError) as err:
@@ -283,7 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         progress=bar.update, distribution=where)
         print(f"{name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
               f"skipped {len(report.shards_skipped)} already done, {len(report.failures)} failures")
-    print(summary(args.shards, names, vocabulary))
+        for tar, why in report.shards_failed.items():
+            print(f"error: {name}: {tar} not labelled (left as it was): {why}", file=sys.stderr)
+        failed_shards |= set(report.shards_failed)
+    if not failed_shards:
+        print(summary(args.shards, names, vocabulary))
+    if failed_shards:
+        print(f"error: {len(failed_shards)} damaged shards not labelled: reshard them (python -m deteclap.shard "
+              "SRC OUT rewrites a removed tar) or remove their rows from dataset.json", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,7 +1,7 @@
 """Shard-writer inputs that are not plain local files: URLs and video2dataset's webdataset tars.
 
 - A manifest row or a folder may name files by URL (`s3://`, `gs://`, `http(s)://`, through
-  deteclap.storage); a worker copies such a file to a temporary local file before decoding it
+  deteclap.format.storage); a worker copies such a file to a temporary local file before decoding it
   (PyAV seeks in the file; a 10 s clip is small next to its decoding cost).
 - video2dataset (LAION's downloader: yt-dlp, URL lists, clip times) writes tars of samples
   `KEY.mp4` (or `.webm`, ...) + `KEY.json` (+ `KEY.txt`, the caption). Its clipping step cuts the
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deteclap import storage
+from deteclap.format import storage
 
 # video members video2dataset writes (its encode_formats), matched case-insensitively
 V2D_VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "mov", "avi", "m4v")

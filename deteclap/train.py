@@ -3,6 +3,7 @@
     deepspeed deteclap/train.py --config configs/or.json          # any number of GPUs / nodes
     torchrun --nproc-per-node 8 deteclap/train.py --config configs/or.json
     python deteclap/train.py --config configs/tiny.json --set run.max_steps=20   # one process, CPU ok
+    python -m deteclap.train --config configs/tiny.json                            # the same
 
 Writes under `run.out_dir`: config.json (the resolved config), metrics.jsonl (one object per logged
 step with `step`, `lr`, `samples_per_s` and every loss term), tb/ (TensorBoard scalars),
@@ -15,6 +16,13 @@ position and random stream, so a killed run resumed reaches the same losses as a
 A fresh start (no --resume, or nothing to resume) in a folder that holds an earlier run first moves
 that run's files (checkpoints/, config.json, metrics.jsonl, tb/, summary.json, model_wa.pt,
 eval.json) to RUN/replaced-N/, so the new run neither prunes, averages nor reports them.
+The folder's layout and the checks before a resume live in deteclap.run. A resume stops with a
+message (exit 2) when `latest` names no complete checkpoint or metrics.jsonl is damaged before its
+last line; it drops a torn last line of metrics.jsonl (a kill while logging a step that was never
+checkpointed), checkpoint folders newer than `latest` (saves cut short) and orphan temporary files.
+
+The steps: setup_distributed, prepare_run_folder, build_engine, restore, then train_step per step
+(with Meters, StepLog and save), and write_summary.
 """
 
 from __future__ import annotations
@@ -27,31 +35,29 @@ if __package__ in (None, ""):  # run as a script (deepspeed / torchrun launch a 
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
 
 import argparse
-import itertools
 import json
 import math
 import os
-import shutil
 import socket
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterator
 
 import torch
 
-from deteclap.config import Config, add_config_args, load_config
+from deteclap.config import Config, ConfigError, add_config_args, load_config
 from deteclap.format import load_dataset_json
+from deteclap.run import (AVERAGED_MODEL_FILE, CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, RunDir, RunFolderError,
+                          step_of, tag_of)
 
-LATEST = "latest"
-MODEL_FILE = "model.pt"              # plain state dict in every checkpoint folder
-AVERAGED_MODEL_FILE = "model_wa.pt"  # finetune.average_from_step > 0: the weight average
 SEED_STRIDE = 1_000_003  # keeps per-(run seed, step, rank) random streams apart
 FINETUNE_HEAD = "mlp_head"  # the new fine-tuning layer (lr x finetune.head_lr_scale)
 # the official pretraining recipes' initialisation (egs/*/run_cavmae_pretrain*.sh: IN-initial.pth)
 IMAGENET_INIT_URL = "https://www.dropbox.com/s/9nlz523a5q52w86/ori_mae_11.pth?dl=1"
-# what a run leaves in RUN besides checkpoints/ and config.json (eval.json: deteclap/sweep.py)
-RUN_OUTPUTS = ("metrics.jsonl", "tb", "summary.json", AVERAGED_MODEL_FILE, "eval.json")
+ERROR_EXIT = 2          # a config or run folder that cannot be used as it is
+NON_FINITE_EXIT = 3     # a loss term became NaN / inf
 
 
 class NonFiniteLoss(RuntimeError):
@@ -89,86 +95,6 @@ def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
-
-
-def step_of(tag: str) -> int:
-    """The step of a checkpoint folder name (step_00001234 -> 1234)."""
-    return int(tag.removeprefix("step_"))
-
-
-# ----------------------------------------------------------------------------------------------
-# the run folder
-class RunDir:
-    """Paths of one run and its append-only metrics log."""
-
-    def __init__(self, out_dir: str | Path):
-        self.root = Path(out_dir)
-        self.checkpoints = self.root / "checkpoints"
-        self.metrics = self.root / "metrics.jsonl"
-
-    def latest_tag(self) -> str | None:
-        pointer = self.checkpoints / LATEST
-        return pointer.read_text().strip() if pointer.is_file() else None
-
-    def set_latest(self, tag: str) -> None:
-        tmp = self.checkpoints / f".{LATEST}.tmp"
-        tmp.write_text(tag + "\n")
-        os.replace(tmp, self.checkpoints / LATEST)
-
-    def set_aside(self) -> Path | None:
-        """Move an earlier run's checkpoints, config.json and RUN_OUTPUTS to RUN/replaced-N (the first
-        free N), so that a fresh run starts clean and nothing is lost; None when there is none."""
-        if not (any(self.checkpoints.glob("step_*")) or (self.checkpoints / LATEST).exists()
-                or any((self.root / name).exists() for name in RUN_OUTPUTS)):
-            return None
-        aside = next(self.root / f"replaced-{n}" for n in itertools.count(1)
-                     if not (self.root / f"replaced-{n}").exists())
-        aside.mkdir()
-        for name in ("checkpoints", "config.json", *RUN_OUTPUTS):
-            if (self.root / name).exists():
-                (self.root / name).rename(aside / name)
-        return aside
-
-    def prune(self, keep: int, keep_models_from: int = 0) -> None:
-        """Delete all but the newest `keep` complete checkpoints (never the one `latest` names); of
-        those from step `keep_models_from` on (> 0) the model.pt stays, for weight averaging."""
-        latest = self.latest_tag()
-        tags = sorted(p.name for p in self.checkpoints.glob("step_*") if p.is_dir())
-        for tag in tags[:-keep] if keep > 0 else []:
-            if tag == latest:
-                continue
-            if 0 < keep_models_from <= step_of(tag):
-                for path in (self.checkpoints / tag).iterdir():
-                    if path.name != MODEL_FILE:
-                        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
-            else:
-                shutil.rmtree(self.checkpoints / tag, ignore_errors=True)
-
-    def average_models(self, from_step: int, to_step: float = math.inf) -> dict[str, Any] | None:
-        """RUN/model_wa.pt = the mean of the model.pt of every checkpoint from `from_step` on, up to
-        `to_step` (the run's final step), as CAV-MAE averages its fine-tuning epochs; None when there
-        is none."""
-        from deteclap.model.checkpoint import average_state_dicts, save_state_dict
-
-        tags = sorted(p.parent.name for p in self.checkpoints.glob(f"step_*/{MODEL_FILE}")
-                      if from_step <= step_of(p.parent.name) <= to_step)
-        if not tags:
-            return None
-        save_state_dict(average_state_dicts([self.checkpoints / t / MODEL_FILE for t in tags]),
-                        self.root / AVERAGED_MODEL_FILE)
-        return {"path": str(self.root / AVERAGED_MODEL_FILE), "steps": [step_of(t) for t in tags]}
-
-    def truncate_metrics(self, after_step: int) -> None:
-        """On resume, drop logged lines past the checkpoint so the log reads as one run."""
-        if not self.metrics.is_file():
-            return
-        kept = [line for line in self.metrics.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= after_step]
-        self.metrics.write_text("".join(line + "\n" for line in kept))
-
-    def log(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,7 +232,7 @@ def save(engine: Any, run: RunDir, step: int, client_state: dict[str, Any], rank
     """
     from deteclap.model.checkpoint import save_state_dict
 
-    tag = f"step_{step:08d}"
+    tag = tag_of(step)
     engine.save_checkpoint(str(run.checkpoints), tag=tag, client_state=client_state, save_latest=False)
     state = model_state_dict(engine)
     if rank == 0:
@@ -329,25 +255,52 @@ def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, flo
 
 
 # ----------------------------------------------------------------------------------------------
-def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Run training as configured; returns the run summary (also written to summary.json)."""
+# the steps of a run
+@dataclass
+class Position:
+    """Where a run stands: optimiser steps done, and this rank's data position (see `resume_state`)."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def prepare_run_folder(run: RunDir, cfg: Config, rank: int, resume: bool) -> str | None:
+    """Make RUN ready; return the checkpoint tag to resume from (None: a fresh start).
+
+    Every rank first checks what a resume needs (`latest` names a complete checkpoint, the metrics
+    log is readable), so a bad folder stops all ranks alike before anything in it changes. Rank 0
+    then removes what a kill left behind (orphan temporary files; on resume, checkpoint folders newer
+    than `latest`, which the resumed run writes again), moves an earlier run aside on a fresh start
+    and writes config.json.
+    """
+    tag = run.resume_tag() if resume else None
+    if tag is not None:
+        run.read_metrics()
+    if rank == 0:
+        for path in run.remove_orphan_tmp():
+            print(f"removed {path}: a temporary file left by an interrupted write")
+        if resume and tag is None:
+            print(f"--resume: no checkpoint under {run.checkpoints}, starting from step 0")
+        if tag is None:
+            aside = run.set_aside()
+            if aside is not None:
+                print(f"{run.root} held an earlier run: moved its files to {aside} (--resume continues a run)")
+        else:
+            for newer in run.remove_after(step_of(tag)):
+                print(f"removed {run.checkpoints / newer}: newer than {tag}, which `latest` names (a save cut "
+                      f"short); the resumed run writes it again")
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        (run.root / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    torch.distributed.barrier()  # no rank reads the folder before an earlier run is set aside
+    return tag
+
+
+def build_engine(cfg: Config, device: torch.device) -> tuple[Any, Any]:
+    """The DeepSpeed engine over the objective, with its optimiser and lr schedule; (engine, scheduler)."""
     import deepspeed
 
     from deteclap.optim import build_optimizer, build_scheduler, deepspeed_config
 
-    rank, world, device = setup_distributed(cfg.run.device)
-    run = RunDir(cfg.run.out_dir)
-    if rank == 0:
-        tag = run.latest_tag() if resume else None
-        if resume and tag is None:
-            print(f"--resume: no checkpoint under {run.checkpoints}, starting from step 0")
-        aside = run.set_aside() if tag is None else None
-        if aside is not None:
-            print(f"{run.root} held an earlier run: moved its files to {aside} (--resume continues a run)")
-        run.checkpoints.mkdir(parents=True, exist_ok=True)
-        (run.root / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    torch.distributed.barrier()  # no rank reads the folder before an earlier run is set aside
-    tag = run.latest_tag() if resume else None
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     info = load_dataset_json(cfg.data.train_shards)
     objective, groups = build_objective(cfg, info)
@@ -355,122 +308,198 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, cfg.optim)
     engine, _, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(cfg))
-    input_dtype = torch.float16 if cfg.deepspeed.precision == "fp16" else None
+    return engine, scheduler
 
-    average_from = cfg.finetune.average_from_step
-    if rank == 0 and average_from > 0 and (average_from % cfg.run.checkpoint_every
-                                           or cfg.run.max_steps % cfg.run.checkpoint_every):
+
+def warn_partial_average_period(cfg: Config) -> None:
+    average_from, every = cfg.finetune.average_from_step, cfg.run.checkpoint_every
+    if average_from > 0 and (average_from % every or cfg.run.max_steps % every):
         print(f"warning: finetune.average_from_step={average_from} and run.max_steps={cfg.run.max_steps} are not "
-              f"multiples of run.checkpoint_every={cfg.run.checkpoint_every}: the weight average gives a partial "
+              f"multiples of run.checkpoint_every={every}: the weight average gives a partial "
               f"period the weight of a whole one (CAV-MAE averages whole epochs)")
-    step, epoch, skip = 0, 0, 0
-    if tag is not None:
-        _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
-        if client is None:
-            raise RuntimeError(f"{run.checkpoints / tag}: could not load the checkpoint")
-        step = client["step"]
-        epoch, skip = data_position(client, rank, world)
-        if rank == 0:
-            run.truncate_metrics(step)
-            print(f"resumed from {run.checkpoints / tag} at step {step}")
 
-    writer = None
+
+def restore(engine: Any, run: RunDir, tag: str, rank: int, world: int) -> Position:
+    """Load checkpoint `tag` (model, optimiser, lr schedule) and return the position it was saved at;
+    rank 0 cuts the metrics log back to that step."""
+    _, client = engine.load_checkpoint(str(run.checkpoints), tag=tag)
+    if client is None:
+        raise RunFolderError(f"{run.checkpoints / tag}: DeepSpeed could not load the checkpoint")
+    epoch, batch = data_position(client, rank, world)
+    position = Position(client["step"], epoch, batch)
     if rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(run.root / "tb"))
-        except ImportError:
-            print("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+        torn = run.truncate_metrics(position.step)
+        if torn is not None:
+            print(f"{run.metrics}: dropped its torn last line {torn[:60]!r} (a kill while logging a step "
+                  f"after the checkpoint; the resumed run logs that step again)")
+        print(f"resumed from {run.checkpoints / tag} at step {position.step}")
+    return position
 
-    from tqdm import tqdm
 
+class Meters:
+    """Throughput, the share of time spent waiting for data, and the samples the loaders left out."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.start = self.last_log = time.time()
+        self.samples = self.samples_since_log = 0
+        self.wait_s = self.busy_s = 0.0               # since the last log: blocked on the data iterator / whole steps
+        self.total_wait_s = self.total_busy_s = 0.0
+        self.left_out: set[tuple[int, str, str, str]] = set()   # (epoch, shard, key, reason) of skipped samples
+        self.loader: Any = None
+
+    def count_loader(self, loader: Any) -> None:
+        """Called with each batch's loader: a new epoch's loader banks the finished one's skips."""
+        if loader is not self.loader:
+            self.bank()
+            self.loader = loader
+
+    def bank(self) -> None:   # one loader per epoch; a sample split between ranks counts once
+        self.left_out.update((self.loader.epoch, s.shard, s.key, s.reason)
+                             for s in getattr(self.loader, "skipped_samples", ()))
+
+    def count_batch(self, batch_size: int) -> None:
+        self.samples_since_log += batch_size * self.world
+        self.samples += batch_size * self.world
+
+    def interval(self) -> dict[str, float]:
+        """samples_per_s and data_wait_share since the last call (one logging interval)."""
+        now = time.time()
+        out = {"samples_per_s": self.samples_since_log / max(now - self.last_log, 1e-9),
+               "data_wait_share": self.wait_s / max(self.busy_s, 1e-9)}
+        self.total_wait_s, self.total_busy_s = self.total_wait_s + self.wait_s, self.total_busy_s + self.busy_s
+        self.last_log, self.samples_since_log, self.wait_s, self.busy_s = now, 0, 0.0, 0.0
+        return out
+
+    def totals(self) -> dict[str, Any]:
+        """The whole run's numbers, skipped samples counted over every rank (a collective call)."""
+        elapsed = time.time() - self.start
+        self.bank()
+        per_rank: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(per_rank, self.left_out)
+        return {"samples": self.samples, "seconds": elapsed, "samples_per_s": self.samples / max(elapsed, 1e-9),
+                "world_size": self.world, "data_wait_share": self.total_wait_s / max(self.total_busy_s, 1e-9),
+                "skipped_samples": dict(Counter(reason for *_, reason in set().union(*per_rank)))}
+
+
+def train_step(engine: Any, batches: Iterator[tuple[int, dict[str, Any], Any]], cfg: Config, position: Position,
+               rank: int, world: int, meters: Meters, run: RunDir) -> tuple[dict[str, float], Any]:
+    """One optimiser step over grad_accum_steps micro-batches; returns (loss terms averaged over the
+    micro-batches on this rank, the loader of the last batch). Raises NonFiniteLoss when any rank's
+    loss is NaN / inf, before the step is applied."""
     accum = cfg.deepspeed.grad_accum_steps
-    progress = tqdm(total=cfg.run.max_steps, initial=step, disable=rank != 0, unit="step", dynamic_ncols=True)
-    batches = training_batches(cfg, rank, world, epoch, skip)
-    start_time, last_time, samples_since_log = time.time(), time.time(), 0
-    samples_total, last_losses, loader, counted = 0, {}, None, None
-    left_out: set[tuple[int, str, str, str]] = set()   # (epoch, shard, key, reason) of skipped samples
+    input_dtype = torch.float16 if cfg.deepspeed.precision == "fp16" else None
+    sums: dict[str, float] = {}
+    step_start = time.perf_counter()
+    loader = None
+    for micro in range(accum):
+        # one random stream per (seed, step, rank, micro-step): batch augmentation and masking
+        # draw the same numbers whether or not the run was resumed
+        torch.manual_seed((cfg.run.seed * SEED_STRIDE + position.step) * world * accum + rank * accum + micro)
+        wait_start = time.perf_counter()
+        position.epoch, batch, loader = next(batches)
+        meters.wait_s += time.perf_counter() - wait_start
+        meters.count_loader(loader)
+        batch = to_device(batch, engine.device, input_dtype)
+        targets = batch["classes"] if cfg.finetune.task else batch["targets"]
+        losses = engine(batch["fbank"], batch["frames"], targets)
+        finite = torch.tensor(float(torch.isfinite(losses["total"]).item()), device=engine.device)
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item() == 0:
+            terms = {k: float(v.detach()) for k, v in losses.items()}
+            raise NonFiniteLoss(f"non-finite loss at step {position.step + 1} (terms {terms}); stopping. The last "
+                                f"good checkpoint is {run.checkpoints / (run.latest_tag() or 'none')}")
+        engine.backward(losses["total"])
+        engine.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
+        meters.count_batch(batch["fbank"].shape[0])
+    meters.busy_s += time.perf_counter() - step_start
+    return sums, loader
 
-    def bank(finished: Any) -> None:   # one loader per epoch; a sample split between ranks counts once
-        left_out.update((finished.epoch, s.shard, s.key, s.reason) for s in getattr(finished, "skipped_samples", ()))
 
-    wait_s, busy_s = 0.0, 0.0  # time blocked on the data iterator vs the whole step
-    total_wait_s, total_busy_s = 0.0, 0.0
-    engine.train()
-    while step < cfg.run.max_steps:
-        sums: dict[str, float] = {}
-        step_start = time.perf_counter()
-        for micro in range(accum):
-            # one random stream per (seed, step, rank, micro-step): batch augmentation and masking
-            # draw the same numbers whether or not the run was resumed
-            torch.manual_seed((cfg.run.seed * SEED_STRIDE + step) * world * accum + rank * accum + micro)
-            wait_start = time.perf_counter()
-            epoch, batch, loader = next(batches)
-            wait_s += time.perf_counter() - wait_start
-            if loader is not counted:  # a new epoch's loader: bank the finished one's skips
-                bank(counted)
-                counted = loader
-            batch = to_device(batch, engine.device, input_dtype)
-            targets = batch["classes"] if cfg.finetune.task else batch["targets"]
-            losses = engine(batch["fbank"], batch["frames"], targets)
-            finite = torch.tensor(float(torch.isfinite(losses["total"]).item()), device=device)
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-            if finite.item() == 0:
-                terms = {k: float(v.detach()) for k, v in losses.items()}
-                raise NonFiniteLoss(f"non-finite loss at step {step + 1} (terms {terms}); stopping. The last good "
-                                    f"checkpoint is {run.checkpoints / (run.latest_tag() or 'none')}")
-            engine.backward(losses["total"])
-            engine.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
-            samples_since_log += batch["fbank"].shape[0] * world
-            samples_total += batch["fbank"].shape[0] * world
-        busy_s += time.perf_counter() - step_start
-        step += 1
-        progress.update(1)
-        if step % cfg.run.log_every == 0 or step == cfg.run.max_steps:
-            logged = reduce_mean(sums, device)
-            last_losses = logged  # averaged over ranks; the last step is always logged
-            now = time.time()
-            record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": samples_since_log / max(now - last_time, 1e-9),
-                      "data_wait_share": wait_s / max(busy_s, 1e-9), **logged}
-            total_wait_s, total_busy_s = total_wait_s + wait_s, total_busy_s + busy_s
-            last_time, samples_since_log, wait_s, busy_s = now, 0, 0.0, 0.0
-            if rank == 0:
-                run.log(record)
-                progress.set_postfix(loss=f"{logged['total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
-                if writer is not None:
-                    for k, v in record.items():
-                        if k != "step":
-                            writer.add_scalar(f"train/{k}", v, step)
-        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
-            client = resume_state(step, epoch, loader)
-            save(engine, run, step, client, rank, cfg.run.keep_checkpoints, cfg.finetune.average_from_step)
-    progress.close()
-    elapsed = time.time() - start_time
-    bank(counted)
-    per_rank: list[Any] = [None] * world
-    torch.distributed.all_gather_object(per_rank, left_out)
-    skipped = Counter(reason for *_, reason in set().union(*per_rank))
-    summary = {"steps": step, "samples": samples_total, "seconds": elapsed,
-               "samples_per_s": samples_total / max(elapsed, 1e-9), "world_size": world,
-               "data_wait_share": total_wait_s / max(total_busy_s, 1e-9),
+class StepLog:
+    """Rank 0's outputs of logged steps: metrics.jsonl, TensorBoard scalars and the progress bar."""
+
+    def __init__(self, run: RunDir, max_steps: int, first_step: int, rank: int):
+        from tqdm import tqdm
+
+        self.run, self.rank, self.writer = run, rank, None
+        if rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(run.root / "tb"))
+            except ImportError:
+                print("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+        self.progress = tqdm(total=max_steps, initial=first_step, disable=rank != 0, unit="step", dynamic_ncols=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.run.log(record)
+        self.progress.set_postfix(loss=f"{record['total']:.4f}", sps=f"{record['samples_per_s']:.1f}")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self.writer.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def write_summary(cfg: Config, run: RunDir, step: int, meters: Meters, last_losses: dict[str, float],
+                  rank: int) -> dict[str, Any]:
+    """The run summary (every rank computes it; rank 0 writes summary.json and the weight average)."""
+    totals = meters.totals()
+    summary = {"steps": step, **{k: v for k, v in totals.items() if k != "skipped_samples"},
                "final": {k: v for k, v in last_losses.items() if math.isfinite(v)},
                "checkpoint": str(run.checkpoints / (run.latest_tag() or "")),
-               "skipped_samples": dict(skipped)}
-    if rank == 0 and cfg.finetune.average_from_step > 0:
-        summary["weight_average"] = run.average_models(cfg.finetune.average_from_step, step)
+               "skipped_samples": totals["skipped_samples"]}
+    if rank != 0:
+        return summary
+    average_from = cfg.finetune.average_from_step
+    if average_from > 0:
+        summary["weight_average"] = run.average_models(average_from, step)
         if summary["weight_average"] is None:
-            print(f"warning: no checkpoint at or after finetune.average_from_step={cfg.finetune.average_from_step}: "
+            print(f"warning: no checkpoint at or after finetune.average_from_step={average_from}: "
                   f"no {AVERAGED_MODEL_FILE} written")
+    (run.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"done: {step} steps, {summary['samples_per_s']:.1f} samples/s, final loss "
+          f"{summary['final'].get('total', float('nan')):.4f}, skipped samples: {summary['skipped_samples'] or 0}; "
+          f"checkpoint {summary['checkpoint']}")
+    return summary
+
+
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Run training as configured; returns the run summary (also written to summary.json)."""
+    rank, world, device = setup_distributed(cfg.run.device)
+    run = RunDir(cfg.run.out_dir)
+    tag = prepare_run_folder(run, cfg, rank, resume)
+    engine, scheduler = build_engine(cfg, device)
     if rank == 0:
-        (run.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if writer is not None:
-            writer.close()
-        print(f"done: {step} steps, {summary['samples_per_s']:.1f} samples/s, final loss "
-              f"{summary['final'].get('total', float('nan')):.4f}, skipped samples: {summary['skipped_samples'] or 0}; "
-              f"checkpoint {summary['checkpoint']}")
+        warn_partial_average_period(cfg)
+    position = restore(engine, run, tag, rank, world) if tag is not None else Position()
+    log = StepLog(run, cfg.run.max_steps, position.step, rank)
+    meters = Meters(world)
+    batches = training_batches(cfg, rank, world, position.epoch, position.batch_in_epoch)
+    last_losses: dict[str, float] = {}
+    engine.train()
+    while position.step < cfg.run.max_steps:
+        sums, loader = train_step(engine, batches, cfg, position, rank, world, meters, run)
+        position.step += 1
+        log.progress.update(1)
+        last = position.step == cfg.run.max_steps
+        if position.step % cfg.run.log_every == 0 or last:
+            last_losses = reduce_mean(sums, device)  # averaged over ranks; the last step is always logged
+            log.write({"step": position.step, "epoch": position.epoch, "lr": scheduler.get_last_lr()[0],
+                       **meters.interval(), **last_losses})
+        if position.step % cfg.run.checkpoint_every == 0 or last:
+            save(engine, run, position.step, resume_state(position.step, position.epoch, loader), rank,
+                 cfg.run.keep_checkpoints, cfg.finetune.average_from_step)
+    log.progress.close()
+    summary = write_summary(cfg, run, position.step, meters, last_losses, rank)
+    log.close()
     return summary
 
 
@@ -482,7 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deepspeed launcher (LOCAL_RANK is used)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return ERROR_EXIT
     try:
         train(cfg, resume=args.resume)
         if torch.distributed.is_initialized():
@@ -490,9 +523,12 @@ def main(argv: list[str] | None = None) -> int:
             # gloo run once ended with rank 1 aborting at exit ("terminate called without an active
             # exception") after training had finished (tests/test_train.py)
             torch.distributed.barrier()
+    except RunFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return ERROR_EXIT
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
-        return 3
+        return NON_FINITE_EXIT
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -5,16 +5,60 @@
 `labelled_shards`: a copy of shard_dir with ground-truth label scores (`truth_audio`, `truth_visual`).
 Both are built once per session; tests must not modify them (copy first).
 Also sets YOLO_OFFLINE=1 and YOLO_CONFIG_DIR to a temporary folder for every test.
+
+Shared helpers (import them with `from tests.conftest import ...`): REPO, `subprocess_env()` (the
+environment of a CPU training / benchmark subprocess), `set_args(values)` and `small_run(shards, ...)`
+(`--set` overrides of a short CPU run on the synthetic shards), `needs_dali` / `needs_wds2idx`
+(skip markers where DALI is not installed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from deteclap.data import dali_available
+
+REPO = Path(__file__).resolve().parents[1]
+HAVE_DALI = dali_available()
+HAVE_WDS2IDX = importlib.util.find_spec("wds2idx") is not None          # ships with the DALI wheel
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="DALI (nvidia-dali) is not installed")
+needs_wds2idx = pytest.mark.skipif(not HAVE_WDS2IDX, reason="wds2idx (from the DALI wheel) is not installed")
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a training / benchmark subprocess: DeepSpeed on the CPU, one OpenMP thread,
+    unbuffered output, and no rank variables of an outer launcher."""
+    out = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    out.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return out
+
+
+def set_values(values: dict[str, object]) -> list[str]:
+    """{"section.key": value} -> ["section.key=value", ...] (non-strings as JSON; None left out): the
+    overrides of `load_config`."""
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+            if value is not None]
+
+
+def set_args(values: dict[str, object]) -> list[str]:
+    """{"section.key": value} -> ["--set", "section.key=value", ...] for a command line."""
+    return [arg for item in set_values(values) for arg in ("--set", item)]
+
+
+def small_run(shards: Path, **extra: object) -> dict[str, object]:
+    """Config overrides of a short CPU run that trains and evaluates on the `train` split of `shards`
+    (no DataLoader workers, fp32, a log line every step); `extra` adds or replaces keys."""
+    return {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.train_split": "train",
+            "data.eval_split": "train", "data.num_workers": 0, "deepspeed.precision": "fp32",
+            "run.log_every": 1, **extra}
 
 SYNTH_CLIPS = 8
 SYNTH_SECONDS = 3.0

@@ -11,7 +11,8 @@ import pytest
 
 from deteclap.config import Config
 from deteclap.data.balance import epoch_repeats, read_classes, sample_weights
-from deteclap.data.loader import DataError, build_loader, resolve_shards
+from deteclap.data.common import DataError, resolve_shards
+from deteclap.data.loader import build_loader
 from tests.test_loader import LOADERS, all_keys, corrupt, loader_factory, make_cfg, rewrite_shards
 
 
@@ -96,7 +97,7 @@ def test_ranks_split_the_draws(shard_dir: Path, tmp_path: Path, loader: str) -> 
 def test_classes_of_the_wrong_size_are_the_bad_ones(shard_dir: Path, tmp_path: Path) -> None:
     """The expected `KEY.cls` size is dataset.json's class count: a wrong first sample does not
     condemn the others; without dataset.json the most common size decides."""
-    from deteclap.data.loader import shard_facts
+    from deteclap.data.common import shard_facts
 
     keys = all_keys(shard_dir)
     shards = rewrite_shards(shard_dir, tmp_path / "s",

@@ -4,6 +4,7 @@ import json
 
 from benchmarks.common import write_result
 from benchmarks.report import END, START, render, update_readme
+from tests.conftest import REPO, subprocess_env
 
 
 def test_results_schema_and_readme_section(tmp_path):
@@ -24,18 +25,15 @@ def test_results_schema_and_readme_section(tmp_path):
 def test_train_step_benchmark_runs_every_zero_stage(tmp_path):
     """benchmarks/train_step.py on the CPU (tiny model): the real DeepSpeed engine per ZeRO stage, each in
     its own process, reporting the model's parameter count, FLOPs and speed."""
-    import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from deteclap.config import load_config
     from deteclap.model import build_model
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     out = tmp_path / "train_step.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    env = subprocess_env()
     subprocess.run([sys.executable, "benchmarks/train_step.py", "--model", "tiny", "--stages", "0,3", "--batch", "4",
                     "--steps", "1", "--warmup", "0", "--json", str(out)], cwd=repo, env=env, check=True,
                    capture_output=True, timeout=600)

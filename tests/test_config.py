@@ -55,6 +55,48 @@ def test_bad_values_name_the_key_and_the_file(override, fragment):
         assert "tiny.json" in str(err.value)
 
 
+@pytest.mark.parametrize("override, fragment", [
+    ("data.batch_size=0", "data.batch_size: 0 must be >= 1"),
+    ("data.batch_size=-1", "data.batch_size: -1 must be >= 1"),
+    ("run.checkpoint_every=0", "run.checkpoint_every: 0 must be >= 1"),
+    ("run.max_steps=-5", "run.max_steps: -5 must be >= 1"),
+    ("run.log_every=0", "run.log_every: 0 must be >= 1"),
+    ("loss.mask_ratio_a=1.5", "loss.mask_ratio_a: 1.5 must lie in [0, 1)"),
+    ("loss.mask_ratio_v=1", "loss.mask_ratio_v: 1.0 must lie in [0, 1)"),
+    ("loss.contrastive_tau=0", "loss.contrastive_tau: 0.0 must be > 0"),
+    ("loss.mae_weight=-1", "loss.mae_weight: -1.0 must be >= 0"),
+    ("optim.lr=0", "optim.lr: 0.0 must be > 0"),
+    ("optim.lr=-1e-4", "optim.lr: -0.0001 must be > 0"),
+    ("optim.betas=[0.9,1.0]", "optim.betas: [0.9, 1.0] must lie in [0, 1)"),
+    ("data.mixup=1.5", "data.mixup: 1.5 must lie in [0, 1]"),
+    ("data.num_workers=-1", "data.num_workers: -1 must be >= 0"),
+    ("labels.visual_threshold=1.2", "labels.visual_threshold: 1.2 must lie in [0, 1]"),
+    ("labels.audio_threshold=-2", "labels.audio_threshold: -2.0 must lie in [-1, 1]"),
+    ("eval.recall_at=[1,0]", "eval.recall_at: [1, 0] must be >= 1"),
+    ("deepspeed.grad_accum_steps=0", "deepspeed.grad_accum_steps: 0 must be >= 1"),
+    ("model.img_size=100", "model.img_size=100 is not a multiple of model.patch_size=16"),
+    ("optim.decay_every=0", "optim.decay_start_step=38270 needs optim.decay_every > 0"),
+])
+def test_values_out_of_range_are_refused_naming_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "base.json", [override])
+    assert fragment in str(err.value)
+    assert "base.json" in str(err.value)
+
+
+def test_value_out_of_range_in_a_file_names_that_file(tmp_path):
+    path = tmp_path / "zero_batch.json"
+    path.write_text(json.dumps({"extends": str(CONFIGS / "tiny.json"), "data": {"batch_size": 0}}))
+    with pytest.raises(ConfigError, match=r"zero_batch\.json: data\.batch_size: 0 must be >= 1"):
+        load_config(path)
+
+
+def test_edges_of_the_bounds_are_accepted():
+    cfg = load_config(CONFIGS / "tiny.json", ["loss.mask_ratio_a=0", "data.mixup=1", "labels.visual_threshold=1",
+                                              "run.max_steps=1", "run.keep_checkpoints=0", "data.num_workers=0"])
+    assert (cfg.loss.mask_ratio_a, cfg.data.mixup, cfg.run.max_steps) == (0.0, 1.0, 1)
+
+
 def test_unknown_key_in_a_file_names_that_file(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"extends": str(CONFIGS / "base.json"), "loss": {"mae_wieght": 1.0}}))

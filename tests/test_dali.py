@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import HAVE_DALI
 from tests.test_loader import all_keys, corrupt, keep, make_cfg, rewrite_shards
 
-pytest.importorskip("nvidia.dali")
+if not HAVE_DALI:
+    pytest.skip("DALI (nvidia-dali) is not installed", allow_module_level=True)
 
 from dali_pipes.iterator import DaliLoader, build_dali_loader, parse_bad_member  # noqa: E402
 from deteclap.data import build  # noqa: E402
-from deteclap.data.loader import DataError, build_loader  # noqa: E402
+from deteclap.data.common import DataError  # noqa: E402
+from deteclap.data.loader import build_loader  # noqa: E402
 
 # Frames: DALI's cubic resize (antialiased) and its YUV->RGB differ from PIL bicubic + PyAV by a
 # few grey levels; in normalised units (1 / (0.225 * 255) per level) we allow mean 0.05 and 0.35 for

@@ -60,7 +60,7 @@ def test_frame_table_of_an_mp4_with_several_chunks():
 
     from deteclap.data import mp4
     from deteclap.data.loader import decode_frame
-    from deteclap.shard.clip import EncodeSettings, _encode_video, frame_table
+    from deteclap.clip import EncodeSettings, _encode_video, frame_table
 
     rng = np.random.default_rng(0)        # noise: ~150 kB per VP9 key frame at 432 x 768
     frames = [av.VideoFrame.from_ndarray(rng.integers(0, 256, (432, 768, 3), dtype=np.uint8), format="rgb24")

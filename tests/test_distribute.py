@@ -1,4 +1,4 @@
-"""deteclap.storage on local paths, a loopback S3 server and a loopback HTTP server, and
+"""deteclap.format.storage on local paths, a loopback S3 server and a loopback HTTP server, and
 deteclap.distribute's local and Ray backends (a real local Ray instance, tests/conftest.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from deteclap import distribute, storage
+from deteclap import distribute
+from deteclap.format import storage
 
 
 def _roundtrip(folder: str) -> None:

@@ -14,31 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, set_args, set_values, small_run, subprocess_env
+
 TRAIN = str(REPO / "deteclap" / "train.py")
 CONFIG = str(REPO / "configs" / "finetune_tiny.json")
 PRETRAIN_SEED = 1234
 ENCODER_PREFIXES = ("patch_embed_a", "patch_embed_v", "blocks_a", "blocks_v", "blocks_u", "modality_a", "norm_a")
 
 
+def run_values(shards: Path, **extra: object) -> dict[str, object]:
+    """A short fine-tuning run on the synthetic shards: batches of 4, 3 steps."""
+    return small_run(shards, **{"data.batch_size": 4, "run.max_steps": 3, "run.checkpoint_every": 3, **extra})
+
+
 def settings(shards: Path, **extra: object) -> list[str]:
-    """`section.key=value` overrides: the synthetic shards, small batches, 3 steps."""
-    values = {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.eval_split": "train",
-              "data.batch_size": 4, "data.num_workers": 0, "deepspeed.precision": "fp32",
-              "run.max_steps": 3, "run.log_every": 1, "run.checkpoint_every": 3, **extra}
-    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()]
-
-
-def cli(overrides: list[str]) -> list[str]:
-    return [arg for item in overrides for arg in ("--set", item)]
-
-
-def env() -> dict[str, str]:
-    import os
-
-    out = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    out.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return out
+    """`section.key=value` overrides of `run_values`."""
+    return set_values(run_values(shards, **extra))
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +114,12 @@ def test_finetune_end_to_end_then_evaluate(pretrained, shard_dir, tmp_path, task
     """Fine-tune 3 steps (checkpoints at 1, 2, 3; weight average of 2 and 3), then evaluate the weight
     average with the multi-frame evaluation, as CAV-MAE reports its numbers."""
     run_dir = tmp_path / "run"
-    args = cli(settings(shard_dir, **{"finetune.task": task, "finetune.pretrained": str(pretrained),
+    args = set_args(run_values(shard_dir, **{"finetune.task": task, "finetune.pretrained": str(pretrained),
                                       "run.out_dir": str(run_dir), "run.checkpoint_every": 1,
                                       "finetune.average_from_step": 2, "data.num_frames": 3,
                                       "eval.average_frames": True}))
     proc = subprocess.run([sys.executable, TRAIN, "--config", CONFIG, *args], capture_output=True, text=True,
-                          env=env(), cwd=REPO, timeout=300)
+                          env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "fine-tuning from" in proc.stdout and "new head" in proc.stdout
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -144,7 +135,7 @@ def test_finetune_end_to_end_then_evaluate(pretrained, shard_dir, tmp_path, task
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "deteclap.evaluate", "--config", CONFIG, "--checkpoint",
                            str(run_dir / "model_wa.pt"), "--json", str(out), *args],
-                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     result = json.loads(out.read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from deteclap import format as fmt
+from tests.conftest import needs_wds2idx
 
 
 @pytest.mark.parametrize("name, key, ext", [
@@ -140,6 +141,12 @@ def test_list_tars_reads_dataset_json_or_the_split_names(tmp_path):
     fmt.save_dataset_json(tmp_path, {"shards": rows})
     assert fmt.list_tars(tmp_path, "train") == [tmp_path / "train-000001.tar"]
     assert fmt.list_tars(tmp_path, "test") == []
+    for outside in ["../../x.tar", "/etc/passwd", "a/../../x.tar"]:
+        escaping = [{"split": "train", "tar": outside, "index": "train-000001.idx", "samples": 2}]
+        fmt.save_dataset_json(tmp_path, {"shards": escaping})
+        with pytest.raises(fmt.FormatError, match="outside the shard folder"):
+            fmt.list_tars(tmp_path, "train")
+        assert any("outside the shard folder" in p for p in fmt.dataset_problems({"shards": escaping}))
 
 
 def test_write_atomic_replaces_whole(tmp_path):
@@ -148,3 +155,38 @@ def test_write_atomic_replaces_whole(tmp_path):
     fmt.write_atomic(path, b"two")
     assert path.read_bytes() == b"two" and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
     assert fmt.tmp_path(Path("/x/f.bin")) == Path("/x/.f.bin.tmp")
+
+
+def test_plain_webdataset_reads_our_shards(labelled_shards):
+    """Our shards are standard WebDataset: `webdataset.WebDataset` yields the same samples, with the same
+    keys and members, as deteclap.format reads (label scores included), and decodes them."""
+    import numpy as np
+    import webdataset as wds
+
+    tars = fmt.list_tars(labelled_shards, "train")
+    ours = [(key, members) for tar in tars for key, members in fmt.iter_tar_samples(tar)]
+    dataset = wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False)
+    theirs = list(dataset)
+    assert [s["__key__"] for s in theirs] == [key for key, _ in ours] and len(ours) == 8
+    for sample, (_, members) in zip(theirs, ours):
+        assert {ext: data for ext, data in sample.items() if not ext.startswith("__")} == members
+    # webdataset's default decoders read `.cls` as a text integer; ours is raw multi-hot bytes, so a
+    # user decodes only the members that are standard (json) and reads the raw ones with numpy
+    reader = wds.WebDataset([str(tars[0])], shardshuffle=False).decode(only=["json"])
+    meta, scores, cls = next(iter(reader.to_tuple("json", "truth_audio.f16", "cls")))
+    assert np.frombuffer(cls, np.uint8).sum() == 1
+    assert meta["key"] == ours[0][0]
+    vocabulary = fmt.load_dataset_json(labelled_shards)["label_vocabulary"]
+    assert np.frombuffer(scores, fmt.SCORE_DTYPE).shape == (len(vocabulary),)
+
+
+@needs_wds2idx
+def test_wds2idx_agrees_with_our_index_after_labelling(labelled_shards, tmp_path):
+    """DALI's wds2idx writes the index our writer wrote, also after labelling rewrote the tars."""
+    import wds2idx
+
+    for tar in fmt.list_tars(labelled_shards):
+        with wds2idx.IndexCreator(str(tar), str(tmp_path / "x.idx"), verbose=False) as creator:
+            creator.create_index()
+        assert (tmp_path / "x.idx").read_text() == fmt.index_path(tar).read_text()
+        assert fmt.check_index(tar) is None

@@ -13,6 +13,7 @@ import torch
 
 from deteclap import audio
 from tests.test_loader import keep, make_cfg, rewrite_shards
+from tests.conftest import needs_dali
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -40,7 +41,7 @@ def check_fbank(device: str) -> None:
 
 
 def check_noise_and_frames(device: str) -> None:
-    from deteclap.data.loader import normalize_frames
+    from deteclap.data.common import normalize_frames
 
     noisy = audio.add_noise_and_roll(torch.zeros(2, AUDIO_LENGTH, 128, device=device))
     assert noisy.device.type == device and float(noisy.min()) >= 0 and float(noisy.max()) < 1 / audio.NOISE_SCALE
@@ -77,6 +78,6 @@ def test_noise_and_frames_stay_on_the_gpu() -> None:
     check_noise_and_frames("cuda")
 
 
+@needs_dali
 def test_dali_gpu_pipeline_matches_the_reference(shard_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("nvidia.dali")
     check_dali_matches_reference(rewrite_shards(shard_dir, tmp_path / "s", keep, add_scores=True), "gpu")

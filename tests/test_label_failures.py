@@ -3,7 +3,6 @@
 Both loaders either raise naming the sample or, with data.on_error=skip, leave it out and count it.
 """
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -11,8 +10,10 @@ import numpy as np
 import pytest
 
 from deteclap.config import load_config
-from deteclap.data.loader import DataError, build_loader
+from deteclap.data.common import DataError
+from deteclap.data.loader import build_loader
 from deteclap.labels.store import read_scores, shard_paths, write_scores
+from tests.conftest import HAVE_DALI, needs_dali
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.json"
 
@@ -43,7 +44,7 @@ def test_loaders_raise_naming_the_shard_sample_and_reason(one_failed):
     want = rf"train-000000\.tar: sample {bad_key}: label_failed: label scores are NaN"
     with pytest.raises(DataError, match=want):
         list(build_loader(cfg_for(shards, "raise"), train=False))
-    if importlib.util.find_spec("nvidia.dali") is not None:
+    if HAVE_DALI:
         from dali_pipes.iterator import build_dali_loader
 
         cfg = cfg_for(shards, "raise")
@@ -60,8 +61,8 @@ def test_reference_loader_skips_and_counts_it(one_failed):
     assert loader.skipped["label_failed"] == 1
 
 
+@needs_dali
 def test_dali_cpu_loader_skips_and_counts_it(one_failed):
-    pytest.importorskip("nvidia.dali")
     from dali_pipes.iterator import build_dali_loader
 
     shards, bad_key, total = one_failed

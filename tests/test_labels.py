@@ -397,3 +397,56 @@ def test_cli_on_shards_without_samples(tmp_path, capsys):
     argv = [str(tmp_path / "shards"), "--labellers", "truth", "--truth", str(tmp_path / "truth.jsonl"), "--no-progress"]
     assert main(argv) == 0
     assert "truth_audio: 0 clips, 0 failed" in capsys.readouterr().out
+
+
+def test_relabelling_with_other_settings_stops_and_says_how_to_force(shards, synth_dir, capsys):
+    from deteclap.label import main
+
+    truth_file = str(synth_dir / "truth.jsonl")
+    argv = [str(shards), "--labellers", "truth", "--truth", truth_file, "--no-progress"]
+    assert main([*argv, "--seed", "3"]) == 0
+    before = folder_bytes(shards)
+    capsys.readouterr()
+    assert main([*argv, "--seed", "4"]) == 2                 # other noise: the stored scores would be kept
+    err = capsys.readouterr().err
+    assert "3 shard(s) hold `truth_audio` scores made with other settings" in err
+    assert "--seed: 3 -> 4" in err and "--force" in err
+    assert folder_bytes(shards) == before
+    assert main([*argv, "--seed", "3", "--batch-size", "2", "--device", "cpu"]) == 0   # no effect on scores
+    assert "skipped 3 already done" in capsys.readouterr().out
+    assert folder_bytes(shards) == before
+    old = store.read_scores(shards)
+    assert main([*argv, "--seed", "4", "--force"]) == 0
+    new = store.read_scores(shards)
+    assert any(not np.array_equal(old[k]["truth_audio"], new[k]["truth_audio"]) for k in old)
+    assert store.load_dataset_json(shards)["labeller_settings"]["truth_audio"]["seed"] == 4
+    assert main([*argv, "--seed", "4"]) == 0                 # the new settings are the stored ones now
+
+
+def test_forced_relabelling_cut_short_resumes_with_the_new_settings(shards, shard_dir, synth_dir, tmp_path,
+                                                                   monkeypatch):
+    from deteclap.label import main
+
+    argv = [str(shards), "--labellers", "truth", "--truth", str(synth_dir / "truth.jsonl"), "--no-progress"]
+    assert main([*argv, "--seed", "3"]) == 0
+    real_write, written = store.write_scores, []
+
+    def write_then_fail(tar_path, labeller, scores):   # the forced run dies after its first shard
+        if written:
+            raise KeyboardInterrupt
+        written.append(tar_path)
+        real_write(tar_path, labeller, scores)
+
+    monkeypatch.setattr(store, "write_scores", write_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--seed", "4", "--force"])
+    monkeypatch.setattr(store, "write_scores", real_write)
+    assert main([*argv, "--seed", "4"]) == 0                 # resumes: relabels the shards left with seed 3
+    fresh = tmp_path / "fresh"
+    shutil.copytree(shard_dir, fresh)
+    assert main([str(fresh), *argv[1:], "--seed", "4"]) == 0
+    got, want = store.read_scores(shards), store.read_scores(fresh)
+    assert set(got) == set(want)
+    for key in want:
+        for name in ("truth_audio", "truth_visual"):
+            assert np.array_equal(got[key][name], want[key][name]), (key, name)

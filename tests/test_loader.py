@@ -20,8 +20,10 @@ from deteclap.config import Config
 from deteclap.data import build
 from deteclap.data.decode import DecodeError, decode_video_frames
 from deteclap.data.mp4 import Mp4LayoutError, find_sample
-from deteclap.data.loader import DataError, ReferenceLoader, build_loader, decode_frame, scan_samples
+from deteclap.data.common import DataError
+from deteclap.data.loader import ReferenceLoader, build_loader, decode_frame, scan_samples
 from deteclap.format import iter_tar_samples
+from tests.conftest import needs_dali
 
 NUM_LABELS = 601
 Edit = Callable[[str, str, bytes], "bytes | None"]
@@ -203,12 +205,6 @@ def test_resume_skips_batches(shard_dir: Path) -> None:
     assert other_epoch != full                                       # shuffled per epoch
 
 
-def _dali_available() -> bool:
-    from deteclap.data import dali_available
-
-    return dali_available()
-
-
 def loader_factory(loader: str) -> Callable[..., Any]:
     """build_loader, or build_dali_loader on the CPU: called as make(cfg, train=..., ...)."""
     if loader == "dali":
@@ -220,7 +216,7 @@ def loader_factory(loader: str) -> Callable[..., Any]:
 
 BAD_SAMPLES = [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member"),
                ("22k.flac", "bad_audio"), ("truth.f16", "bad_scores")]
-LOADERS = ["reference", pytest.param("dali", marks=pytest.mark.skipif(not _dali_available(), reason="no DALI"))]
+LOADERS = ["reference", pytest.param("dali", marks=needs_dali)]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -246,7 +242,7 @@ def test_bad_sample_raise_or_skip(shard_dir: Path, tmp_path: Path, loader: str, 
 def test_batch_whose_every_label_failed_is_left_out() -> None:
     """All rows' label scores NaN (their labelling failed), on_error=skip: an empty batch that the
     loaders drop, every key reported as label_failed (no fbank of zero rows)."""
-    from deteclap.data.loader import finish_batch
+    from deteclap.data.common import finish_batch
 
     cfg = make_cfg(Path("."), variant="or")
     cfg.data.on_error = "skip"
@@ -330,7 +326,8 @@ def test_frame_preparation_is_cav_mae_preprocessing(shape: tuple[int, int, int])
     import torchvision.transforms as T
 
     from deteclap.config import IMAGE_MEAN, IMAGE_STD
-    from deteclap.data.loader import frame_transform, normalize_frames
+    from deteclap.data.common import normalize_frames
+    from deteclap.data.loader import frame_transform
 
     official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
                           T.ToTensor(), T.Normalize(mean=IMAGE_MEAN, std=IMAGE_STD)])

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deteclap import storage
+from deteclap.format import storage
 from deteclap.shard import verify_shards, write_shards
+from tests.conftest import needs_dali
 
 SAMPLES_PER_SHARD = 3
 
@@ -241,12 +242,10 @@ def _assert_same_batches(ours: list[dict], reference: list[dict]) -> None:
                 torch.testing.assert_close(a[name], value, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("loader", ["reference", "dali"])
+@pytest.mark.parametrize("loader", ["reference", pytest.param("dali", marks=needs_dali)])
 def test_loaders_read_shards_from_s3(s3_bucket, labelled_shards, loader):
-    from tests.test_loader import _dali_available, loader_factory, make_cfg
+    from tests.test_loader import loader_factory, make_cfg
 
-    if loader == "dali" and not _dali_available():
-        pytest.skip("no DALI")
     url = _upload(labelled_shards, f"{s3_bucket}/shards")
     make = loader_factory(loader)
     for train in (True, False):
@@ -351,3 +350,59 @@ def test_label_actor_killed_mid_shard_is_retried(ray_cluster, shard_dir, synth_d
     meta = json.loads((remote / "dataset.json").read_text())
     assert meta["labellers"] == ["truth_audio"] and meta["labelled_shards"]["truth_audio"] == sorted(
         p.name for p in local.glob("*.tar"))
+
+
+def test_s3_folder_src_lists_the_files_not_taken(s3_bucket, synth_dir, tmp_path):
+    rows = [json.loads(line) for line in (synth_dir / "truth.jsonl").read_text().splitlines()]
+    videos = [(synth_dir / row["file"]).read_bytes() for row in rows[:3]]
+    src = f"{s3_bucket}/folder"
+    storage.write_bytes(f"{src}/a.mp4", videos[0])
+    storage.write_bytes(f"{src}/sub/b.mkv", videos[1])       # any VIDEO_EXTENSIONS name, recursive
+    storage.write_bytes(f"{src}/c", videos[2])               # no extension: taken by its content
+    storage.write_bytes(f"{src}/song.m4a", b"audio only")
+    storage.write_bytes(f"{src}/notes", b"not a container")
+    summary = write_shards(src, tmp_path / "out", samples_per_shard=SAMPLES_PER_SHARD)
+    assert summary["samples"] == 3 and summary["failed"] == 0, summary
+    assert sorted((row["source"], row["reason"]) for row in summary["ignored"]) == [
+        ("notes", "no extension"), ("song.m4a", ".m4a")]
+    ids = []
+    for path in (tmp_path / "out").glob("*.tar"):
+        with tarfile.open(path) as tar:
+            ids += [json.loads(tar.extractfile(info).read())["id"] for info in tar if info.name.endswith(".json")]
+    assert sorted(ids) == ["a", "c", "sub/b"]
+
+
+def test_video2dataset_split_leaving_out_is_a_bad_row(synth_dir, tmp_path):
+    src = tmp_path / "v2d"
+    src.mkdir()
+    metas = _video2dataset_tars(synth_dir, src)
+    bad_key = sorted(metas)[0]
+    with tarfile.open(src / "00002.tar", "w") as tar:         # one more sample whose split leaves OUT
+        for ext, data in (("mp4", (synth_dir / "truth.jsonl").read_bytes()),
+                          ("json", json.dumps({"key": bad_key + "x", "split": "../../escaped"}).encode())):
+            info = tarfile.TarInfo(f"{bad_key}x.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "deep" / "out"
+    summary = write_shards(str(src), out, samples_per_shard=SAMPLES_PER_SHARD)
+    assert summary["samples"] == 8 and summary["reasons"] == {"bad_manifest_row": 1}
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert [row["source"] for row in failures] == [f"00002.tar#{bad_key}x.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep", "v2d"]
+
+
+def test_damaged_tar_in_s3_is_named_and_left_as_it_was(s3_bucket, shard_dir, synth_dir, tmp_path, capsys):
+    from deteclap import label
+
+    url = _upload(shard_dir, f"{s3_bucket}/damaged")
+    first = sorted(p.name for p in shard_dir.glob("*.tar"))[0]
+    whole = (shard_dir / first).read_bytes()
+    storage.write_bytes(storage.join(url, first), whole[:len(whole) // 2])     # cut inside a member
+    assert "damaged" in " ".join(verify_shards(url).errors)
+    truth = str(Path(synth_dir) / "truth.jsonl")
+    assert label.main([url, "--labellers", "truth", "--truth", truth, "--no-progress"]) == 1
+    assert f"{first} not labelled (left as it was)" in capsys.readouterr().err
+    assert storage.read_bytes(storage.join(url, first)) == whole[:len(whole) // 2]
+    meta = json.loads(storage.read_text(storage.join(url, "dataset.json")))
+    assert meta["labellers"] == [] and first not in meta["labelled_shards"]["truth_audio"]
+    assert len(meta["labelled_shards"]["truth_audio"]) == len(list(shard_dir.glob("*.tar"))) - 1

@@ -28,16 +28,16 @@ from scipy.signal import resample_poly
 from deteclap.data.decode import decode_audio, decode_video_frames
 from deteclap.format import read_tar_samples
 from deteclap.shard import SEEK_MARGIN, EncodeSettings, frame_instants, main, verify_shards, write_shards
-from deteclap.shard.clip import _segment_video
+from deteclap.clip import _segment_video
 from deteclap.shard.write import JOB_STATS_JSON, STATS_SUFFIX
 from deteclap.synth import make_broken_files, write_mp4
+from tests.conftest import REPO, needs_dali, needs_wds2idx
 
 VIDEO_MAE_TOLERANCE = 8.0
 AUDIO_MIN_CORRELATION = 0.99
 AUDIO_RMS_TOLERANCE = 0.01
 EXPECTED_REASON = {"truncated": "corrupt", "audio_only": "no_video", "video_only": "no_audio",
                    "empty": "empty_file", "text": "not_media"}
-REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,7 @@ def test_dataset_json_and_class_vectors(shard_dir, synth_dir):
         assert json.loads(members["json"])["split"] == "train"
 
 
+@needs_wds2idx
 def test_index_is_what_wds2idx_writes(shard_dir, tmp_path):
     import wds2idx
 
@@ -183,6 +184,7 @@ def test_index_is_what_wds2idx_writes(shard_dir, tmp_path):
         assert (tmp_path / "x.idx").read_text() == (shard_dir / shard["index"]).read_text()
 
 
+@needs_dali
 def test_dali_reads_the_shards_with_index_on_cpu(shard_dir):
     from nvidia.dali import fn, pipeline_def, types
 
@@ -229,6 +231,10 @@ def test_killed_run_restarts_to_identical_output(synth_dir, shard_dir, tmp_path)
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # killed mid-run: by the signal, after the first shard and before the last
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "train-000000.tar").exists() and not (out / "train-000002.tar").exists()
+    assert _tree(out) != _tree(shard_dir)
     assert main([str(synth_dir / "truth.jsonl"), str(out), "--quiet", "--split", "train",
                  "--samples-per-shard", "3"]) == 0
     assert _tree(out) == _tree(shard_dir)
@@ -477,7 +483,7 @@ def long_source(tmp_path_factory) -> Path:
 def _shard_segments(manifest: Path, out: Path, monkeypatch, **constants) -> dict[str, dict[str, bytes]]:
     with monkeypatch.context() as patch:
         for name, value in constants.items():
-            patch.setattr(f"deteclap.shard.clip.{name}", value)
+            patch.setattr(f"deteclap.clip.{name}", value)
         summary = write_shards(manifest, out, samples_per_shard=8, settings=EncodeSettings(min_seconds=0.5))
     assert summary["failed"] == 0, _failure_rows(out)
     return _samples(out)
@@ -503,5 +509,5 @@ def test_seeking_stores_the_samples_of_a_decode_from_the_start(long_source, tmp_
         assert early[key] == members, key
 
     # the late segment really was decoded from the key frame at 25 s, not from 0 s
-    frames, first = _segment_video(long_source, 0.0, 30.0, 40.0)
-    assert 0 < first <= 30.0 - SEEK_MARGIN and len(frames) == 100
+    frames, count, first = _segment_video(long_source, 0.0, 30.0, 40.0)
+    assert 0 < first <= 30.0 - SEEK_MARGIN and count == 100 and len(frames) == 10

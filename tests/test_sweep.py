@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, set_args, small_run
+
 CONFIG = str(REPO / "configs" / "tiny.json")
 
 
 def overrides(shards: Path) -> list[str]:
-    values = {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.eval_split": "train",
-              "data.batch_size": 4, "data.num_workers": 0, "deepspeed.precision": "fp32",
-              "run.max_steps": 2, "run.log_every": 1, "run.checkpoint_every": 2}
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+    return set_args(small_run(shards, **{"data.batch_size": 4, "run.max_steps": 2, "run.checkpoint_every": 2}))
 
 
 @pytest.fixture(autouse=True)

@@ -21,32 +21,21 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, set_args, small_run, subprocess_env
+
 TRAIN = str(REPO / "deteclap" / "train.py")
 TERMS = ("total", "contrastive", "mae_audio", "mae_visual", "a2l", "v2l")
 
 
 def overrides(shards: Path, out_dir: Path, **extra: object) -> list[str]:
-    values = {"data.train_shards": str(shards), "data.eval_shards": str(shards), "data.batch_size": 2,
-              "data.num_workers": 0, "run.out_dir": str(out_dir),
-              "run.log_every": 1, "run.checkpoint_every": 2, "run.max_steps": 4, "deepspeed.precision": "fp32",
-              "data.train_split": "train", "data.eval_split": "train", **extra}
-    args = []
-    for key, value in values.items():
-        if value is not None:
-            args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    return args
-
-
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    out.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return out
+    """`--set` arguments of a 4-step run (batches of 2, checkpoints every 2 steps) into out_dir."""
+    return set_args(small_run(shards, **{"data.batch_size": 2, "run.out_dir": str(out_dir), "run.checkpoint_every": 2,
+                                         "run.max_steps": 4, **extra}))
 
 
 def run_train(args: list[str], launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [TRAIN, "--config", str(REPO / "configs" / "tiny.json"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -71,7 +60,7 @@ def test_one_process_logs_every_term_checkpoints_and_evaluates(labelled_shards, 
     out = tmp_path / "eval.json"
     proc = subprocess.run([sys.executable, "-m", "deteclap.evaluate", "--config", str(REPO / "configs" / "tiny.json"),
                            "--checkpoint", str(run_dir), "--json", str(out), *overrides(labelled_shards, run_dir)],
-                          capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
+                          capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     for direction in ("a2v", "v2a"):
@@ -107,7 +96,7 @@ def test_killed_run_resumes_to_the_same_losses(labelled_shards, tmp_path):
     killed = tmp_path / "killed"
     cmd = [sys.executable, TRAIN, "--config", str(REPO / "configs" / "tiny.json"),
            *overrides(labelled_shards, killed, **steps)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
     latest = killed / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not latest.is_file():
@@ -156,3 +145,71 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(labelled_shards, tmp_
     assert "non-finite loss at step 3" in proc.stderr and "step_00000002" in proc.stderr
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert not (run_dir / "checkpoints" / "step_00000004").exists()
+
+
+def test_resume_over_what_a_kill_leaves(labelled_shards, tmp_path):
+    """The folder a kill while saving step 4 leaves (`latest` still at step 2, step 4's DeepSpeed state
+    written, its model.pt only an orphan temporary file), then the one a kill while logging step 4
+    leaves (a torn last line in metrics.jsonl): each resume cleans up, says so, and reaches the
+    losses of the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    run_train(overrides(labelled_shards, run_dir))                     # 4 steps, checkpoints at 2 and 4
+    straight = metrics(run_dir)
+    checkpoints, log = run_dir / "checkpoints", run_dir / "metrics.jsonl"
+    step4 = checkpoints / "step_00000004"
+
+    (checkpoints / "latest").write_text("step_00000002\n")
+    (step4 / "model.pt").rename(step4 / ".model.pt.tmp99999")
+    proc = run_train(overrides(labelled_shards, run_dir) + ["--resume"])
+    assert f"removed {step4 / '.model.pt.tmp99999'}" in proc.stdout
+    assert f"removed {step4}: newer than step_00000002" in proc.stdout
+    assert (step4 / "model.pt").is_file() and not list(run_dir.rglob(".*.tmp*"))
+
+    (checkpoints / "latest").write_text("step_00000002\n")
+    shutil.rmtree(step4)
+    lines = log.read_text().splitlines()
+    log.write_text("".join(line + "\n" for line in lines[:3]) + lines[3][:25])
+    proc = run_train(overrides(labelled_shards, run_dir) + ["--resume"])
+    assert f"{log}: dropped its torn last line" in proc.stdout
+    resumed = metrics(run_dir)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for ra, rb in zip(straight, resumed):
+        for term in TERMS:
+            assert rb[term] == pytest.approx(ra[term], rel=1e-5, abs=1e-6), (ra["step"], term)
+
+
+def test_unusable_run_folder_or_config_stops_with_a_message(labelled_shards, tmp_path):
+    """Checked before any training: a damaged metrics line before the last, `latest` naming a missing
+    checkpoint, a value out of range (also through `python -m deteclap.train`)."""
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints" / "step_00000002"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "mp_rank_00_model_states.pt").write_bytes(b"state")
+    (checkpoints / "model.pt").write_bytes(b"weights")
+    (run_dir / "checkpoints" / "latest").write_text("step_00000002\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "total": 1.0}\n{"step": 2, "to\n{"step": 3, "total": 0.5}\n')
+    before = files(run_dir)
+
+    def run_module(args: list[str]) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "deteclap.train", "--config", str(REPO / "configs" / "tiny.json"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=600)
+
+    proc = run_module(overrides(labelled_shards, run_dir) + ["--resume"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"error: {run_dir / 'metrics.jsonl'}:2: not a metrics record" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    (run_dir / "checkpoints" / "latest").write_text("step_00000008\n")
+    proc = run_train(overrides(labelled_shards, run_dir) + ["--resume"], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{run_dir / 'checkpoints' / 'latest'} names 'step_00000008'" in proc.stderr
+    assert f"echo step_00000002 > {run_dir / 'checkpoints' / 'latest'}" in proc.stderr
+    assert files(run_dir) == {**before, "checkpoints/latest": b"step_00000008\n"}     # nothing changed
+
+    for bad, fragment in (({"data.batch_size": 0}, "data.batch_size: 0 must be >= 1"),
+                          ({"run.checkpoint_every": 0}, "run.checkpoint_every: 0 must be >= 1"),
+                          ({"run.max_steps": -5}, "run.max_steps: -5 must be >= 1"),
+                          ({"loss.mask_ratio_a": 1.5}, "loss.mask_ratio_a: 1.5 must lie in [0, 1)")):
+        proc = run_module(overrides(labelled_shards, tmp_path / "fresh", **bad))
+        assert proc.returncode == 2 and f"tiny.json (with --set overrides): {fragment}" in proc.stderr, proc.stderr
+    assert not (tmp_path / "fresh").exists()

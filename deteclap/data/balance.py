@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deteclap import storage
-from deteclap.data.loader import DataError, Skipped, epoch_seed
-from deteclap.format import CLASSES_EXT, index_entries
+from deteclap.data.common import DataError, Skipped, epoch_seed
+from deteclap.format import CLASSES_EXT, scan_shard, storage
 
 LABEL_WEIGHT_SCALE = 1000.0   # CAV-MAE: label_weight = 1000 / (label_count + 0.01)
 LABEL_COUNT_EPSILON = 0.01
@@ -45,11 +44,13 @@ def read_classes(tars: list[Path], num_classes: int | None = None
     """Every sample's class vector, in tar order: ((tar, key) per row, uint8 [N, K], bad samples).
 
     Bad (left out): no `KEY.cls` member, or one of another size than `num_classes` bytes (without
-    it, than most samples' size)."""
+    it, than most samples' size), and the tar's unusable samples (`deteclap.format.scan_shard`)."""
     found: list[tuple[str, str, int, int]] = []        # (tar, key, offset, size)
     bad: list[Skipped] = []
     for tar in tars:
-        for key, members in index_entries(tar).items():
+        scan = scan_shard(tar)
+        bad += [Skipped(str(tar), key, reason) for key, (reason, _) in scan.bad.items()]
+        for key, members in scan.entries.items():
             member = next(((offset, size) for ext, offset, size, _ in members if ext == CLASSES_EXT), None)
             if member is None:
                 bad.append(Skipped(str(tar), key, "missing_member"))
@@ -93,7 +94,7 @@ def epoch_repeats(tars: list[Path], seed: int, epoch: int, on_error: str = "rais
     if bad and on_error == "raise":
         first = bad[0]
         raise DataError(f"{first.shard}: sample {first.key}: {first.reason}: balanced sampling needs every "
-                        f"sample's {CLASSES_EXT} member with one byte per class ({len(bad)} bad samples)")
+                        f"sample whole, with a {CLASSES_EXT} member of one byte per class ({len(bad)} bad samples)")
     if not names or float(weights.sum()) <= 0:
         raise DataError(f"balanced sampling: no sample in {[str(t) for t in tars[:3]]}... has a class")
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))

@@ -1,16 +1,14 @@
 """Reference PyTorch loader: shard tars -> the batch dict of docs/INTERNALS.md, no DALI needed.
 
-Owns the shard listing shared with dali_pipes (`resolve_shards`, `scan_samples`, `DataError`) and
-`build_loader(cfg, train, rank, world_size, epoch)`. Per sample (in DataLoader workers): the tar
-is read with python's tarfile (members grouped by the key rule of deteclap.format, WebDataset's),
-ONLY the sampled frame decoded (its bytes found in the mp4 sample table,
-deteclap.data.mp4, and decoded by a reused decoder), resized and cropped exactly like CAV-MAE
-(PIL T.Resize(224, BICUBIC) + CenterCrop, skipped for frames stored at 224 x 224) and kept as
-uint8, the FLAC decoded with soundfile. Per batch: ToTensor + Normalize's ops on the frames
-(`normalize_frames`), the Kaldi fbank of deteclap.audio on the padded waves (in the workers on the
-CPU, in the main process on a GPU or with mixup), SpecAugment / noise in training, targets from
-deteclap.data.targets. Workers flush denormals; the main process finishes a batch on one torch
-thread on the CPU (`single_cpu_thread`).
+Owns `build_loader(cfg, train, rank, world_size, epoch)` (what it shares with the DALI loader is in
+deteclap.data.common). Per sample (in DataLoader workers): the tar is read with python's tarfile
+(members grouped by the key rule of deteclap.format, WebDataset's), ONLY the sampled frame decoded
+(its bytes found in the mp4 sample table, deteclap.data.mp4, and decoded by a reused decoder),
+resized and cropped exactly like CAV-MAE (PIL T.Resize(224, BICUBIC) + CenterCrop, skipped for
+frames stored at 224 x 224) and kept as uint8, the FLAC decoded with soundfile. Per batch:
+`finish_batch` (deteclap.data.common) in the main process; the Kaldi fbank of deteclap.audio is
+computed on the padded waves in the workers on the CPU, in the main process on a GPU or with mixup.
+Workers flush denormals.
 
 Sharding: a training epoch is a draw, {tar: {key: times}}: every sample once, or with
 `finetune.balanced_sampling` as many times as deteclap.data.balance drew it (CAV-MAE's
@@ -26,122 +24,33 @@ in `loader.skipped`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import glob
 import os
 import random
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from deteclap import audio, storage
-from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
+from deteclap import audio
+from deteclap.config import Config
+from deteclap.data.balance import epoch_repeats, rank_shares
+from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
+                                  finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.device import flush_denormals
-from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, index_entries,
-                             is_score_member, iter_tar_samples, labeller_of, list_tars,
-                             load_dataset_json, score_member)
-
-
-
-EPOCH_SEED_STRIDE = 1009  # keeps the (seed, epoch) sample streams of a run apart
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's sample order and augmentation (shared by both loaders)."""
-    return seed * EPOCH_SEED_STRIDE + epoch
-
-
-class DataError(RuntimeError):
-    """A bad sample (corrupt or missing member) with on_error=raise; names the shard and key."""
-
-
-# ----------------------------------------------------------------------------------------------
-# shard listing (shared with dali_pipes)
-def resolve_shards(spec: str, split: str) -> list[Path]:
-    """Tars of one split: `spec` is a shard folder (the tars its dataset.json lists for the split, else
-    its `{split}-*.tar`) or a glob of tars.
-
-    Raises:
-        FileNotFoundError: nothing matches (the message says what was looked for).
-    """
-    if not spec:
-        raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
-    root = Path(spec)
-    if storage.is_url(spec) or root.is_dir():       # a folder, or a folder in object storage
-        tars = list_tars(root, split)
-        if not tars:
-            found = [name for name in storage.list_names(root) if name.endswith(".tar")]
-            raise FileNotFoundError(f"{spec}: no `{split}-*.tar` shards (split `{split}`); found {found[:5]}")
-        return tars
-    tars = sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
-    if not tars:
-        raise FileNotFoundError(f"{spec}: no tar file matches")
-    return tars
-
-
-@dataclass
-class ShardFacts:
-    """What a shard folder's dataset.json tells the loaders; a glob of tars tells nothing (defaults)."""
-    format_version: int = 0
-    square_side: int | None = None    # frames stored at side x side (encoding `crop`, the default)
-    score_bytes: int | None = None    # of every `KEY.<labeller>.f16`: 2 per label_vocabulary class
-    codec: str | None = None          # the stored video codec
-    num_classes: int | None = None    # bytes of every `KEY.cls`: one per dataset.json `classes` entry
-
-
-def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None:
-    """The `bad_scores` detail for a sample's {member ext: byte size}, or None when every label-score
-    member holds `expected` bytes (or nothing is expected: no dataset.json). Both loaders use it."""
-    wrong = {ext: n for ext, n in sizes.items() if is_score_member(ext) and n != expected}
-    if expected is None or not wrong:
-        return None
-    return f"{wrong} bytes, not {expected} (float16 per class of dataset.json's label_vocabulary)"
-
-
-def bad_audio_detail(num_samples: int, rate: float) -> str | None:
-    """The `bad_audio` detail of a decoded FLAC, or None when it is 16 kHz and holds at least one
-    fbank window (the shards store 16 kHz; nothing is resampled). Both loaders use it."""
-    if rate == audio.SAMPLE_RATE and audio.num_frames(num_samples) > 0:
-        return None
-    return f"{num_samples} samples at {rate:g} Hz (need >= 1 window at 16 kHz)"
-
-
-def shard_facts(spec: str) -> ShardFacts:
-    """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
-    if not storage.is_file(Path(spec) / DATASET_JSON):
-        return ShardFacts()
-    meta = load_dataset_json(spec)
-    encoding, vocabulary, classes = meta.get("encoding", {}), meta.get("label_vocabulary"), meta.get("classes")
-    return ShardFacts(format_version=meta.get("format_version", 1),
-                      square_side=encoding.get("short_side") if encoding.get("crop") else None,
-                      score_bytes=None if vocabulary is None else 2 * len(vocabulary),
-                      codec=encoding.get("codec"), num_classes=None if classes is None else len(classes))
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, VIDEO_EXT, FormatError, is_score_member, iter_tar_samples,
+                             labeller_of, scan_shard, storage)
 
 
 def scan_samples(tar: Path) -> dict[str, set[str]]:
-    """{key: member extensions} of a tar, in tar order; read from its .idx when present."""
-    return {key: {entry[0] for entry in entries} for key, entries in index_entries(tar).items()}
-
-def required_members(cfg: Config) -> list[str]:
-    """Member extensions every sample must hold for this config (label scores included)."""
-    from deteclap.data.targets import required_labellers
-
-    if cfg.finetune.task:
-        labellers: list[str] = []
-    else:
-        labellers = list(required_labellers(cfg.labels))
-    return [VIDEO_EXT, AUDIO_EXT, META_EXT, CLASSES_EXT] + [score_member(name) for name in labellers]
-
-
-def batch_size(cfg: Config, train: bool) -> int:
-    """Samples per batch: data.batch_size in training, eval.batch_size in evaluation."""
-    return cfg.data.batch_size if train else cfg.eval.batch_size
+    """{key: member extensions} of a tar's samples from its headers (`deteclap.format.scan_shard`),
+    in tar order, then the keys of its unusable samples (`scan.bad`, no extensions): an epoch
+    draws those too, so that each is counted (or raises) when the tar is read instead of vanishing."""
+    scan = scan_shard(tar)
+    return {**{key: {entry[0] for entry in entries} for key, entries in scan.entries.items()},
+            **dict.fromkeys(scan.bad, set())}
 
 
 def epoch_tar_order(tars: list[Path], seed: int, epoch: int) -> list[Path]:
@@ -154,30 +63,6 @@ def epoch_tar_order(tars: list[Path], seed: int, epoch: int) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------
 # per-sample work (DataLoader workers)
-@dataclass
-class Skipped:
-    """A sample left out: its shard, key and reason (travels from the workers to `skipped`)."""
-    shard: str
-    key: str
-    reason: str
-
-
-class SkipLog:
-    """What a loader left out of its epoch: `skipped` {reason: count} and `skipped_samples`. Each
-    (shard, key, reason) counts once: a balanced draw can hold a sample several times."""
-
-    def __init__(self) -> None:
-        self.skipped: Counter[str] = Counter()
-        self.skipped_samples: list[Skipped] = []
-        self._seen: set[tuple[str, str, str]] = set()
-
-    def _count(self, item: Skipped) -> None:
-        if (item.shard, item.key, item.reason) not in self._seen:
-            self._seen.add((item.shard, item.key, item.reason))
-            self.skipped[item.reason] += 1
-            self.skipped_samples.append(item)
-
-
 def frame_transform(img_size: int) -> Callable[[np.ndarray], torch.Tensor]:
     """CAV-MAE's image geometry (src/dataloader.py: PIL Resize(img_size, bicubic) + CenterCrop) as a
     function of a uint8 RGB array [H, W, 3] -> uint8 [3, img_size, img_size]; `normalize_frames`
@@ -195,14 +80,6 @@ def frame_transform(img_size: int) -> Callable[[np.ndarray], torch.Tensor]:
         return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
 
     return transform
-
-
-def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB [B, 3, H, W] -> float32 CAV-MAE-normalised: torchvision's ToTensor + Normalize ops
-    (x / 255, then (x - mean) / std per channel), so the values are the same."""
-    mean = torch.tensor(IMAGE_MEAN, device=frames.device).view(3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=frames.device).view(3, 1, 1)
-    return frames.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=4)
@@ -260,9 +137,10 @@ class ShardSamples(torch.utils.data.IterableDataset):
     """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
 
     def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None,
-                 repeats: dict[str, dict[str, int]] | None = None) -> None:
+                 repeats: dict[str, dict[str, int]] | None = None, num_classes: int | None = None) -> None:
         self.tars, self.cfg, self.train, self.seed, self.score_size = tars, cfg, train, seed, score_size
         self.repeats = repeats            # training: this rank's times per sample (absent: 0); None: each once
+        self.num_classes = num_classes    # bytes of every KEY.cls (dataset.json's class count); None: unchecked
         self.exts = required_members(cfg)
 
     def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
@@ -273,6 +151,9 @@ class ShardSamples(torch.utils.data.IterableDataset):
         missing = [ext for ext in self.exts if ext not in members]
         if missing:
             raise DataError("missing_member", f"missing members {missing}")
+        if self.num_classes is not None and len(members[CLASSES_EXT]) != self.num_classes:
+            raise DataError("bad_classes", f"{CLASSES_EXT} of {len(members[CLASSES_EXT])} bytes, not one per class "
+                                           f"of dataset.json's {self.num_classes}")
         data = self.cfg.data
         frame_index = rng.randrange(data.num_frames) if self.train else data.eval_frame
         try:
@@ -297,12 +178,14 @@ class ShardSamples(torch.utils.data.IterableDataset):
                 "scores": scores}
 
     def _draws(self, tar: Path, key: str, members: dict[str, bytes], times: int, rng: random.Random,
-               transform: Any) -> Iterator[Any]:
-        """The sample decoded `times` times (a balanced draw can repeat it). A bad one (on_error=skip)
-        gives a `Skipped` marker for each draw left, so that the stream keeps its length (and every
-        rank its batch count); the loader counts it once."""
+               transform: Any, bad: tuple[str, str] | None = None) -> Iterator[Any]:
+        """The sample decoded `times` times (a balanced draw can repeat it). A bad one (on_error=skip;
+        `bad`: (reason, detail) known before decoding) gives a `Skipped` marker for each draw left, so
+        that the stream keeps its length (and every rank its batch count); the loader counts it once."""
         for draw in range(times):
             try:
+                if bad is not None:
+                    raise DataError(*bad)
                 yield self.decode(tar, key, members, rng, transform)
             except DataError as err:
                 reason, detail = err.args
@@ -319,18 +202,38 @@ class ShardSamples(torch.utils.data.IterableDataset):
         buffer: list[Any] = []
         size = self.cfg.data.shuffle_buffer if self.train else 0
         for tar in self.tars[worker::workers]:
-            drawn = None if self.repeats is None else self.repeats.get(str(tar), {})
-            for key, members in iter_tar_samples(tar):
-                times = 1 if drawn is None else drawn.get(key, 0)
-                for item in self._draws(tar, key, members, times, rng, transform):
-                    if size <= 1:
-                        yield item
-                        continue
-                    buffer.append(item)
-                    if len(buffer) >= size:
-                        yield buffer.pop(rng.randrange(len(buffer)))
+            for item in self._tar_items(tar, rng, transform):
+                if size <= 1:
+                    yield item
+                    continue
+                buffer.append(item)
+                if len(buffer) >= size:
+                    yield buffer.pop(rng.randrange(len(buffer)))
         rng.shuffle(buffer)
         yield from buffer
+
+    def _tar_items(self, tar: Path, rng: random.Random, transform: Any) -> Iterator[Any]:
+        """One tar's drawn samples, decoded or `Skipped`. The stream must deliver every sample the
+        draw holds (from the tar's headers, `scan_samples`): one it does not deliver (the tar is
+        damaged, or changed since it was scanned) is a DataError naming the shard, or skipped and
+        counted, as is one the stream holds and the headers did not."""
+        scan = scan_shard(tar)
+        drawn = self.repeats.get(str(tar), {}) if self.repeats is not None else dict.fromkeys(scan_samples(tar), 1)
+        delivered: set[str] = set()
+        try:
+            for key, members in iter_tar_samples(tar):
+                delivered.add(key)
+                bad = scan.bad.get(key)
+                if key not in scan.entries and bad is None:
+                    bad, drawn = ("index_mismatch", "a sample the tar's headers did not list"), {**drawn, key: 1}
+                yield from self._draws(tar, key, members, drawn.get(key, 0), rng, transform, bad)
+        except FormatError as err:
+            if self.cfg.data.on_error == "raise":
+                raise DataError(str(err)) from None
+        for key, times in drawn.items():
+            if key not in delivered and times:
+                bad = scan.bad.get(key, ("corrupt_tar", f"listed by {tar.name}'s headers, not in its stream"))
+                yield from self._draws(tar, key, {}, times, rng, transform, bad)
 
 
 def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
@@ -346,6 +249,10 @@ def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
                            "shards": [item["shard"] for item in good]}
     if not good:
         return out
+    sizes = {item["classes"].numel() for item in good}
+    if len(sizes) > 1:            # (a glob of tars: no dataset.json class count to check against)
+        raise DataError(f"{CLASSES_EXT} members of different sizes {sorted(sizes)} in one batch: "
+                        f"{[(item['shard'], item['key'], item['classes'].numel()) for item in good][:4]}")
     lengths = torch.tensor([item["wave"].numel() for item in good])
     waves = torch.zeros(len(good), int(lengths.max()))
     for i, item in enumerate(good):
@@ -357,104 +264,6 @@ def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
         out["fbank"] = audio.fbank_batch(waves, lengths, fbank_length, normalize=False)
         out["waves"] = None
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# per-batch work (main process; shared with the DALI iterator)
-@contextlib.contextmanager
-def single_cpu_thread(active: bool = True) -> Iterator[None]:
-    """Run torch's CPU ops with one intra-op thread inside the block (the setting is restored).
-
-    The batch is finished on the CPU while DataLoader workers or DALI threads decode the next
-    ones; torch's OpenMP threads then wait for busy cores, and a batch measured 159 ms on one
-    thread took 5.3 s on two (2-core machine, DALI CPU pipeline running)."""
-    threads = torch.get_num_threads()
-    if active and threads != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if active and threads != 1:
-            torch.set_num_threads(threads)
-
-
-def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor | None,
-                 lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
-                 device: torch.device | str = "cpu", fbank: torch.Tensor | None = None,
-                 shards: list[str] | None = None) -> dict[str, Any]:
-    """Decoded batch -> the batch dict: fbank contract (+ mixup, SpecAugment, noise in training),
-    frame dtype, targets built from the label scores. waves [B, S] padded, lengths [B].
-
-    `fbank` [B, audio_length, 128]: the unnormalised fbank when already computed (in the
-    DataLoader workers; `waves` may then be None); only valid without mixup, which mixes the
-    waves first. `shards` [B]: each sample's tar, for the DataError of a failed labelling and the
-    `label_failed` list of (shard, key). On the CPU this runs on one torch thread (see
-    `single_cpu_thread`)."""
-    with single_cpu_thread(torch.device(device).type == "cpu"):
-        return _finish_batch(cfg, train, keys, frames, waves, lengths, classes, scores, device, fbank,
-                             shards or [""] * len(keys))
-
-
-def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor | None,
-                  lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
-                  device: torch.device | str, fbank: torch.Tensor | None, shards: list[str]) -> dict[str, Any]:
-    from deteclap.data.targets import build_targets
-
-    if fbank is None and waves is None:
-        raise ValueError("finish_batch needs the waves or their precomputed fbank")
-    if fbank is not None and train and cfg.data.mixup > 0:
-        raise ValueError("a precomputed fbank cannot be used with mixup (mixup mixes the waves)")
-    data = cfg.data
-    rows = failed_label_rows(scores)
-    failed = [(shards[i], keys[i]) for i in rows]
-    if failed and data.on_error == "raise":
-        more = f" (and {len(failed) - 1} more in this batch)" if len(failed) > 1 else ""
-        raise DataError(f"{failed[0][0]}: sample {failed[0][1]}: label_failed: label scores are NaN (its labelling "
-                        f"failed, see dataset.json label_failures){more}; relabel or set data.on_error=skip")
-    if failed:
-        keep = torch.ones(len(keys), dtype=torch.bool)
-        keep[rows] = False
-        keys = [k for k, kept in zip(keys, keep.tolist()) if kept]
-        frames, lengths, classes = frames[keep], lengths[keep], classes[keep]
-        waves = None if waves is None else waves[keep]
-        scores = {name: value[keep] for name, value in scores.items()}
-        fbank = None if fbank is None else fbank[keep]
-    if not keys:                               # every sample's labels failed: nothing left
-        return {"keys": [], "label_failed": failed}
-    frames = frames.to(device, non_blocking=True)
-    if frames.dtype == torch.uint8:            # the reference loader's frames (DALI's come normalised)
-        frames = normalize_frames(frames)
-    classes = classes.to(device=device, dtype=torch.float32, non_blocking=True)
-    if fbank is None:
-        waves = waves.to(device, non_blocking=True)
-        if train and data.mixup > 0:
-            from deteclap.data.mixup import mixup_batch
-
-            waves, frames, classes = mixup_batch(waves, lengths, frames.float(), classes, data.mixup)
-        fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=False)
-    if train and cfg.finetune.task and cfg.finetune.label_smooth > 0:
-        from deteclap.data.targets import smooth_labels
-
-        classes = smooth_labels(classes, cfg.finetune.label_smooth)
-    fbank = fbank.to(device, non_blocking=True)
-    if train and (data.freqm or data.timem):
-        fbank = audio.spec_augment(fbank, data.freqm, data.timem)
-    fbank = audio.normalize_fbank(fbank)
-    if train and data.noise:
-        fbank = audio.add_noise_and_roll(fbank)
-    dtype = torch.float16 if data.frame_dtype == "float16" else torch.float32
-    scores = {name: value.to(device) for name, value in scores.items()}   # float16: targets threshold in it
-    targets = build_targets(scores, cfg.labels) if scores else {}
-    return {"fbank": fbank, "frames": frames.to(device=device, dtype=dtype), "targets": targets,
-            "classes": classes.to(device=device, dtype=torch.float32), "keys": list(keys), "label_failed": failed}
-
-
-def failed_label_rows(scores: dict[str, torch.Tensor]) -> list[int]:
-    """Rows whose stored label scores are NaN: the labeller failed on that sample (labels.store)."""
-    bad = torch.zeros(len(next(iter(scores.values()))) if scores else 0, dtype=torch.bool)
-    for value in scores.values():
-        bad |= torch.isnan(value.float()).any(dim=1).cpu()
-    return torch.nonzero(bad).flatten().tolist()
 
 
 @functools.lru_cache(maxsize=4)
@@ -478,8 +287,9 @@ class ReferenceLoader(SkipLog):
         self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
+        check_shards(all_tars, data.on_error)
         facts = shard_facts(spec)
-        self.score_size = facts.score_bytes
+        self.score_size, self.num_classes = facts.score_bytes, facts.num_classes
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         super().__init__()
@@ -496,8 +306,6 @@ class ReferenceLoader(SkipLog):
         sampling), split by draw across the ranks in this epoch's tar order; each rank reads the tars
         its share holds, and `len()` is the smallest share's batch count. Samples without usable
         classes (balanced sampling) are counted by rank 0."""
-        from deteclap.data.balance import epoch_repeats, rank_shares
-
         data = self.cfg.data
         if self.cfg.finetune.balanced_sampling:
             drawn, bad = epoch_repeats(all_tars, data.seed, self.epoch, data.on_error, num_classes)
@@ -530,7 +338,7 @@ class ReferenceLoader(SkipLog):
         data = self.cfg.data
         preload_decoders()
         dataset = ShardSamples(self.tars, self.cfg, self.train, epoch_seed(data.seed, self.epoch), self.score_size,
-                               self.repeats)
+                               self.repeats, self.num_classes)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does

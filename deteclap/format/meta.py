@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from deteclap import storage
+from deteclap.format import storage
+from deteclap.format.spec import FormatError
 
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 2      # 2: KEY.frames (the frame table of KEY.mp4) in every sample
@@ -20,6 +21,32 @@ DATASET_KEYS = {
     "encoding": "the shard writer's encoding settings",
 }
 SHARD_ROW_KEYS = ("split", "tar", "index", "samples")
+
+
+def entry_problem(name: Any) -> str | None:
+    """Why a dataset.json `tar` / `index` entry cannot be used, or None: an entry is a relative path
+    that stays in the shard folder (no absolute path, drive, `..` or empty name)."""
+    if not isinstance(name, str) or not name or "\0" in name or name.endswith("/"):
+        return f"shard entry {name!r} is not a file name"
+    posix = PurePosixPath(name)
+    if posix.is_absolute() or PureWindowsPath(name).drive or ".." in posix.parts:
+        return f"shard entry {name!r} is outside the shard folder (absolute, or with '..'): only files in it are read"
+    return None
+
+
+def folder_file(folder: str | Path, name: Any) -> Path:
+    """The file a dataset.json `tar` / `index` entry names, inside `folder`; the one resolver of
+    those entries, so a hostile or hand-edited dataset.json cannot make a loader read, or the
+    labeller rewrite, a file elsewhere. A folder in object storage gives a Path made from its URL
+    (deteclap.format.storage.location turns it back into the URL).
+
+    Raises:
+        FormatError: an entry that is not a relative path inside the folder (`entry_problem`).
+    """
+    problem = entry_problem(name)
+    if problem:
+        raise FormatError(f"{storage.join(folder, DATASET_JSON)}: {problem}")
+    return Path(folder) / PurePosixPath(name)
 
 
 def load_dataset_json(folder: str | Path) -> dict[str, Any]:
@@ -65,4 +92,9 @@ def dataset_problems(meta: dict[str, Any]) -> list[str]:
         missing = [k for k in SHARD_ROW_KEYS if not isinstance(row, dict) or k not in row]
         if missing:
             problems.append(f"dataset.json: shard row {row!r} lacks {missing}")
+            continue
+        bad = [f"dataset.json: {problem}" for problem in map(entry_problem, (row["tar"], row["index"])) if problem]
+        if not bad and PurePosixPath(row["index"]) != PurePosixPath(row["tar"]).with_suffix(".idx"):
+            bad.append(f"dataset.json: shard row index {row['index']!r} is not the index of {row['tar']!r}")
+        problems += bad
     return problems

@@ -22,8 +22,36 @@ JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", 
                "height", "sample_rate", "num_samples", "classes", "split")
 
 
+SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_-]+")   # split names: they become shard file names
+
+
 class FormatError(ValueError):
     """A file that breaks the shard format (an index, dataset.json, a member); the message names it."""
+
+
+def check_split(split: str) -> str:
+    """A split name, checked: letters, digits, `_` and `-` only (it becomes part of a file name, so
+    `../x` or `a/b` would write outside the shard folder). Returns it.
+
+    Raises:
+        FormatError: another name (the message says which characters are allowed).
+    """
+    if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
+        raise FormatError(f"split {split!r}: a split name holds only letters, digits, '_' and '-'")
+    return split
+
+
+def key_problem(key: str) -> str | None:
+    """Why a sample key read from a tar cannot be used, or None. The index is whitespace-separated
+    text and DALI reports members by name in UTF-8, so a key must be printable UTF-8 without
+    whitespace (deteclap writes only `[A-Za-z0-9_-]`; this guards tars made elsewhere)."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"key {key!r} is not UTF-8"
+    if not key or any(ch.isspace() or not ch.isprintable() for ch in key):
+        return f"key {key!r} is empty or holds whitespace or control characters"
+    return None
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -77,8 +105,9 @@ def labeller_of(ext: str) -> str:
 
 
 def shard_name(split: str, index: int) -> str:
-    """A shard's file stem: `{split}-{index:06d}` (its tar and index add `.tar` / `.idx`)."""
-    return f"{split}-{index:06d}"
+    """A shard's file stem: `{split}-{index:06d}` (its tar and index add `.tar` / `.idx`); the split
+    is checked (`check_split`)."""
+    return f"{check_split(split)}-{index:06d}"
 
 
 def encode_frame_table(width: int, height: int, frames: list[tuple[int, int]]) -> bytes:
@@ -93,3 +122,24 @@ def decode_frame_table(data: bytes) -> tuple[int, int, list[tuple[int, int]]]:
         raise FormatError(f"a frame table of {len(data)} bytes: expected 8 + 8 per frame")
     values = np.frombuffer(data, FRAME_TABLE_DTYPE).tolist()
     return values[0], values[1], list(zip(values[2::2], values[3::2]))
+
+
+def frame_table_problem(data: bytes, mp4_size: int, frames_needed: int) -> str | None:
+    """Why a `KEY.frames` member cannot be the frame table of an mp4 of `mp4_size` bytes holding at
+    least `frames_needed` frames, or None. A frame table lists the frames in decoding order, each
+    non-empty and inside the mp4, each starting after the one before ends: a table whose entries
+    all point at frame 0 (or overlap) would make the DALI pipelines decode another frame than the
+    one sampled, without an error."""
+    try:
+        _, _, frames = decode_frame_table(data)
+    except FormatError as err:
+        return str(err)
+    if len(frames) < frames_needed:
+        return f"it lists {len(frames)} frames, the config samples frame {frames_needed - 1}"
+    end = 0
+    for i, (offset, size) in enumerate(frames):
+        if size == 0 or offset < end or offset + size > mp4_size:
+            return (f"frame {i} at bytes [{offset}, {offset + size}) is empty, overlaps the frame before "
+                    f"(ending at {end}) or lies past the mp4's {mp4_size} bytes")
+        end = offset + size
+    return None

@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deteclap import storage
-from deteclap.format import (DATASET_JSON, SCORE_DTYPE, index_path, is_score_member, iter_tar_samples, labeller_of,
-                             list_tars, load_dataset_json, replace_synced, save_dataset_json, score_member,
-                             split_member_name, tar_index_samples, tmp_path, write_index)
+from deteclap.format import (DATASET_JSON, SCORE_DTYPE, FormatError, folder_lock, index_path, is_score_member,
+                             iter_tar_samples, labeller_of, list_tars, load_dataset_json, local_shard, replace_synced,
+                             save_dataset_json, scan_shard, score_member, split_member_name, storage,
+                             tar_index_samples, tmp_path, write_index)
 Sample = dict[str, Any]            # {"__key__": key, "<ext>": bytes, ...} (ext = after the key's first dot)
 
 
@@ -49,6 +49,7 @@ class LabelReport:
     labeller: str
     shards_done: list[str] = field(default_factory=list)
     shards_skipped: list[str] = field(default_factory=list)     # already labelled (resumed)
+    shards_failed: dict[str, str] = field(default_factory=dict)  # tar -> why it was not labelled (damage)
     samples: int = 0
     failures: dict[str, str] = field(default_factory=dict)      # key -> reason (this run)
 
@@ -70,6 +71,7 @@ def iter_samples(tar_path: str | Path) -> Iterator[Sample]:
     """Yield the samples of a WebDataset tar as {"__key__", ext: bytes} (members of a key are consecutive)."""
     for key, members in iter_tar_samples(Path(tar_path)):
         yield {"__key__": key, **members}
+
 
 def shard_paths(shards_dir: str | Path) -> list[Path]:
     """The tars of a shard folder as dataset.json lists them (`deteclap.format.list_tars`).
@@ -102,6 +104,16 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
     tar_path = Path(tar_path)
     ext = score_member(labeller)
     tmp = tmp_path(tar_path)
+    try:
+        _copy_with_scores(tar_path, tmp, ext, labeller, scores)
+    except BaseException:
+        tmp.unlink(missing_ok=True)            # a failed rewrite leaves the tar as it was, and no tmp file
+        raise
+    replace_synced(tmp, tar_path)
+    rewrite_index(tar_path)
+
+
+def _copy_with_scores(tar_path: Path, tmp: Path, ext: str, labeller: str, scores: dict[str, np.ndarray]) -> None:
     with tarfile.open(tar_path, "r") as src, tarfile.open(tmp, mode="w", format=tarfile.USTAR_FORMAT) as dst:
         # an old member of this labeller is left out; the new one follows the key's last kept member
         kept = [info for info in src if info.isfile() and split_member_name(info.name)[1] != ext]
@@ -117,8 +129,6 @@ def write_scores(tar_path: str | Path, labeller: str, scores: dict[str, np.ndarr
                 new.size, new.mtime, new.mode = len(data), info.mtime, info.mode
                 new.uid, new.gid, new.uname, new.gname = info.uid, info.gid, info.uname, info.gname
                 dst.addfile(new, io.BytesIO(data))
-    replace_synced(tmp, tar_path)
-    rewrite_index(tar_path)
 
 
 def read_scores(shards_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
@@ -162,17 +172,34 @@ def _record_shard(shards_dir: Path, labeller: str, tar_name: str, keys: Sequence
     save_dataset_json(shards_dir, meta)
 
 
+@dataclass
+class TarLabels:
+    """What labelling one tar gave: its keys, {key: reason} of the samples whose labelling failed,
+    and, for a damaged tar left as it was (nothing labelled), what is wrong with it."""
+    keys: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    damage: str | None = None
+
+
 def label_tar(tar_path: str | Path, labeller: Labeller, num_classes: int, batch_size: int = 16,
-              progress: Callable[[int], None] | None = None) -> tuple[list[str], dict[str, str]]:
+              progress: Callable[[int], None] | None = None) -> TarLabels:
     """Score every sample of one tar and rewrite it with the labeller's members (write_scores).
 
-    A tar in object storage is copied here, rewritten and put back whole (tar, then its index).
-    Returns (the tar's keys, {key: reason} of the samples whose labelling failed).
+    A damaged tar (`deteclap.format.scan_shard`: truncated, a bad key, a stale index; or a stream
+    that breaks off) is left as it was and its damage returned. A tar in object storage is copied
+    here with its index, checked and rewritten, and put back whole (tar, then its index).
     """
     scores: dict[str, np.ndarray] = {}
     failures: dict[str, str] = {}
-    with storage.local_copy(tar_path) as local:
-        samples = list(iter_samples(local))
+    with local_shard(tar_path) as local:
+        scan = scan_shard(local)
+        damage = scan.problems + [f"sample {key!r}: {reason}: {detail}" for key, (reason, detail) in scan.bad.items()]
+        try:
+            samples = [] if damage else list(iter_samples(local))
+        except FormatError as err:
+            damage = [str(err)]
+        if damage:
+            return TarLabels(damage="; ".join(damage))
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
             batch_scores, reasons = labeller(batch)
@@ -189,12 +216,9 @@ def label_tar(tar_path: str | Path, labeller: Labeller, num_classes: int, batch_
                 progress(len(batch))
         write_scores(local, labeller.name, scores)
         if storage.is_url(tar_path):
-            try:
-                storage.put_file(local, tar_path)
-                storage.put_file(index_path(local), storage.location(index_path(Path(tar_path))))
-            finally:
-                index_path(local).unlink(missing_ok=True)
-    return list(scores), failures
+            storage.put_file(local, tar_path)
+            storage.put_file(index_path(local), storage.location(index_path(Path(tar_path))))
+    return TarLabels(list(scores), failures)
 
 
 class LabelWorker:
@@ -205,7 +229,7 @@ class LabelWorker:
         self.labeller = make_labeller()
         self.num_classes, self.batch_size = num_classes, batch_size
 
-    def label(self, tar: str) -> tuple[list[str], dict[str, str]]:
+    def label(self, tar: str) -> TarLabels:
         return label_tar(tar, self.labeller, self.num_classes, self.batch_size)
 
 
@@ -235,13 +259,27 @@ def label_shards(shards_dir: str | Path, labeller: Labeller | str, batch_size: i
         progress: called with the number of samples finished (after each batch; each tar under Ray).
         distribution: where the labelling runs (default: here). Whatever runs it, this process alone
             records finished shards in dataset.json, one at a time, so a rerun resumes.
+
+    This process holds the folder's lock (`deteclap.format.folder_lock`) throughout, whatever runs
+    the labelling: a second labeller or shard writer on the folder waits (a folder in object
+    storage has no lock). A damaged tar (`deteclap.format.scan_shard`: truncated, a bad key, a
+    stale index) is not labelled: it is named in `report.shards_failed`, left as it was, and the
+    labeller does not join dataset.json `labellers`.
     """
-    distribution = distribution or Distribution()
+    load_dataset_json(shards_dir)              # no shard folder: its own message, before the lock file
+    name = labeller if isinstance(labeller, str) else labeller.name
+    with folder_lock(storage.location(shards_dir), f"labeller {name}"):
+        return _label_shards(Path(storage.location(shards_dir)), labeller, name, batch_size, settings, force,
+                             progress, distribution or Distribution())
+
+
+def _label_shards(shards_dir: Path, labeller: Labeller | str, name: str, batch_size: int,
+                  settings: dict[str, Any] | None, force: bool, progress: Callable[[int], None] | None,
+                  distribution: Distribution) -> LabelReport:
     meta = load_dataset_json(shards_dir)
     vocabulary = meta.get("label_vocabulary")
     if not vocabulary:
         raise ValueError(f"{storage.join(shards_dir, DATASET_JSON)} has no label_vocabulary")
-    name = labeller if isinstance(labeller, str) else labeller.name
     score_member(name)
     tars = shard_paths(shards_dir)
     done = set(meta.get("labelled_shards", {}).get(name, []))
@@ -267,12 +305,16 @@ def label_shards(shards_dir: str | Path, labeller: Labeller | str, batch_size: i
             [(storage.location(tar),) for tar in pending], method="label", distributor=distribution.distributor,
             actors=distribution.actors, num_gpus=distribution.num_gpus, num_cpus=distribution.num_cpus,
             ray_address=distribution.ray_address)
-    for index, (keys, failures) in results:
+    for index, labelled in results:
         tar_path = pending[index]
-        _record_shard(shards_dir, name, tar_path.name, keys, failures, settings or {}, [p.name for p in tars])
+        if labelled.damage is not None:
+            report.shards_failed[tar_path.name] = labelled.damage
+            continue
+        _record_shard(shards_dir, name, tar_path.name, labelled.keys, labelled.failures, settings or {},
+                      [p.name for p in tars])
         if progress is not None and distribution.distributor != "local":
-            progress(len(keys))
+            progress(len(labelled.keys))
         report.shards_done.append(tar_path.name)
-        report.samples += len(keys)
-        report.failures.update(failures)
+        report.samples += len(labelled.keys)
+        report.failures.update(labelled.failures)
     return report

@@ -3,21 +3,24 @@
 
 Per clip: the 10 CAV-MAE frame instants (source frame i * N // 10 of the segment's N frames) as a
 VP9 mp4 (every frame a key frame, 1 fps, yuv420p) and the first audio channel resampled to 16 kHz
-as 16-bit FLAC. The stages, one module each:
+as 16-bit FLAC. Two stages are library modules, because `deteclap embed` decodes a video exactly
+as the writer does:
 
-- `inputs`: SRC (folder or manifest) -> planned inputs and failure rows (`collect_inputs`,
-  `plan_shards`, REASONS);
-- `clip`: one clip decoded (`decode_clip`) and encoded into its members (`process_clip`);
+- `deteclap.inputs`: SRC (folder or manifest) -> planned inputs and failure rows
+  (`collect_inputs`, `plan_shards`, REASONS);
+- `deteclap.clip`: one clip decoded (`decode_clip`) and encoded into its members (`process_clip`).
+
+The application's own stages, one module each:
+
 - `write`: writing OUT, resumable and deterministic (`write_shards`);
 - `verify`: checking a shard folder (`verify_shards`);
 - `cli`: the command line (`main`).
 """
 
+from deteclap.clip import (NUM_FRAMES, SAMPLE_RATE, SEEK_MARGIN, SEEK_MIN_START, Clip, ClipFailure, EncodeSettings,
+                           Segment, decode_clip, decode_segment, frame_instants, frame_table, process_clip)
+from deteclap.inputs import REASONS, ClipInput, ShardError, collect_inputs, plan_shards, read_rows
 from deteclap.shard.cli import main
-from deteclap.shard.clip import (NUM_FRAMES, SAMPLE_RATE, SEEK_MARGIN, SEEK_MIN_START, Clip, ClipFailure,
-                                 EncodeSettings, Segment, decode_clip, decode_segment, frame_instants, frame_table,
-                                 process_clip)
-from deteclap.shard.inputs import REASONS, ClipInput, ShardError, collect_inputs, plan_shards, read_rows
 from deteclap.shard.verify import VerifyReport, verify_shards
 from deteclap.shard.write import DEFAULT_SAMPLES_PER_SHARD, write_shards
 

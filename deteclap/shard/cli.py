@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
-from deteclap.shard.clip import CODECS, DEFAULT_MIN_SECONDS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE, EncodeSettings
+from deteclap.clip import CODECS, DEFAULT_MIN_SECONDS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE, EncodeSettings
 from deteclap.distribute import DISTRIBUTORS, DistributorError
-from deteclap.shard.inputs import DEFAULT_SPLIT, REASONS, ShardError
-from deteclap.storage import StorageError
+from deteclap.format import FormatError, check_split
+from deteclap.format.storage import StorageError
+from deteclap.inputs import DEFAULT_SPLIT, REASONS, ShardError
 from deteclap.shard.verify import verify_shards
 from deteclap.shard.write import DEFAULT_SAMPLES_PER_SHARD, JOB_STATS_JSON, STATS_SUFFIX, write_shards
+
+IGNORED_SHOWN = 20
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deteclap.shard",
         description="Turn videos into WebDataset shards (shards/FORMAT.md): per clip the 10 CAV-MAE frame "
                     "instants as an all-key-frame VP9 mp4 and the first audio channel at 16 kHz as FLAC. "
-                    "SRC is a folder of videos (mp4 mkv webm avi mov, recursive) or a CSV / JSONL manifest "
-                    "(path or file, optional id, start, end, class / label / labels, split; or VGGSound's "
-                    "headerless CSV with --video-dir). Resumable: finished shards are kept. "
+                    "SRC is a folder of videos (mp4 mkv webm avi mov m4v ts flv mpg mpeg 3gp ogv wmv, recursive; "
+                    "files without an extension by content; every other file is listed as ignored) or a CSV / "
+                    "JSONL manifest (path or file, optional id, start, end, class / label / labels, split; "
+                    "or VGGSound's headerless CSV with --video-dir). Resumable: finished shards are kept. "
                     "`--verify OUT` checks a shard folder instead.",
         epilog="Reason codes in failures.jsonl: " + "; ".join(f"{k}: {v}" for k, v in REASONS.items()))
     parser.add_argument("paths", nargs="*", metavar="SRC OUT", help="input and output (OUT only with --verify)")
@@ -67,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args.paths[0], args.quiet)
     if len(args.paths) != 2:
         parser.error("expected SRC OUT (or --verify OUT)")
+    try:
+        check_split(args.split)
+    except FormatError as err:
+        parser.error(f"--split: {err}")
     if args.short_side < 2 or args.short_side % 2:
         parser.error("--short-side must be even and positive")
     settings = EncodeSettings(short_side=args.short_side, crop=args.crop, codec=args.codec, seconds=args.seconds,
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                samples_per_shard=args.samples_per_shard, settings=settings,
                                video_dir=args.video_dir, progress=not args.quiet, distributor=args.distributor,
                                ray_address=args.ray_address)
-    except (ShardError, DistributorError, StorageError) as err:
+    except (ShardError, FormatError, DistributorError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     job = summary["job"]
@@ -87,6 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary['samples']} samples in {summary['shards']} shards under {summary['out']} "
           f"({summary['written_now']} written now, {summary['skipped_shards']} shards already done); "
           f"{summary['failed']} inputs skipped ({reasons})")
+    _print_ignored(summary["ignored"])
     return 1 if args.strict and summary["failed"] else 0
+
+
+def _print_ignored(ignored: list[dict]) -> None:
+    """The files of a folder SRC that were not taken: counts by reason, then each file (the first
+    IGNORED_SHOWN), so that nothing is left out without a word."""
+    if not ignored:
+        return
+    counts = Counter(row["reason"] for row in ignored)
+    print("ignored: " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) + " (not video files)")
+    for row in ignored[:IGNORED_SHOWN]:
+        print(f"  ignored {row['source']}: {row['reason']} ({row['detail']})")
+    if len(ignored) > IGNORED_SHOWN:
+        print(f"  ... and {len(ignored) - IGNORED_SHOWN} more")
 
 

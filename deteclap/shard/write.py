@@ -1,14 +1,15 @@
 """Stage 3 of sharding: writing OUT, resumably, here or on a Ray cluster.
 
-Shard membership comes from the plan (deteclap.shard.inputs) before any clip is decoded, so a
+Shard membership comes from the plan (deteclap.inputs) before any clip is decoded, so a
 restart gives identical shards, and so does any distributor. One shard is written by
 `write_shard`: its stats file (`NAME.stats.json`: clips, samples, bytes, decode / encode seconds,
 failures by reason and their failures.jsonl rows), its index, then its tar (as `.NAME.tar.tmp`,
 renamed when complete; in object storage, built in a local staging folder and put whole). The
 tar's presence marks the shard done: a re-run keeps shards whose tar exists and takes their
 failure rows from their stats files, so a run (or a Ray task) killed at any point loses nothing.
-`--distributor ray` runs one `write_shard` per Ray task; the driver alone writes dataset.json,
-failures.jsonl and the job's totals (`OUT/stats.json`). OUT may be a URL (deteclap.storage).
+Every skipped input is a row of failures.jsonl with a reason code. `--distributor ray` runs one
+`write_shard` per Ray task; the driver alone holds OUT's lock and writes dataset.json,
+failures.jsonl and the job's totals (`OUT/stats.json`). OUT may be a URL (deteclap.format.storage).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from deteclap import storage
-from deteclap.format import (DATASET_JSON, FORMAT_VERSION, index_entries, index_path, index_sample_count,
-                             load_dataset_json, replace_synced, save_dataset_json, shard_name, tar_index_samples,
-                             tmp_path, write_atomic, write_index, write_tar)
-from deteclap.shard.clip import CODECS, EncodeSettings, preload, process_clip, process_job
-from deteclap.shard.inputs import DEFAULT_SPLIT, ClipInput, ShardError, collect_inputs, plan_shards
+from deteclap.clip import CODECS, EncodeSettings, preload, process_clip, process_job
+from deteclap.format import (DATASET_JSON, FORMAT_VERSION, FormatError, check_split, folder_lock, index_entries,
+                             index_path, index_sample_count, load_dataset_json, replace_synced, save_dataset_json,
+                             shard_name, storage, tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
+from deteclap.inputs import (DEFAULT_SPLIT, MAX_SEGMENT_SECONDS, ClipInput, ShardError, collect_inputs, ignored_files,
+                             plan_shards)
 
 DEFAULT_SAMPLES_PER_SHARD = 1000
 FAILURES_JSONL = "failures.jsonl"
@@ -107,6 +108,9 @@ def _kept_failures(out: Path, plan: Plan, planned_names: set[str], read_splits: 
 
 
 def _check_options(settings: EncodeSettings, samples_per_shard: int | None) -> None:
+    if not 0 < settings.seconds <= MAX_SEGMENT_SECONDS:        # (False for NaN too)
+        raise ShardError(f"--seconds {settings.seconds:g}: a segment lasts more than 0 and at most "
+                         f"{MAX_SEGMENT_SECONDS:g} s")
     if settings.codec not in CODECS:
         raise ShardError(f"--codec {settings.codec!r}: choose one of {sorted(CODECS)}")
     if samples_per_shard is not None and samples_per_shard < 1:
@@ -268,10 +272,17 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     `samples_per_shard` None: the value OUT's dataset.json records (a resume or another split),
     else DEFAULT_SAMPLES_PER_SHARD. `distributor` "local": clips on `workers` processes here;
     "ray": one Ray task per shard (on the cluster at `ray_address`, or a local Ray instance with
-    `workers` CPUs), the same bytes. SRC and OUT may be URLs (deteclap.storage). Summary:
+    `workers` CPUs), the same bytes. SRC and OUT may be URLs (deteclap.format.storage). Summary:
     {"inputs", "samples" (in the listed shards), "written_now", "skipped_shards" (done by an
-    earlier run), "shards", "failed", "reasons": {reason: count}, "out", "job" (OUT/stats.json)}.
-    Raises ShardError for an unusable SRC or an OUT written with other settings.
+    earlier run), "shards", "failed", "reasons": {reason: count}, "out", "job" (OUT/stats.json),
+    "ignored": [{"source", "reason", "detail"}] (files of a folder SRC not taken,
+    `deteclap.inputs.ignored_files`)}. Raises ShardError for an unusable SRC, a `split` that is
+    not a plain name, or an OUT written with other settings.
+
+    The driver (this process) holds OUT's lock (`deteclap.format.folder_lock`) throughout: a second
+    writer or labeller on OUT waits, so that two splits written at once both stay listed in
+    dataset.json. Ray tasks write only their own shard's files and take no lock. (A URL OUT has no
+    lock: object stores offer none.)
     """
     started = time.perf_counter()
     settings = settings or EncodeSettings()
@@ -279,9 +290,21 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
     from deteclap.distribute import check_distributor
 
     check_distributor(distributor)         # before any work: a typo must not cost a planning pass
+    try:
+        check_split(split)
+    except FormatError as err:
+        raise ShardError(f"--split: {err}") from None
     out_text = storage.location(out)
-    out = Path(out_text)
     storage.make_dirs(out_text)
+    with folder_lock(out_text, "shard writer"):
+        return _write_locked(src, out_text, workers, split, samples_per_shard, settings, video_dir, progress,
+                             distributor, ray_address, started)
+
+
+def _write_locked(src: str | Path, out_text: str, workers: int, split: str, samples_per_shard: int | None,
+                  settings: EncodeSettings, video_dir: str | Path | None, progress: bool, distributor: str,
+                  ray_address: str | None, started: float) -> dict:
+    out = Path(out_text)
     previous = load_dataset_json(out) if storage.exists(out / DATASET_JSON) else None
     samples_per_shard = _samples_per_shard(out, previous, samples_per_shard)
     inputs, plan_failures = collect_inputs(src, split, video_dir)
@@ -322,7 +345,8 @@ def write_shards(src: str | Path, out: str | Path, workers: int = 1, split: str 
                      wall_seconds=round(time.perf_counter() - started, 3), distributor=distributor, workers=workers)
     write_atomic(out / JOB_STATS_JSON, json.dumps(job, indent=1, sort_keys=True).encode())
     return {"inputs": clips, "samples": job["samples"], "written_now": written, "skipped_shards": skipped,
-            "shards": len(shard_rows), "failed": len(run_failures), "reasons": reasons, "out": out_text, "job": job}
+            "shards": len(shard_rows), "failed": len(run_failures), "reasons": reasons, "out": out_text, "job": job,
+            "ignored": ignored_files(src)}
 
 
 def _run_jobs(jobs: list, workers: int, bar=None) -> Iterator[dict]:

@@ -1,6 +1,6 @@
-"""Stage 2 of sharding: one clip. `decode_clip` decodes a segment of a video file into what a sample
-stores (CAV-MAE's frame instants at the stored size, the first audio channel at 16 kHz);
-`process_clip` encodes those as the sample's members (shards/FORMAT.md).
+"""One clip, as the shard writer stores it and `deteclap embed` reads it. `decode_clip` decodes a
+segment of a video file into what a sample stores (CAV-MAE's frame instants at the stored size,
+the first audio channel at 16 kHz); `process_clip` encodes those as the sample's members (shards/FORMAT.md).
 
 Audio is resampled with PyAV's resampler (libswresample), the library of the `ffmpeg -ar 16000` of
 CAV-MAE's own preprocessing; all channels are resampled and then the first is kept (ffmpeg, then
@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import stat
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deteclap import storage
-from deteclap.format import AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, encode_frame_table
-from deteclap.shard.inputs import ClipInput, failure_row
+from deteclap.format import AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, encode_frame_table, storage
+from deteclap.inputs import ClipInput, failure_row
 
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
 SAMPLE_RATE = 16000
@@ -47,7 +47,7 @@ TIME_EPSILON = 1e-6                  # s: frame times equal up to rounding count
 
 
 class ClipFailure(Exception):
-    """One input cannot be used; `reason` is a key of deteclap.shard.inputs.REASONS."""
+    """One input cannot be used; `reason` is a key of deteclap.inputs.REASONS."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -68,12 +68,18 @@ class EncodeSettings:
 
 @dataclass
 class Segment:
-    """A decoded segment: every video frame in [start, end) and the first audio channel."""
-    frames: list                      # av.VideoFrame, in presentation order
+    """A decoded segment [start, end): the video frames at CAV-MAE's instants and the first audio channel.
+
+    Only the frames stored are kept (`source_frames` N counts the segment's frames): memory stays
+    at num_frames decoded source frames (plus the decoder's own reference frames) whatever the
+    segment's resolution and length; a 3840x2160 yuv420p frame is 12.4 MB, so ~125 MB for 10."""
+    frames: list                      # av.VideoFrame at the source size: segment frame i * N // num_frames
     wave: np.ndarray                  # float32 [S] at settings.sample_rate, the span the frames cover
     source_fps: float
     duration: float                   # s covered by the frames
     silent: bool                      # no audio stream (allow_silent): `wave` is zeros
+    source_frames: int = 0            # N: the segment's frames
+    frame_indices: list[int] | None = None   # frame_instants(N): the segment frames in `frames`
 
 
 @dataclass
@@ -112,9 +118,12 @@ def _looks_like_text(path: Path) -> bool:
 def _check_readable(path: Path) -> None:
     """ClipFailure `unreadable` / `empty_file` for a file that cannot be read or holds nothing."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        size = info.st_size
         if path.is_dir():
             raise ClipFailure("unreadable", f"{path} is a folder")
+        if not stat.S_ISREG(info.st_mode):     # opening a FIFO would wait for a writer forever
+            raise ClipFailure("unreadable", f"{path} is not a regular file (a FIFO, socket or device)")
         with open(path, "rb") as f:
             f.read(1)
     except OSError as err:
@@ -133,9 +142,47 @@ def _open(path: Path):
         raise ClipFailure(reason, f"cannot open: {err}") from None
 
 
-def _video_frames(path: Path, origin: float, start: float, end: float, seek_to: float | None
-                  ) -> tuple[list, float | None] | None:
-    """The decoded video frames with start <= t < end, and the time t of the first frame decoded.
+def _seek(container, video, origin: float, seek_to: float | None) -> bool:
+    """Seek the container to the key frame at or before t = seek_to (None: stay at the start)."""
+    import av
+
+    if seek_to is None:
+        return True
+    try:
+        container.seek(math.floor((origin + seek_to) / video.time_base), stream=video, backward=True, any_frame=False)
+    except av.FFmpegError:
+        return False
+    return True
+
+
+def _count_packets(path: Path, origin: float, start: float, end: float, seek_to: float | None) -> int:
+    """The video packets whose presentation time lies in [start, end), read without decoding (after
+    the same seek as the decode): the segment's frame count for every stream this writer has met,
+    so that one decode keeps just the frames stored. A wrong count costs a second decode, never a
+    wrong frame (`_segment_video`)."""
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        if not _seek(container, video, origin, seek_to):
+            return 0
+        count = 0
+        for packet in container.demux(video):
+            if packet.pts is None or packet.size == 0:
+                continue
+            if packet.dts is not None and float(packet.dts * video.time_base) - origin > end + SEEK_MARGIN:
+                break                         # decoding order: later packets show after `end`
+            t = float(packet.pts * video.time_base) - origin
+            if start - TIME_EPSILON <= t < end - TIME_EPSILON:
+                count += 1
+    return count
+
+
+def _video_frames(path: Path, origin: float, start: float, end: float, seek_to: float | None, wanted: set[int]
+                  ) -> tuple[dict, int, float | None] | None:
+    """Decode the video frames with start <= t < end, keeping only those whose index among them is
+    in `wanted`: ({index: av.VideoFrame}, the number of frames in [start, end), the time t of the
+    first frame decoded).
 
     With `seek_to`, decoding starts at the key frame at or before t = seek_to (the frames decoded
     from a key frame are those of a decode from the file's start); None where the seek fails or
@@ -145,13 +192,9 @@ def _video_frames(path: Path, origin: float, start: float, end: float, seek_to: 
 
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        if seek_to is not None:
-            try:
-                container.seek(math.floor((origin + seek_to) / video.time_base), stream=video, backward=True,
-                               any_frame=False)
-            except av.FFmpegError:
-                return None
-        frames, first = [], None
+        if not _seek(container, video, origin, seek_to):
+            return None
+        kept, count, first = {}, 0, None
         for frame in container.decode(video):
             t = frame.time - origin if frame.time is not None else 0.0
             if first is None:
@@ -161,17 +204,29 @@ def _video_frames(path: Path, origin: float, start: float, end: float, seek_to: 
             if t >= end - TIME_EPSILON:
                 break
             if t >= start - TIME_EPSILON:
-                frames.append(frame)
-    return frames, first
+                if count in wanted:
+                    kept[count] = frame
+                count += 1
+    return kept, count, first
 
 
-def _segment_video(path: Path, origin: float, start: float, end: float) -> tuple[list, float | None]:
-    """`_video_frames` of [start, end): from a key frame before start when start >= SEEK_MIN_START."""
-    if start >= SEEK_MIN_START:
-        found = _video_frames(path, origin, start, end, start - SEEK_MARGIN)
-        if found is not None:
-            return found
-    return _video_frames(path, origin, start, end, None)
+def _segment_video(path: Path, origin: float, start: float, end: float, num_frames: int = NUM_FRAMES
+                   ) -> tuple[list, int, float | None]:
+    """The frames of [start, end) at CAV-MAE's instants (`frame_instants` of the segment's N frames),
+    N, and the time of the first frame decoded. Decoded from a key frame before start when start >=
+    SEEK_MIN_START. N is counted from the packets first, so one decode keeps only the num_frames
+    frames stored; where the decode finds another N, it decodes again keeping the right ones."""
+    seek_to = start - SEEK_MARGIN if start >= SEEK_MIN_START else None
+    estimate = _count_packets(path, origin, start, end, seek_to)
+    found = _video_frames(path, origin, start, end, seek_to, set(frame_instants(estimate, num_frames)))
+    if found is None:
+        seek_to = None
+        found = _video_frames(path, origin, start, end, None, set(frame_instants(estimate, num_frames)))
+    kept, count, first = found
+    indices = frame_instants(count, num_frames)
+    if count and not set(indices) <= set(kept):
+        kept, count, first = _video_frames(path, origin, start, end, seek_to, set(indices))
+    return [kept[i] for i in indices] if count else [], count, first
 
 
 def _segment_audio(container, audio, origin: float, end: float, rate: int) -> tuple[list, float | None]:
@@ -198,17 +253,17 @@ def _segment_audio(container, audio, origin: float, end: float, rate: int) -> tu
     return chunks, audio_t0
 
 
-def _check_duration(frames: list, source_fps: float, declared: float | None, start: float, seconds: float,
+def _check_duration(num_frames: int, source_fps: float, declared: float | None, start: float, seconds: float,
                     min_seconds: float) -> tuple[float, float]:
-    """(source_fps, duration) of the decoded frames; ClipFailure when they are missing, end well
-    before the declared duration, or cover less than min_seconds."""
-    if not frames:
+    """(source_fps, duration) of the segment's decoded frames; ClipFailure when there are none, they end
+    well before the declared duration, or cover less than min_seconds."""
+    if not num_frames:
         if declared is not None and declared <= start:
             raise ClipFailure("too_short", f"segment starts at {start:g} s, the file lasts {declared:g} s")
         raise ClipFailure("no_video", "no video frame in the segment")
     if source_fps <= 0:
-        source_fps = len(frames) / seconds
-    duration = len(frames) / source_fps
+        source_fps = num_frames / seconds
+    duration = num_frames / source_fps
     if declared is not None and duration < min(seconds, declared - start) - max(1.0, 2 / source_fps):
         raise ClipFailure("truncated", f"video frames cover {duration:.2f} s of the declared {declared:.2f} s")
     if duration < min_seconds - TIME_EPSILON:
@@ -251,20 +306,20 @@ def decode_segment(path: str | Path, start: float, end: float | None, settings: 
             raise ClipFailure("no_audio", "no audio stream")
         chunks, audio_t0 = [], None
         try:
-            frames, _ = _segment_video(path, origin, start, end)
+            frames, count, _ = _segment_video(path, origin, start, end, settings.num_frames)
             if audio is not None:
                 chunks, audio_t0 = _segment_audio(container, audio, origin, end, settings.sample_rate)
         except av.FFmpegError as err:
             raise ClipFailure("corrupt", f"decoding failed: {err}") from None
         source_fps = float(video.average_rate or video.guessed_rate or 0.0)
         declared = float(container.duration) / av.time_base if container.duration else None
-    source_fps, duration = _check_duration(frames, source_fps, declared, start, seconds, settings.min_seconds)
+    source_fps, duration = _check_duration(count, source_fps, declared, start, seconds, settings.min_seconds)
     num_samples = int(round(min(seconds, duration) * settings.sample_rate))
     if audio is None:
         wave = np.zeros(num_samples, np.float32)
     else:
         wave = _segment_wave(chunks, audio_t0, start, num_samples, settings.sample_rate)
-    return Segment(frames, wave, source_fps, duration, audio is None)
+    return Segment(frames, wave, source_fps, duration, audio is None, count, frame_instants(count, settings.num_frames))
 
 
 def _target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -301,10 +356,9 @@ def decode_clip(path: str | Path, start: float = 0.0, end: float | None = None,
     Raises ClipFailure (a REASONS code) for an input that cannot be used."""
     settings = settings or EncodeSettings()
     segment = decode_segment(path, start, end, settings)
-    indices = frame_instants(len(segment.frames), settings.num_frames)
-    stored = [_stored_frame(segment.frames[i], settings) for i in indices]
-    return Clip(stored, segment.wave, segment.source_fps, segment.duration, segment.silent, len(segment.frames),
-                indices)
+    stored = [_stored_frame(frame, settings) for frame in segment.frames]
+    return Clip(stored, segment.wave, segment.source_fps, segment.duration, segment.silent, segment.source_frames,
+                segment.frame_indices)
 
 
 # ----------------------------------------------------------------------------------------------

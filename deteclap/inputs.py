@@ -1,4 +1,5 @@
-"""Stage 1 of sharding: SRC (a folder of videos or a CSV / JSONL manifest) -> planned inputs.
+"""Inputs of the shard writer and of `deteclap embed`: SRC (a folder of videos, a CSV / JSONL
+manifest, or a folder of video2dataset tars; local or at a URL, deteclap.sources) -> planned inputs.
 
 `collect_inputs` reads SRC into `ClipInput`s and failure rows (reason codes: REASONS);
 `plan_shards` sorts them by (split, key), drops duplicate keys and cuts the shards, so shard
@@ -9,16 +10,27 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deteclap import storage
-from deteclap.format import make_key
+from deteclap.format import FormatError, check_split, make_key, storage
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+# what a folder SRC takes by name (FFmpeg reads them all); a file without an extension is taken when
+# its first bytes are one of these containers' (CONTAINER_MAGIC); every other file is listed as ignored
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".ts", ".flv", ".mpg", ".mpeg", ".3gp", ".ogv",
+                    ".wmv")
+CONTAINER_MAGIC = {4: (b"ftyp",), 0: (b"\x1a\x45\xdf\xa3", b"RIFF", b"FLV", b"\x00\x00\x01\xba", b"OggS",
+                                    b"\x30\x26\xb2\x75")}   # mp4/mov/3gp; mkv/webm, avi, flv, mpeg-ps, ogg, asf
+TS_PACKET = 188                      # MPEG-TS: a 0x47 sync byte every 188 bytes
+SNIFF_BYTES = 2 * TS_PACKET + 1
 MANIFEST_EXTENSIONS = (".csv", ".jsonl")
 DEFAULT_SPLIT = "train"
 SOURCE_CHARS = 200                   # of a manifest row without a path, shown as its `source`
+# The longest segment a row may ask for: its audio is held whole (16 kHz float32 of every source
+# channel while resampling, ~77 MB for 600 s of stereo); the video keeps 10 frames whatever the length.
+MAX_SEGMENT_SECONDS = 600.0
 
 REASONS = {
     "missing_file": "the manifest names a file that does not exist",
@@ -31,7 +43,7 @@ REASONS = {
     "no_audio": "no audio stream (use --allow-silent to store silence instead)",
     "too_short": "the segment is shorter than --min-seconds",
     "duplicate_key": "another input of the split has the same key",
-    "bad_manifest_row": "a manifest row without a usable path or start / end",
+    "bad_manifest_row": "a manifest row without a usable path, start / end or split name",
 }
 
 
@@ -135,11 +147,77 @@ def read_rows(src: Path) -> list[dict]:
     return _read_jsonl(src) if src.suffix == ".jsonl" else _read_csv(src)
 
 
+def _is_container_head(head: bytes) -> bool:
+    """Whether a file's first SNIFF_BYTES are those of a video container of VIDEO_EXTENSIONS."""
+    if any(head[at:at + len(magic)] == magic for at, magics in CONTAINER_MAGIC.items() for magic in magics):
+        return True
+    return len(head) == SNIFF_BYTES and head[0:1] == head[TS_PACKET:TS_PACKET + 1] == head[2 * TS_PACKET:] == b"G"
+
+
+def _is_container(path: str | Path) -> bool:
+    """Whether a file's (local, or at a URL) first bytes are those of a video container."""
+    with storage.open_file(path) as handle:
+        return _is_container_head(handle.read(SNIFF_BYTES))
+
+
+def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
+    """(the video files under a folder, recursive and sorted; every other file as {"source", "reason"}).
+
+    Taken: regular files with a VIDEO_EXTENSIONS name, or without an extension when their first bytes
+    are a video container's. Ignored, each with its reason: other extensions (the reason is the
+    extension, e.g. `.m4a`), files without one that are no video container, and what is not a
+    regular file (a FIFO would block the writer forever; a socket, a device, a broken link)."""
+    videos, ignored = [], []
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src).as_posix()
+        try:
+            mode = path.stat().st_mode
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            ignored.append({"source": rel, "reason": "not a regular file", "detail": "a FIFO, socket or device"})
+            continue
+        ext = path.suffix.lower()
+        try:
+            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(path))
+        except OSError as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if taken:
+            videos.append(path)
+        else:
+            ignored.append({"source": rel, "reason": ext or "no extension",
+                            "detail": "not a video container" if not ext else "not a video file extension"})
+    return videos, ignored
+
+
+def remote_folder_files(src: str) -> tuple[list[str], list[dict]]:
+    """`folder_files` of a folder in object storage: (video files as paths relative to it, sorted;
+    every other file as {"source", "reason", "detail"}). An object store holds only regular files,
+    so nothing can block; a file without an extension costs one ranged read to probe."""
+    videos, ignored = [], []
+    for rel in storage.walk_files(src):
+        ext = Path(rel).suffix.lower()
+        try:
+            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(storage.join(src, rel)))
+        except (OSError, storage.StorageError) as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if taken:
+            videos.append(rel)
+        else:
+            ignored.append({"source": rel, "reason": ext or "no extension",
+                            "detail": "not a video container" if not ext else "not a video file extension"})
+    return videos, ignored
+
+
 def _folder_inputs(src: Path, split: str) -> list[ClipInput]:
-    """Every video file under a folder (recursive); its id is the path relative to SRC without extension."""
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and not p.is_dir())
+    """Every video file under a folder (`folder_files`); its id is the path relative to SRC without extension."""
     inputs = []
-    for path in files:
+    for path in folder_files(src)[0]:
         rel = path.relative_to(src).with_suffix("").as_posix()
         inputs.append(ClipInput(str(path), rel, make_key(rel), split, shown_source=path.relative_to(src).as_posix()))
     return inputs
@@ -149,8 +227,11 @@ def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     """A VGGSound-layout row -> its ClipInput, or a failure row."""
     try:
         start_s = int(float(row["start"]))
-    except ValueError:
-        return failure_row(row["ytid"], "bad_manifest_row", f"start_seconds {row['start']!r} is not a number", split)
+    except (ValueError, OverflowError):
+        start_s = -1
+    if start_s < 0:
+        return failure_row(row["ytid"], "bad_manifest_row",
+                           f"start_seconds {row['start']!r} is not a number of seconds >= 0", split)
     clip_id = f"{row['ytid']}_{start_s:06d}"
     found = _vggsound_file(base, row["ytid"], start_s)
     if found is None:
@@ -158,6 +239,21 @@ def _vggsound_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     path, start = found
     return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, classes=[row["label"]],
                      shown_source=path.name)
+
+
+def segment_problem(start: float, end: float | None) -> str | None:
+    """Why a row's `start` / `end` (seconds) cannot be a segment, or None: both finite, start >= 0,
+    end after start and at most MAX_SEGMENT_SECONDS later (inf, NaN or 1e12 would hold the writer)."""
+    if not math.isfinite(start) or start < 0:
+        return f"start {start:g} is not a time >= 0 s"
+    if end is None:
+        return None
+    if not math.isfinite(end) or end <= start:
+        return f"end {end:g} is not a time after start {start:g}"
+    if end - start > MAX_SEGMENT_SECONDS:
+        return (f"end {end:g} - start {start:g} = {end - start:g} s is longer than the {MAX_SEGMENT_SECONDS:g} s "
+                "a segment may last (cut the video into clips)")
+    return None
 
 
 def _manifest_input(row: dict, base: str | Path, split: str) -> ClipInput | dict:
@@ -179,8 +275,9 @@ def _manifest_input(row: dict, base: str | Path, split: str) -> ClipInput | dict
     except (TypeError, ValueError):
         return failure_row(str(name), "bad_manifest_row",
                            f"start / end not numbers: {row.get('start')!r}, {row.get('end')!r}", split)
-    if end is not None and end <= start:
-        return failure_row(str(name), "bad_manifest_row", f"end {end:g} is not after start {start:g}", split)
+    problem = segment_problem(start, end)
+    if problem:
+        return failure_row(str(name), "bad_manifest_row", problem, split)
     if not storage.is_url(path) and not Path(path).exists():
         return failure_row(str(name), "missing_file", f"{path} does not exist", split)
     return ClipInput(path, clip_id, make_key(clip_id), split, start=start, end=end, classes=_row_classes(row),
@@ -188,10 +285,36 @@ def _manifest_input(row: dict, base: str | Path, split: str) -> ClipInput | dict
                      member_range=row.get("member_range"))
 
 
+def _row_inputs(src: str, rows: list[dict], base: str | Path, split: str, video_dir: str | Path | None
+                ) -> tuple[list[ClipInput], list[dict]]:
+    """Manifest(-like) rows -> (inputs, failures). A row's split becomes a file name, so one that is
+    not a plain name (`check_split`) is a bad_manifest_row: nothing may land outside OUT."""
+    inputs: list[ClipInput] = []
+    failures: list[dict] = []
+    for row in rows:
+        row_split = str(row.get("split") or split)
+        try:
+            check_split(row_split)
+        except FormatError as err:
+            failures.append(failure_row(str(row.get("shown_source") or json.dumps(row)[:SOURCE_CHARS]),
+                                        "bad_manifest_row", str(err), split))
+            continue
+        if row.get("vggsound"):
+            if storage.is_url(src):
+                raise ShardError(f"{src}: VGGSound-layout CSVs are read from local disk (with --video-dir)")
+            if video_dir is None:
+                raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
+            made = _vggsound_input(row, Path(base), row_split)
+        else:
+            made = _manifest_input(row, base, row_split)
+        (inputs if isinstance(made, ClipInput) else failures).append(made)
+    return inputs, failures
+
+
 def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str | Path | None = None
                    ) -> tuple[list[ClipInput], list[dict]]:
     """SRC (a folder of videos, a CSV / JSONL manifest, or a folder of video2dataset tars; each may be
-    a URL, deteclap.storage) -> (inputs, planning failures).
+    a URL, deteclap.format.storage) -> (inputs, planning failures).
 
     Inputs are not yet keyed to classes or shards (see plan_shards). `split` is used where a row
     names none. Raises ShardError when SRC itself is unusable.
@@ -201,53 +324,40 @@ def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str |
     src_text = storage.location(src)
     if sources.looks_like_video2dataset(src_text):
         rows, failures = sources.read_video2dataset(src_text, split)
-        made = [_manifest_input(row, src_text, str(row.get("split") or split)) for row in rows]
-        return ([m for m in made if isinstance(m, ClipInput)],
-                failures + [m for m in made if not isinstance(m, ClipInput)])
+        inputs, more = _row_inputs(src_text, rows, src_text, split, None)
+        return inputs, failures + more
     if storage.is_url(src_text):
-        return _remote_inputs(src_text, split, video_dir)
-    src = Path(src)
-    if src.is_dir():
-        return _folder_inputs(src, split), []
-    if not src.is_file():
+        if storage.is_dir(src_text):
+            return [ClipInput(storage.join(src_text, rel), rel.rsplit(".", 1)[0], make_key(rel.rsplit(".", 1)[0]),
+                              split, shown_source=rel) for rel in remote_folder_files(src_text)[0]], []
+        if not storage.is_file(src_text):
+            raise ShardError(f"{src_text}: no such file or folder")
+    elif Path(src).is_dir():
+        return _folder_inputs(Path(src), split), []
+    elif not Path(src).is_file():
         raise ShardError(f"{src}: no such file or folder")
-    if src.suffix.lower() not in MANIFEST_EXTENSIONS:
-        raise ShardError(f"{src}: SRC must be a folder of videos or a .csv / .jsonl manifest")
-    base = Path(video_dir) if video_dir else src.parent
-    inputs: list[ClipInput] = []
-    failures: list[dict] = []
-    for row in read_rows(src):
-        row_split = str(row.get("split") or split)
-        if row.get("vggsound") and video_dir is None:
-            raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
-        made = _vggsound_input(row, base, row_split) if row.get("vggsound") else _manifest_input(row, base, row_split)
-        (inputs if isinstance(made, ClipInput) else failures).append(made)
-    return inputs, failures
-
-
-def _remote_inputs(src: str, split: str, video_dir: str | Path | None) -> tuple[list[ClipInput], list[dict]]:
-    """collect_inputs of a URL: a folder of videos (every file with a video extension under it) or a
-    manifest (relative paths count from --video-dir, else from the manifest's folder URL)."""
-    if storage.is_dir(src):
-        ids = [(rel, rel.rsplit(".", 1)[0]) for rel in storage.walk_files(src)
-               if Path(rel).suffix.lower() in VIDEO_EXTENSIONS]
-        return [ClipInput(storage.join(src, rel), clip_id, make_key(clip_id), split, shown_source=rel)
-                for rel, clip_id in ids], []
-    if not storage.is_file(src):
-        raise ShardError(f"{src}: no such file or folder")
-    if Path(src).suffix.lower() not in MANIFEST_EXTENSIONS:
-        raise ShardError(f"{src}: SRC must be a folder of videos or a .csv / .jsonl manifest")
-    with storage.local_copy(src) as local:
+    if Path(src_text).suffix.lower() not in MANIFEST_EXTENSIONS:
+        raise ShardError(f"{src_text}: SRC must be a folder of videos or a .csv / .jsonl manifest")
+    with storage.local_copy(src_text) as local:
         rows = read_rows(local)
-    base = video_dir if video_dir else src.rsplit("/", 1)[0]
-    inputs: list[ClipInput] = []
-    failures: list[dict] = []
-    for row in rows:
-        if row.get("vggsound"):
-            raise ShardError(f"{src}: VGGSound-layout CSVs are read from local disk (with --video-dir)")
-        made = _manifest_input(row, base, str(row.get("split") or split))
-        (inputs if isinstance(made, ClipInput) else failures).append(made)
-    return inputs, failures
+    if video_dir:
+        base: str | Path = video_dir if storage.is_url(video_dir) else Path(video_dir)
+    else:                                       # relative paths count from the manifest's folder
+        base = src_text.rsplit("/", 1)[0] if storage.is_url(src_text) else Path(src).parent
+    return _row_inputs(src_text, rows, base, split, video_dir)
+
+
+def ignored_files(src: str | Path) -> list[dict]:
+    """The files of a folder SRC that collect_inputs does not take, each {"source", "reason",
+    "detail"} (`folder_files`, `remote_folder_files`); [] for a manifest or video2dataset tars."""
+    from deteclap import sources
+
+    src_text = storage.location(src)
+    if sources.looks_like_video2dataset(src_text):
+        return []
+    if storage.is_url(src_text):
+        return remote_folder_files(src_text)[1] if storage.is_dir(src_text) else []
+    return folder_files(Path(src))[1] if Path(src).is_dir() else []
 
 
 def plan_shards(inputs: list[ClipInput], samples_per_shard: int

@@ -13,6 +13,8 @@ whole (deteclap.shard), and "the tar exists" stays the mark of a finished shard 
 Credentials and endpoints come from the environment as each fsspec backend reads them (for S3:
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL or ~/.aws), so the same command
 line works on every worker of a cluster that shares that environment.
+
+It sits in deteclap.format, the bottom layer, and imports nothing else of deteclap.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_ISREG
 from typing import IO, Any
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -133,8 +136,29 @@ def read_bytes(place: str | os.PathLike) -> bytes:
     return fs.cat_file(path)
 
 
-def read_text(place: str | os.PathLike) -> str:
-    return read_bytes(place).decode("utf-8")
+def read_text(place: str | os.PathLike, errors: str = "strict") -> str:
+    return read_bytes(place).decode("utf-8", errors)
+
+
+def stamp(place: str | os.PathLike) -> tuple[int, str] | None:
+    """(size, version) of a file, or None when there is none: the version changes when the file is
+    rewritten (local: its modification time; object stores: the ETag or modification time fsspec
+    reports), so results computed from a file can be cached per stamp."""
+    if not is_url(place):
+        try:
+            stat = local_path(place).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (stat.st_size, str(stat.st_mtime_ns)) if S_ISREG(stat.st_mode) else None
+    fs, path = filesystem(location(place))
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") != "file":
+        return None
+    version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
+    return int(info["size"]), str(version)
 
 
 def _replace_synced(tmp: Path, path: Path) -> None:
@@ -176,6 +200,15 @@ def put_file(local: str | os.PathLike, place: str | os.PathLike) -> None:
         return
     fs, path = filesystem(location(place))
     fs.put_file(str(local), path)
+
+
+def download(place: str | os.PathLike, local: str | os.PathLike) -> None:
+    """Copy a file (local, or at a URL) to the local path `local`."""
+    if not is_url(place):
+        shutil.copyfile(local_path(place), local)
+        return
+    fs, path = filesystem(location(place))
+    fs.get_file(path, os.fspath(local))
 
 
 def remove(place: str | os.PathLike) -> None:
