@@ -24,77 +24,21 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
 
 import numpy as np
 import torch
 
 from deteclap.config import Config, add_config_args, load_config
 from deteclap.device import pick_device
+# the metrics are pure functions of deteclap.metrics; those names stay importable from here
+from deteclap.metrics import (  # noqa: F401
+    accuracy, average_precision, class_retrieval_map, cosine_similarity, hubness, mean_average_precision,
+    ranks_of_pairs, recall_metrics, retrieval_metrics)
 from deteclap.model.checkpoint import resolve_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------
-# metrics (pure functions)
-def ranks_of_pairs(sim: torch.Tensor) -> torch.Tensor:
-    """sim [N, N] (query i, item j) -> 0-based rank of item i among query i's items [N].
-
-    The rank counts the items scored strictly higher than the true pair (ties favour the pair).
-    """
-    diagonal = sim.diagonal().unsqueeze(1)
-    return (sim > diagonal).sum(dim=1)
-
-
-def recall_metrics(sim: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, float]:
-    """R@k in percent and the median rank (1-based) of the true pairs of a similarity matrix.
-
-    The median rank is CAV-MAE's `np.median(ranks) + 1`: for an even count, the mean of the two
-    middle ranks (torch.median would take the lower one).
-    """
-    ranks = ranks_of_pairs(sim).double()
-    out = {f"r{k}": float((ranks < k).double().mean() * 100) for k in ks}
-    out["median_rank"] = float(np.median(ranks.numpy()) + 1)
-    return out
-
-
-def retrieval_metrics(audio: torch.Tensor, visual: torch.Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[str, Any]:
-    """audio [N, D], visual [N, D] embeddings of the same N clips -> a2v, v2a metrics and sumR."""
-    ks = tuple(ks)
-    audio = torch.nn.functional.normalize(audio.double(), dim=-1)
-    visual = torch.nn.functional.normalize(visual.double(), dim=-1)
-    sim = audio @ visual.T
-    a2v, v2a = recall_metrics(sim, ks), recall_metrics(sim.T, ks)
-    sum_r = sum(a2v[f"r{k}"] + v2a[f"r{k}"] for k in ks)
-    return {"a2v": a2v, "v2a": v2a, "sumR": sum_r, "num_clips": int(audio.shape[0])}
-
-
-def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Average precision of one class: scores [N], binary labels [N] (as sklearn computes it)."""
-    order = np.argsort(-scores, kind="stable")
-    labels = labels[order].astype(np.float64)
-    if labels.sum() == 0:
-        return float("nan")
-    scores = scores[order]
-    # group tied scores: precision / recall are evaluated at the last item of each tie group
-    last_of_group = np.r_[scores[1:] != scores[:-1], True]
-    hits = np.cumsum(labels)[last_of_group]
-    seen = (np.arange(len(labels)) + 1)[last_of_group]
-    precision, recall = hits / seen, hits / labels.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """mAP over the classes that have at least one positive: scores, labels [N, C]."""
-    aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
-    aps = [ap for ap in aps if not np.isnan(ap)]
-    return float(np.mean(aps) * 100) if aps else float("nan")
-
-
-def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Single-label top-1 accuracy in percent: scores (logits or probabilities), multi-hot labels [N, C]."""
-    return float((scores.argmax(1) == labels.argmax(1)).mean() * 100)
-
-
+# the retrieval subset
 def per_class_subset(classes: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first `per_class` clips of each class (in loader order); all when 0.
 
@@ -209,7 +153,13 @@ def evaluate(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
         result["num_clips"], result["frames"] = int(len(probs)), data["frames"]
         return result
     subset = torch.from_numpy(per_class_subset(data["classes"], cfg.eval.per_class))
-    result.update(retrieval_metrics(data["audio"][subset], data["visual"][subset], cfg.eval.recall_at))
+    audio, visual = data["audio"][subset], data["visual"][subset]
+    result.update(retrieval_metrics(audio, visual, cfg.eval.recall_at))
+    sim = cosine_similarity(audio, visual)
+    result["hubness"] = {direction: hubness(s) for direction, s in (("a2v", sim), ("v2a", sim.T))}
+    classes = data["classes"][subset.numpy()]
+    if classes.shape[1] and classes.any(1).all():
+        result["class_map"] = class_retrieval_map(sim, classes.argmax(1))
     return result
 
 

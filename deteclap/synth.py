@@ -10,6 +10,16 @@ fine class is learnable but not trivial. Distractors: seen-only objects (Person,
 and heard-only sounds (Clock ticking, Alarm clock beeping). The class object is usually both seen
 and heard, sometimes only heard or only seen.
 
+Difficulty (`difficulty` in [0, 1], `--difficulty`; 1, the default, is the full set described
+above): it scales the nuisances that do not depend on the class, leaving the class cues as they are:
+- the chance that the class object is only heard (0.15 x d) or only seen (0.15 x d): such a clip's
+  pair carries no class evidence in one modality;
+- how many seen-only distractors a picture may hold (0 .. round(2 x d)) and the chance of a heard-only
+  distractor (0.5 x d);
+- the pixel noise of the frames (standard deviation drawn from 2 .. 2 + 8 x d).
+At d = 0 every clip shows and plays its object alone on a gradient background. The random draws
+are the same at every difficulty (only their use changes), so d = 1 gives the files it always gave.
+
 Files: `OUT/{id}.mp4` (H.264 yuv420p via libx264 + AAC stereo; the right channel is a different
 mix of the sources than the left, so "first channel" differs from a down-mix) and
 `OUT/truth.jsonl`, one line per clip: {"file", "id", "class", "super_class", "seen", "heard"}
@@ -41,11 +51,14 @@ AAC_BITRATE = 64_000
 X264_OPTIONS = {"crf": "23", "preset": "ultrafast", "threads": "1", "x264-params": "asm=0"}
 TRUTH_FILE = "truth.jsonl"
 
-# Probabilities of how the class object appears in a clip.
+# Probabilities of how the class object appears in a clip, and the distractors, at difficulty 1
+# (each is multiplied by the difficulty; see the module doc).
 P_CLASS_HEARD_ONLY = 0.15
 P_CLASS_SEEN_ONLY = 0.15
 MAX_SEEN_DISTRACTORS = 2
 P_HEARD_DISTRACTOR = 0.5
+FRAME_NOISE_STD = (2.0, 10.0)        # pixel noise std drawn from this range (upper end scaled)
+DEFAULT_DIFFICULTY = 1.0
 
 # Super-category -> (hue centre in [0, 1), fine classes). All names are OIV7 classes.
 SUPER_CLASSES: dict[str, tuple[float, tuple[str, ...]]] = {
@@ -352,6 +365,7 @@ class ClipSpec:
     height: int
     fps: int
     sample_rate: int
+    difficulty: float = DEFAULT_DIFFICULTY
 
 
 def clip_id(index: int) -> str:
@@ -366,11 +380,14 @@ def render_clip(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray, dict]:
     times = np.arange(n_frames) / spec.fps
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
 
+    d = spec.difficulty
     roll = rng.uniform()
-    class_seen = roll >= P_CLASS_HEARD_ONLY
-    class_heard = roll < P_CLASS_HEARD_ONLY or roll >= P_CLASS_HEARD_ONLY + P_CLASS_SEEN_ONLY
-    seen_names = list(rng.choice(SEEN_DISTRACTORS, rng.integers(0, MAX_SEEN_DISTRACTORS + 1), replace=False))
-    heard_names = list(rng.choice(HEARD_DISTRACTORS, 1)) if rng.uniform() < P_HEARD_DISTRACTOR else []
+    heard_only, seen_only = P_CLASS_HEARD_ONLY * d, P_CLASS_SEEN_ONLY * d
+    class_seen = roll >= heard_only
+    class_heard = roll < heard_only or roll >= heard_only + seen_only
+    max_seen = int(round(MAX_SEEN_DISTRACTORS * d))
+    seen_names = list(rng.choice(SEEN_DISTRACTORS, rng.integers(0, max_seen + 1), replace=False))
+    heard_names = list(rng.choice(HEARD_DISTRACTORS, 1)) if rng.uniform() < P_HEARD_DISTRACTOR * d else []
 
     # Pictures: background gradient + noise, distractors behind, the class object in front.
     top = _hsv_to_rgb(rng.uniform(), rng.uniform(0.05, 0.3), rng.uniform(0.3, 0.8))
@@ -384,7 +401,8 @@ def render_clip(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray, dict]:
     for name, params in distractors:
         _draw_distractor(scene, name, params, xx, yy)
     sprite = _class_sprite(spec.class_name, rng, times, width, height) if class_seen else None
-    noise_level = rng.uniform(2.0, 10.0)
+    low, high = FRAME_NOISE_STD
+    noise_level = rng.uniform(low, low + (high - low) * d)
     frames = np.empty((n_frames, height, width, 3), np.uint8)
     for i in range(n_frames):
         canvas = scene.copy()
@@ -471,20 +489,24 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def generate(out_dir: str | Path, clips: int, seconds: float = DEFAULT_SECONDS, seed: int = 0,
              size: tuple[int, int] = DEFAULT_SIZE, fps: int = DEFAULT_FPS,
-             sample_rate: int = SAMPLE_RATE, workers: int = 1, progress: bool = False) -> list[dict]:
+             sample_rate: int = SAMPLE_RATE, workers: int = 1, progress: bool = False,
+             difficulty: float = DEFAULT_DIFFICULTY) -> list[dict]:
     """Write `clips` synthetic mp4 files and `truth.jsonl` into out_dir; return the truth rows.
 
-    Classes are balanced (clip i has class i mod 15 of a seed-dependent order). Deterministic:
-    the same arguments give byte-identical files, whatever `workers`.
+    Classes are balanced (clip i has class i mod 15 of a seed-dependent order). `difficulty` in
+    [0, 1] scales the class-independent nuisances (module doc). Deterministic: the same arguments
+    give byte-identical files, whatever `workers`.
     """
     if clips < 1 or seconds <= 0 or fps < 1:
         raise ValueError(f"need clips >= 1, seconds > 0, fps >= 1 (got {clips}, {seconds}, {fps})")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must lie in [0, 1] (got {difficulty})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = class_names()
     order = np.random.default_rng(seed).permutation(len(names))
     specs = [ClipSpec(i, names[order[i % len(names)]], str(out), seconds, seed, size[0], size[1], fps,
-                      sample_rate) for i in range(clips)]
+                      sample_rate, difficulty) for i in range(clips)]
     run: Callable = _make_clip
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -537,11 +559,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="x".join(map(str, DEFAULT_SIZE)), help="frame size WxH (even)")
     parser.add_argument("--fps", type=int, default=DEFAULT_FPS, help="video frame rate")
     parser.add_argument("--workers", type=int, default=1, help="processes to render with")
+    parser.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY,
+                        help="0..1: scales only-heard / only-seen objects, distractors and frame noise "
+                             "(1: the full set; 0: each clip's object alone)")
     args = parser.parse_args(argv)
     try:
         size = parse_size(args.size)
         rows = generate(args.out, args.clips, args.seconds, args.seed, size, args.fps,
-                        workers=args.workers, progress=True)
+                        workers=args.workers, progress=True, difficulty=args.difficulty)
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {len(rows)} clips and {TRUTH_FILE} to {args.out}")

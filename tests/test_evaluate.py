@@ -14,6 +14,8 @@ import torch
 from deteclap.config import load_config
 from deteclap.evaluate import (accuracy, collect, evaluate, format_table, main, mean_average_precision,
                                per_class_subset, ranks_of_pairs, recall_metrics, retrieval_metrics)
+from deteclap.metrics import (bootstrap_ci, class_retrieval_ap, class_retrieval_map, cosine_similarity, hubness,
+                              query_sum_r)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.json"   # labels.variant "or"
 
@@ -77,6 +79,53 @@ def test_per_class_subset_leaves_out_clips_without_a_class():
     assert per_class_subset(classes, 0).tolist() == [0, 1, 2, 3]
 
 
+def test_class_retrieval_ap_and_map_of_a_hand_made_case():
+    labels = [0, 0, 1]
+    sim = np.array([[0.9, 0.1, 0.5],     # relevant items 0, 1 at ranks 1, 3: (1 + 2/3) / 2
+                    [0.2, 0.8, 0.9],     # relevant at ranks 2, 3: (1/2 + 2/3) / 2
+                    [0.1, 0.3, 0.2]])    # its only relevant item (itself) at rank 2
+    assert class_retrieval_ap(sim, labels) == pytest.approx([5 / 6, 7 / 12, 1 / 2])
+    # columns as queries: [1, 5/6, 1/3]; the map averages both directions, in percent
+    assert class_retrieval_ap(sim.T, labels) == pytest.approx([1, 5 / 6, 1 / 3])
+    assert class_retrieval_map(torch.tensor(sim), labels) == pytest.approx((23 / 36 + 26 / 36) / 2 * 100)
+    assert class_retrieval_map(np.eye(4), [0, 1, 2, 3]) == 100.0      # each clip its own class: pairs first
+    with pytest.raises(ValueError, match="must be"):
+        class_retrieval_ap(sim, [0, 1])
+
+
+def test_hubness_counts_distinct_top1_items_and_the_largest_share():
+    sim = torch.tensor([[0.9, 0.1, 0.0, 0.0],
+                        [0.8, 0.5, 0.0, 0.0],
+                        [0.7, 0.0, 0.1, 0.0],
+                        [0.0, 0.0, 0.3, 0.1]])   # top-1 items 0, 0, 0, 2
+    assert hubness(sim) == {"top1_distinct": 2, "top1_max_share": 0.75}
+    assert hubness(torch.eye(5)) == {"top1_distinct": 5, "top1_max_share": 0.2}
+
+
+def test_query_sum_r_is_each_clips_share_of_sum_r():
+    torch.manual_seed(0)
+    audio, visual = torch.randn(30, 4), torch.randn(30, 4)
+    sim = cosine_similarity(audio, visual)
+    shares = query_sum_r(sim)
+    assert shares.mean() == pytest.approx(retrieval_metrics(audio, visual)["sumR"])
+    assert set(np.unique(shares)) <= {100.0 * n for n in range(7)}
+
+
+def test_bootstrap_ci_of_hand_computable_cases():
+    assert bootstrap_ci([[2.0, 2.0], [2.0]]) == (2.0, 2.0)
+    # two seeds of one value each: resampled means 1, 2, 3 with probabilities 1/4, 1/2, 1/4
+    assert bootstrap_ci([[1.0], [3.0]]) == (1.0, 3.0)
+    assert bootstrap_ci([[1.0], [3.0]], level=0.4) == (2.0, 2.0)
+    # one seed, two clips: the same distribution drawn over the clips
+    assert bootstrap_ci([[1.0, 3.0]]) == (1.0, 3.0)
+    # many clips: the interval of a mean narrows like 1 / sqrt(n) around it
+    rng = np.random.default_rng(0)
+    low, high = bootstrap_ci([rng.normal(5.0, 1.0, 400)])
+    assert low < 5.0 < high and 0.15 < high - low < 0.25          # 2 * 1.96 / sqrt(400) = 0.196
+    with pytest.raises(ValueError):
+        bootstrap_ci([[]])
+
+
 # ----------------------------------------------------------------------------------------------
 # a checkpoint on the synthetic shards
 def eval_cfg(shards: Path, *extra: str):
@@ -99,6 +148,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def test_retrieval_of_an_or_config_needs_no_label_scores(shard_dir, checkpoint, on_error):
     result = evaluate(eval_cfg(shard_dir, f"data.on_error={on_error}"), checkpoint)   # shards never labelled
     assert result["num_clips"] == 8 and result["skipped_samples"] == {}
+    assert 0 < result["class_map"] <= 100
+    for direction in ("a2v", "v2a"):
+        assert 1 <= result["hubness"][direction]["top1_distinct"] <= 8
+        assert 1 / 8 <= result["hubness"][direction]["top1_max_share"] <= 1
 
 
 def test_retrieval_keeps_clips_whose_labelling_failed(labelled_shards, checkpoint, tmp_path):

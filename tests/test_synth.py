@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from deteclap.synth import HEARD_DISTRACTORS, SEEN_DISTRACTORS, SUPER_CLASSES, class_names, generate, main
 
@@ -63,3 +64,19 @@ def test_cli_writes_files(tmp_path, capsys):
     assert main([str(tmp_path), "--clips", "2", "--seconds", "0.5", "--size", "32x32", "--fps", "4"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth_00000.mp4", "synth_00001.mp4", "truth.jsonl"]
     assert "wrote 2 clips" in capsys.readouterr().out
+
+
+def test_difficulty_scales_the_nuisances_only(tmp_path):
+    kwargs = dict(seconds=0.5, seed=3, size=(48, 32), fps=4)
+    easy = generate(tmp_path / "easy", 30, difficulty=0.0, **kwargs)
+    full = generate(tmp_path / "full", 30, **kwargs)
+    assert [r["class"] for r in easy] == [r["class"] for r in full]          # the same clips, class by class
+    for row in easy:                                                         # the object alone, seen and heard
+        assert row["seen"] == [row["class"]] and row["heard"] == [row["class"]]
+    assert any(len(r["seen"]) > 1 or len(r["heard"]) > 1 for r in full)
+    assert any(r["class"] not in r["seen"] or r["class"] not in r["heard"] for r in full)
+    explicit = generate(tmp_path / "explicit", 2, difficulty=1.0, **kwargs)  # 1 is the default: same files
+    for row in explicit:
+        assert (tmp_path / "explicit" / row["file"]).read_bytes() == (tmp_path / "full" / row["file"]).read_bytes()
+    with pytest.raises(ValueError, match="difficulty"):
+        generate(tmp_path / "bad", 1, difficulty=1.5, **kwargs)
