@@ -2,13 +2,20 @@
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "dali": ["nvidia-dali-cuda120>=1.40"],
+    # 2.4: s3:// index files (readers took s3:// tars since 1.38); the cuda130 wheel on CUDA 13 machines
+    "dali": ["nvidia-dali-cuda120>=2.4"],
     "train": ["deepspeed>=0.14", "tensorboard>=2.10"],
     "labels": ["ultralytics>=8.1", "msclap>=1.3"],
+    # shards and inputs in object storage (fsspec URLs); gs:// needs gcsfs besides
+    "s3": ["fsspec>=2023.1", "s3fs>=2023.1"],
+    # --distributor ray (deteclap.distribute)
+    "ray": ["ray>=2.9"],
     "search": ["faiss-cpu>=1.7"],
-    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10", "import-linter>=2.0"],
+    # moto's S3 server on the loopback address for the storage tests
+    "dev": ["pytest>=7", "ruff>=0.4", "kaldi-native-fbank>=1.19", "scipy>=1.10", "import-linter>=2.0",
+            "moto[server]>=5.0"],
 }
-EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels", "search") for req in EXTRAS[name]})
+EXTRAS["all"] = sorted({req for name in ("dali", "train", "labels", "search", "s3", "ray") for req in EXTRAS[name]})
 
 setup(
     name="deteclap",

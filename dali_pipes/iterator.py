@@ -65,6 +65,7 @@ import torch
 
 from dali_pipes.nvdec import probe_nvdec
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
+from deteclap.format import storage
 from deteclap.config import Config
 from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
                                   finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
@@ -186,8 +187,9 @@ class DaliLoader(SkipLog):
         self.batches_consumed = 0
         self._index_dir: tempfile.TemporaryDirectory | None = None
         # from the tars' headers, checked (deteclap.format.scan_shard): a damaged tar or a stale index
-        # is read through index copies holding only its whole samples, never through its own .idx
-        scans = {str(tar): scan_shard(tar) for tar in self.tars}
+        # is read through index copies holding only its whole samples, never through its own .idx.
+        # DALI reads s3:// tars and (2.4+) index files itself: keys are URLs, not pathlib's collapsed form
+        scans = {storage.location(tar): scan_shard(tar) for tar in self.tars}
         self.entries = {tar: scan.entries for tar, scan in scans.items()}
         self.own_index_usable = not any(scan.problems or scan.bad for scan in scans.values())
         # decode only the sampled frame (dali_pipes.pipelines.cut_frame): format-2 shards all hold
@@ -280,7 +282,7 @@ class DaliLoader(SkipLog):
         """{key: KEY.frames bytes} of the samples of a tar read this epoch (a few dozen bytes each,
         read at their index offsets), for `frame_table_problem`."""
         tables = {}
-        with open(tar, "rb") as handle:
+        with storage.open_file(tar) as handle:
             for key, members in self.entries[tar].items():
                 for ext, offset, size, _ in members:
                     if ext == FRAME_TABLE_EXT and self._times(tar, key):
@@ -318,7 +320,8 @@ class DaliLoader(SkipLog):
         is listed n times); a tar left with no sample is dropped (DALI refuses an empty index)."""
         if not self.excluded and self.repeats is None and self.own_index_usable:
             paths = [index_path(Path(tar)) for tar in self.entries]
-            return list(self.entries), [str(p) for p in paths] if all(p.is_file() for p in paths) else []
+            return list(self.entries), ([storage.location(p) for p in paths]
+                                        if all(storage.is_file(p) for p in paths) else [])
         if self._index_dir is None:
             self._index_dir = tempfile.TemporaryDirectory(prefix="deteclap-idx-")
         tars, paths = [], []

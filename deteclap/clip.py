@@ -15,13 +15,14 @@ import io
 import json
 import math
 import stat
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from deteclap.format import AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, encode_frame_table
+from deteclap.format import AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, encode_frame_table, storage
 from deteclap.inputs import ClipInput, failure_row
 
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
@@ -413,19 +414,50 @@ def _sample_json(item: ClipInput, clip: Clip, settings: EncodeSettings, width: i
     return json.dumps(meta, sort_keys=True).encode()
 
 
-def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) -> dict:
-    """Decode one input and encode its members. Returns {"members": {ext: bytes}} or {"failure": row}."""
+def preload() -> None:
+    """Import PyAV and torchvision now (seconds in a fresh process), so that the first clip's decode
+    and encode times in the stats files are the clip's own."""
+    import av  # noqa: F401
+    import torchvision.transforms.functional  # noqa: F401
+
+
+def _decode_input(item: ClipInput, settings: EncodeSettings) -> Clip:
+    """decode_clip of an input wherever it lives: a URL or a tar member (video2dataset's layout) is
+    copied to a local temporary file first (deteclap.sources.local_input)."""
+    if not item.member and not storage.is_url(item.source):
+        return decode_clip(item.source, item.start, item.end, settings)
+    from deteclap.sources import local_input
+
     try:
-        clip = decode_clip(item.source, item.start, item.end, settings)
+        with local_input(item.source, item.member, item.member_range) as local:
+            return decode_clip(local, item.start, item.end, settings)
+    except FileNotFoundError as err:
+        raise ClipFailure("missing_file", str(err)) from None
+    except (OSError, storage.StorageError) as err:
+        raise ClipFailure("unreadable", f"{type(err).__name__}: {err}") from None
+
+
+def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) -> dict:
+    """Decode one input and encode its members. Returns {"members": {ext: bytes}} or {"failure": row},
+    and "seconds": {"decode": s, "encode": s} (reading and decoding the input; encoding the members)."""
+    started = time.perf_counter()
+    decoded = None
+    try:
+        clip = _decode_input(item, settings)
+        decoded = time.perf_counter()
         video_bytes, width, height = encode_stored_video(clip.frames, settings)
         flac = _encode_flac(clip.wave, settings.sample_rate)
     except ClipFailure as failure:
-        return {"failure": failure_row(item.shown_source, failure.reason, failure.detail, item.split, item.key)}
+        decoded = decoded or time.perf_counter()
+        return {"failure": failure_row(item.shown_source, failure.reason, failure.detail, item.split, item.key),
+                "seconds": {"decode": decoded - started, "encode": time.perf_counter() - decoded}}
+    seconds = {"decode": decoded - started, "encode": time.perf_counter() - decoded}
     multi_hot = np.zeros(num_classes, np.uint8)
     multi_hot[item.class_indices] = 1
     return {"members": {CLASSES_EXT: multi_hot.tobytes(), AUDIO_EXT: flac,
                         FRAME_TABLE_EXT: frame_table(video_bytes, width, height),
-                        META_EXT: _sample_json(item, clip, settings, width, height), VIDEO_EXT: video_bytes}}
+                        META_EXT: _sample_json(item, clip, settings, width, height), VIDEO_EXT: video_bytes},
+            "seconds": seconds}
 
 
 def process_job(job: tuple[ClipInput, EncodeSettings, int]) -> dict:

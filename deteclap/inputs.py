@@ -1,5 +1,5 @@
-"""Inputs of the shard writer and of `deteclap embed`: SRC (a folder of videos or a CSV / JSONL
-manifest) -> planned inputs.
+"""Inputs of the shard writer and of `deteclap embed`: SRC (a folder of videos, a CSV / JSONL
+manifest, or a folder of video2dataset tars; local or at a URL, deteclap.sources) -> planned inputs.
 
 `collect_inputs` reads SRC into `ClipInput`s and failure rows (reason codes: REASONS);
 `plan_shards` sorts them by (split, key), drops duplicate keys and cuts the shards, so shard
@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deteclap.format import FormatError, check_split, make_key
+from deteclap.format import FormatError, check_split, make_key, storage
 
 # what a folder SRC takes by name (FFmpeg reads them all); a file without an extension is taken when
 # its first bytes are one of these containers' (CONTAINER_MAGIC); every other file is listed as ignored
@@ -63,6 +63,8 @@ class ClipInput:
     classes: list[str] = field(default_factory=list)
     class_indices: list[int] = field(default_factory=list)
     shown_source: str = ""            # the path as the manifest / folder names it (goes to KEY.json)
+    member: str = ""                  # the video member when `source` is a tar (video2dataset's layout)
+    member_range: list[int] | None = None   # [data offset, size] of `member` in that tar
 
 
 def failure_row(source: str, reason: str, detail: str, split: str, key: str | None = None) -> dict:
@@ -145,13 +147,17 @@ def read_rows(src: Path) -> list[dict]:
     return _read_jsonl(src) if src.suffix == ".jsonl" else _read_csv(src)
 
 
-def _is_container(path: Path) -> bool:
-    """Whether a file's first bytes are those of a video container of VIDEO_EXTENSIONS."""
-    with open(path, "rb") as handle:
-        head = handle.read(SNIFF_BYTES)
+def _is_container_head(head: bytes) -> bool:
+    """Whether a file's first SNIFF_BYTES are those of a video container of VIDEO_EXTENSIONS."""
     if any(head[at:at + len(magic)] == magic for at, magics in CONTAINER_MAGIC.items() for magic in magics):
         return True
     return len(head) == SNIFF_BYTES and head[0:1] == head[TS_PACKET:TS_PACKET + 1] == head[2 * TS_PACKET:] == b"G"
+
+
+def _is_container(path: str | Path) -> bool:
+    """Whether a file's (local, or at a URL) first bytes are those of a video container."""
+    with storage.open_file(path) as handle:
+        return _is_container_head(handle.read(SNIFF_BYTES))
 
 
 def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
@@ -182,6 +188,26 @@ def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
             continue
         if taken:
             videos.append(path)
+        else:
+            ignored.append({"source": rel, "reason": ext or "no extension",
+                            "detail": "not a video container" if not ext else "not a video file extension"})
+    return videos, ignored
+
+
+def remote_folder_files(src: str) -> tuple[list[str], list[dict]]:
+    """`folder_files` of a folder in object storage: (video files as paths relative to it, sorted;
+    every other file as {"source", "reason", "detail"}). An object store holds only regular files,
+    so nothing can block; a file without an extension costs one ranged read to probe."""
+    videos, ignored = [], []
+    for rel in storage.walk_files(src):
+        ext = Path(rel).suffix.lower()
+        try:
+            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(storage.join(src, rel)))
+        except (OSError, storage.StorageError) as err:
+            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
+            continue
+        if taken:
+            videos.append(rel)
         else:
             ignored.append({"source": rel, "reason": ext or "no extension",
                             "detail": "not a video container" if not ext else "not a video file extension"})
@@ -230,12 +256,18 @@ def segment_problem(start: float, end: float | None) -> str | None:
     return None
 
 
-def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
-    """A manifest row with `path` / `file` -> its ClipInput, or a failure row."""
+def _manifest_input(row: dict, base: str | Path, split: str) -> ClipInput | dict:
+    """A manifest row with `path` / `file` -> its ClipInput, or a failure row.
+
+    Relative paths count from `base` (a folder or URL). A file named by URL is not looked up here
+    (a million HEAD requests): a missing one is a `missing_file` failure when its shard is written."""
     name = row.get("path") or row.get("file")
     if not name:
         return failure_row(json.dumps(row)[:SOURCE_CHARS], "bad_manifest_row", "no `path` or `file`", split)
-    path = Path(name) if Path(name).is_absolute() else base / name
+    if storage.is_url(name) or Path(name).is_absolute():
+        path = str(name)
+    else:
+        path = storage.join(base, name)
     clip_id = str(row.get("id") or Path(name).with_suffix("").as_posix())
     try:
         start = float(row.get("start") or 0.0)
@@ -246,41 +278,86 @@ def _manifest_input(row: dict, base: Path, split: str) -> ClipInput | dict:
     problem = segment_problem(start, end)
     if problem:
         return failure_row(str(name), "bad_manifest_row", problem, split)
-    if not path.exists():
+    if not storage.is_url(path) and not Path(path).exists():
         return failure_row(str(name), "missing_file", f"{path} does not exist", split)
-    return ClipInput(str(path), clip_id, make_key(clip_id), split, start=start, end=end,
-                     classes=_row_classes(row), shown_source=str(name))
+    return ClipInput(path, clip_id, make_key(clip_id), split, start=start, end=end, classes=_row_classes(row),
+                     shown_source=str(row.get("shown_source") or name), member=str(row.get("member") or ""),
+                     member_range=row.get("member_range"))
+
+
+def _row_inputs(src: str, rows: list[dict], base: str | Path, split: str, video_dir: str | Path | None
+                ) -> tuple[list[ClipInput], list[dict]]:
+    """Manifest(-like) rows -> (inputs, failures). A row's split becomes a file name, so one that is
+    not a plain name (`check_split`) is a bad_manifest_row: nothing may land outside OUT."""
+    inputs: list[ClipInput] = []
+    failures: list[dict] = []
+    for row in rows:
+        row_split = str(row.get("split") or split)
+        try:
+            check_split(row_split)
+        except FormatError as err:
+            failures.append(failure_row(str(row.get("shown_source") or json.dumps(row)[:SOURCE_CHARS]),
+                                        "bad_manifest_row", str(err), split))
+            continue
+        if row.get("vggsound"):
+            if storage.is_url(src):
+                raise ShardError(f"{src}: VGGSound-layout CSVs are read from local disk (with --video-dir)")
+            if video_dir is None:
+                raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
+            made = _vggsound_input(row, Path(base), row_split)
+        else:
+            made = _manifest_input(row, base, row_split)
+        (inputs if isinstance(made, ClipInput) else failures).append(made)
+    return inputs, failures
 
 
 def collect_inputs(src: str | Path, split: str = DEFAULT_SPLIT, video_dir: str | Path | None = None
                    ) -> tuple[list[ClipInput], list[dict]]:
-    """SRC (a folder of videos or a CSV / JSONL manifest) -> (inputs, planning failures).
+    """SRC (a folder of videos, a CSV / JSONL manifest, or a folder of video2dataset tars; each may be
+    a URL, deteclap.format.storage) -> (inputs, planning failures).
 
     Inputs are not yet keyed to classes or shards (see plan_shards). `split` is used where a row
     names none. Raises ShardError when SRC itself is unusable.
     """
-    src = Path(src)
-    if src.is_dir():
-        return _folder_inputs(src, split), []
-    if not src.is_file():
+    from deteclap import sources
+
+    src_text = storage.location(src)
+    if sources.looks_like_video2dataset(src_text):
+        rows, failures = sources.read_video2dataset(src_text, split)
+        inputs, more = _row_inputs(src_text, rows, src_text, split, None)
+        return inputs, failures + more
+    if storage.is_url(src_text):
+        if storage.is_dir(src_text):
+            return [ClipInput(storage.join(src_text, rel), rel.rsplit(".", 1)[0], make_key(rel.rsplit(".", 1)[0]),
+                              split, shown_source=rel) for rel in remote_folder_files(src_text)[0]], []
+        if not storage.is_file(src_text):
+            raise ShardError(f"{src_text}: no such file or folder")
+    elif Path(src).is_dir():
+        return _folder_inputs(Path(src), split), []
+    elif not Path(src).is_file():
         raise ShardError(f"{src}: no such file or folder")
-    if src.suffix.lower() not in MANIFEST_EXTENSIONS:
-        raise ShardError(f"{src}: SRC must be a folder of videos or a .csv / .jsonl manifest")
-    base = Path(video_dir) if video_dir else src.parent
-    inputs: list[ClipInput] = []
-    failures: list[dict] = []
-    for row in read_rows(src):
-        row_split = str(row.get("split") or split)
-        try:
-            check_split(row_split)          # it becomes a file name: nothing may land outside OUT
-        except FormatError as err:
-            failures.append(failure_row(json.dumps(row)[:SOURCE_CHARS], "bad_manifest_row", str(err), split))
-            continue
-        if row.get("vggsound") and video_dir is None:
-            raise ShardError(f"{src}: VGGSound-layout CSV needs --video-dir with the clips")
-        made = _vggsound_input(row, base, row_split) if row.get("vggsound") else _manifest_input(row, base, row_split)
-        (inputs if isinstance(made, ClipInput) else failures).append(made)
-    return inputs, failures
+    if Path(src_text).suffix.lower() not in MANIFEST_EXTENSIONS:
+        raise ShardError(f"{src_text}: SRC must be a folder of videos or a .csv / .jsonl manifest")
+    with storage.local_copy(src_text) as local:
+        rows = read_rows(local)
+    if video_dir:
+        base: str | Path = video_dir if storage.is_url(video_dir) else Path(video_dir)
+    else:                                       # relative paths count from the manifest's folder
+        base = src_text.rsplit("/", 1)[0] if storage.is_url(src_text) else Path(src).parent
+    return _row_inputs(src_text, rows, base, split, video_dir)
+
+
+def ignored_files(src: str | Path) -> list[dict]:
+    """The files of a folder SRC that collect_inputs does not take, each {"source", "reason",
+    "detail"} (`folder_files`, `remote_folder_files`); [] for a manifest or video2dataset tars."""
+    from deteclap import sources
+
+    src_text = storage.location(src)
+    if sources.looks_like_video2dataset(src_text):
+        return []
+    if storage.is_url(src_text):
+        return remote_folder_files(src_text)[1] if storage.is_dir(src_text) else []
+    return folder_files(Path(src))[1] if Path(src).is_dir() else []
 
 
 def plan_shards(inputs: list[ClipInput], samples_per_shard: int

@@ -10,13 +10,16 @@ frequent classes and failures.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from deteclap.format import storage
 from deteclap.config import LabelsConfig
+from deteclap.distribute import DISTRIBUTORS, DistributorError
 from deteclap.labels import clap, store, truth, yolo
 from deteclap.labels.vocabulary import load_vocabulary
 
@@ -87,10 +90,62 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="relabel shards already done (needed to relabel with other settings)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    scale = parser.add_argument_group("distribution (docs/SCALE.md)")
+    scale.add_argument("--distributor", default="local", choices=DISTRIBUTORS,
+                       help="local: this process; ray: replicas of each labeller as Ray actors, one shard at a "
+                            "time each (pip install 'deteclap[ray]')")
+    scale.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (auto, or ray://HOST:10001); default: start a local one")
+    scale.add_argument("--actors", type=int, default=0,
+                       help="replicas per labeller (default: the cluster's GPUs / --num-gpus, or its CPUs "
+                            "/ --num-cpus without GPUs)")
+    scale.add_argument("--num-gpus", type=float, default=None,
+                       help="GPUs per replica, fractional allowed (0.5: two replicas share a GPU; default 1 "
+                            "when the cluster has GPUs, else 0)")
+    scale.add_argument("--num-cpus", type=float, default=1, help="CPUs per replica (default 1)")
     return parser
 
 
-def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[store.Labeller]:
+# options that say where labelling runs, not what it computes: left out of labeller_settings
+DISTRIBUTION_OPTIONS = ("distributor", "ray_address", "actors", "num_gpus", "num_cpus")
+
+
+def labeller_names(args: argparse.Namespace) -> list[str]:
+    """The score members --labellers asks for, in build_labellers' order, without building any."""
+    names = [n.strip() for n in args.labellers.split(",") if n.strip()]
+    out = []
+    for group in LABELLERS:
+        if group in names:
+            out += [f"truth_{modality}" for modality in truth.MODALITY_FIELDS] if group == "truth" else [group]
+    return out
+
+
+def build_one(args: argparse.Namespace, vocabulary: list[str], name: str, clap_embeddings=None) -> store.Labeller:
+    """The labeller whose score member is `name` (a Ray replica builds its own with this; CLAP's
+    prompt table comes from the driver, so replicas on other machines need neither the table
+    file nor the text model)."""
+    group = "truth" if name.startswith("truth_") else name
+    built = build_labellers(argparse.Namespace(**{**vars(args), "labellers": group}), vocabulary, clap_embeddings)
+    return next(labeller for labeller in built if labeller.name == name)
+
+
+def distribution(args: argparse.Namespace, vocabulary: list[str], name: str) -> store.Distribution:
+    """How `name` is labelled: here, or by Ray actors sized from the options and the cluster."""
+    if args.distributor == "local":
+        return store.Distribution()
+    from deteclap import distribute
+
+    ray = distribute.init_ray(args.ray_address)
+    resources = ray.cluster_resources()
+    num_gpus = args.num_gpus if args.num_gpus is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
+    actors = args.actors or max(1, int(resources.get("GPU", 0) / num_gpus) if num_gpus > 0
+                                else int(resources.get("CPU", 1) / max(args.num_cpus, 1e-3)))
+    embeddings = _clap_embeddings(args, vocabulary, yolo.resolve_device(args.device)) if name == "clap" else None
+    return store.Distribution("ray", functools.partial(build_one, args, vocabulary, name, embeddings), actors=actors,
+                              num_gpus=num_gpus, num_cpus=args.num_cpus, ray_address=args.ray_address)
+
+
+def build_labellers(args: argparse.Namespace, vocabulary: list[str], clap_embeddings=None) -> list[store.Labeller]:
     """The labellers named by --labellers, built from the options (clear errors for missing files)."""
     names = [n.strip() for n in args.labellers.split(",") if n.strip()]
     unknown = sorted(set(names) - set(LABELLERS))
@@ -110,7 +165,7 @@ def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[sto
 
         torch.manual_seed(args.seed)
     if "clap" in names:
-        out.append(_build_clap(args, vocabulary, device))
+        out.append(_build_clap(args, vocabulary, device, clap_embeddings))
     if "yolo" in names:
         if args.random_weights:
             model = random_yolo()
@@ -122,11 +177,22 @@ def build_labellers(args: argparse.Namespace, vocabulary: list[str]) -> list[sto
     return out
 
 
-def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) -> clap.ClapLabeller:
+def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str, embeddings=None) -> clap.ClapLabeller:
+    weights = None if args.random_weights else args.clap_weights
+    if embeddings is None:
+        embeddings = _clap_embeddings(args, vocabulary, device)
+    encoder = clap.build_audio_encoder(weights, device)
+    return clap.ClapLabeller(encoder, embeddings, device)
+
+
+def _clap_embeddings(args: argparse.Namespace, vocabulary: list[str], device: str):
+    """The prompt-embedding table: read from --clap-text-embeddings, or computed and saved there."""
     if not args.clap_weights and not args.random_weights:
         raise ValueError("--labellers clap needs --clap-weights CLAP_weights_2023.pth (or --random-weights)")
     weights = None if args.random_weights else args.clap_weights
     identity = clap.weights_identity(weights)
+    if not args.clap_text_embeddings and storage.is_url(args.shards):
+        raise ValueError(f"{args.shards} is in object storage: give --clap-text-embeddings a local .npz path")
     table = Path(args.clap_text_embeddings or Path(args.shards) / "clap_text_embeddings.npz")
     stored = clap.text_embeddings_source(table) if table.is_file() else None
     if stored == identity:
@@ -143,8 +209,7 @@ def _build_clap(args: argparse.Namespace, vocabulary: list[str], device: str) ->
             embeddings = clap.clap_text_embeddings(weights, vocabulary, device=device)
         clap.save_text_embeddings(table, embeddings, vocabulary, source=identity)
         print(f"saved CLAP prompt embeddings to {table}", file=sys.stderr)
-    encoder = clap.build_audio_encoder(weights, device)
-    return clap.ClapLabeller(encoder, embeddings, device)
+    return embeddings
 
 
 def random_yolo(nc: int = 0) -> object:
@@ -217,17 +282,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         vocabulary = meta.get("label_vocabulary") or load_vocabulary()
         if args.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
-        labellers = build_labellers(args, vocabulary)
+        if args.distributor == "local":
+            labellers: list[store.Labeller | str] = list(build_labellers(args, vocabulary))
+        else:                   # each replica builds its own; the driver needs no model
+            labellers = labeller_names(args)
         tars = store.shard_paths(args.shards)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DistributorError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    settings = {k: v for k, v in vars(args).items() if k not in ("shards", "no_progress", "force")}
-    for labeller in labellers:
-        changes = changed_settings(meta, labeller.name, settings)
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("shards", "no_progress", "force", *DISTRIBUTION_OPTIONS)}
+    names = [lab if isinstance(lab, str) else lab.name for lab in labellers]
+    for name in names:
+        changes = changed_settings(meta, name, settings)
         if changes and not args.force:
-            done = len(meta["labelled_shards"][labeller.name])
-            print(f"error: {args.shards}: {done} shard(s) hold `{labeller.name}` scores made with other settings "
+            done = len(meta["labelled_shards"][name])
+            print(f"error: {args.shards}: {done} shard(s) hold `{name}` scores made with other settings "
                   f"({'; '.join(changes)}); a rerun would keep those scores. Add --force to relabel every shard "
                   f"with the new settings, or rerun with the stored ones to finish an interrupted labelling",
                   file=sys.stderr)
@@ -235,21 +305,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if changes:
             # --force with new settings: forget the shards done with the old ones, so that a forced
             # run cut short resumes (without --force) by relabelling the rest, not by keeping them
-            meta.setdefault("labelled_shards", {})[labeller.name] = []
+            meta.setdefault("labelled_shards", {})[name] = []
             store.save_dataset_json(args.shards, meta)
     total = count_samples(tars)
     failed_shards: set[str] = set()
-    for labeller in labellers:
-        with tqdm(total=total, desc=labeller.name, unit="clip", disable=args.no_progress) as bar:
+    for labeller, name in zip(labellers, names):
+        try:
+            where = distribution(args, vocabulary, name)
+        except (DistributorError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        with tqdm(total=total, desc=name, unit="clip", disable=args.no_progress) as bar:
             report = store.label_shards(args.shards, labeller, args.batch_size, settings, args.force,
-                                        progress=bar.update)
-        print(f"{labeller.name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
+                                        progress=bar.update, distribution=where)
+        print(f"{name}: labelled {len(report.shards_done)} shards ({report.samples} clips), "
               f"skipped {len(report.shards_skipped)} already done, {len(report.failures)} failures")
         for tar, why in report.shards_failed.items():
-            print(f"error: {labeller.name}: {tar} not labelled (left as it was): {why}", file=sys.stderr)
+            print(f"error: {name}: {tar} not labelled (left as it was): {why}", file=sys.stderr)
         failed_shards |= set(report.shards_failed)
     if not failed_shards:
-        print(summary(args.shards, [lab.name for lab in labellers], vocabulary))
+        print(summary(args.shards, names, vocabulary))
     if failed_shards:
         print(f"error: {len(failed_shards)} damaged shards not labelled: reshard them (python -m deteclap.shard "
               "SRC OUT rewrites a removed tar) or remove their rows from dataset.json", file=sys.stderr)

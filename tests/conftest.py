@@ -15,6 +15,7 @@ environment of a CPU training / benchmark subprocess), `set_args(values)` and `s
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import tempfile
@@ -105,3 +106,63 @@ def labelled_shards(shard_dir, synth_dir, tmp_path_factory) -> Path:
     shutil.copytree(shard_dir, out)
     assert label.main([str(out), "--labellers", "truth", "--truth", str(Path(synth_dir) / "truth.jsonl")]) == 0
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Services for the storage and distribution tests (tests/servers.py): loopback only, started here
+# ----------------------------------------------------------------------------------------------
+
+_BUCKET_NUMBERS = itertools.count()
+RAY_OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a child process) with the AWS_* variables pointing at it set
+    for the session (boto3, s3fs, DALI and Ray workers started later read them)."""
+    pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (pip install -e '.[dev]')")
+    pytest.importorskip("s3fs", reason="the S3 tests need s3fs (pip install -e '.[s3]')")
+    from tests.servers import MotoS3
+
+    server = MotoS3().start()
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket for one test: its URL `s3://...`."""
+    import re
+
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())
+    return s3_server.make_bucket(f"t{next(_BUCKET_NUMBERS)}-{name}"[:63].rstrip("-"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A local Ray instance with 2 CPUs for the session (started after the S3 server, so its
+    workers inherit the AWS_* variables)."""
+    ray = pytest.importorskip("ray", reason="the Ray tests need ray (pip install -e '.[ray]')")
+    # a small object store: the tests pass kilobytes, and CI machines have little shared memory
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             object_store_memory=RAY_OBJECT_STORE_BYTES)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def http_url(tmp_path):
+    """(folder, base URL): a loopback http.server serving a fresh folder for one test."""
+    from tests.servers import http_server
+
+    folder = tmp_path / "www"
+    folder.mkdir()
+    with http_server(folder) as url:
+        yield folder, url

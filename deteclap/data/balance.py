@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from deteclap.data.common import DataError, Skipped, epoch_seed
-from deteclap.format import CLASSES_EXT, scan_shard
+from deteclap.format import CLASSES_EXT, scan_shard, storage
 
 LABEL_WEIGHT_SCALE = 1000.0   # CAV-MAE: label_weight = 1000 / (label_count + 0.01)
 LABEL_COUNT_EPSILON = 0.01
@@ -60,7 +60,7 @@ def read_classes(tars: list[Path], num_classes: int | None = None
         num_classes = Counter(size for *_, size in found).most_common(1)[0][0]
     names, rows = [], []
     for tar, samples in itertools.groupby(found, key=lambda row: row[0]):     # one open per tar
-        with open(tar, "rb") as handle:
+        with storage.open_file(tar) as handle:
             for _, key, offset, size in samples:
                 if size != num_classes:
                     bad.append(Skipped(tar, key, "bad_classes"))

@@ -20,6 +20,7 @@ import torch
 
 from deteclap import audio
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
+from deteclap.format import storage
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, is_score_member, list_tars,
                              load_dataset_json, scan_shard, score_member)
 
@@ -47,11 +48,11 @@ def resolve_shards(spec: str, split: str) -> list[Path]:
     if not spec:
         raise FileNotFoundError("no shards configured (data.train_shards / data.eval_shards is empty)")
     root = Path(spec)
-    if root.is_dir():
+    if storage.is_url(spec) or root.is_dir():       # a folder, or a folder in object storage
         tars = list_tars(root, split)
         if not tars:
-            raise FileNotFoundError(f"{root}: no `{split}-*.tar` shards (split `{split}`); "
-                                    f"found {sorted(p.name for p in root.glob('*.tar'))[:5]}")
+            found = [name for name in storage.list_names(root) if name.endswith(".tar")]
+            raise FileNotFoundError(f"{spec}: no `{split}-*.tar` shards (split `{split}`); found {found[:5]}")
         return tars
     tars = sorted(Path(p) for p in glob.glob(spec) if p.endswith(".tar"))
     if not tars:
@@ -66,10 +67,10 @@ def check_shards(tars: list[Path], on_error: str) -> None:
     for tar in tars:
         problems = scan_shard(tar).problems
         if problems and on_error == "raise":
-            raise DataError(f"{tar}: {'; '.join(problems)}. Remove a stale .idx (the loaders then read the "
-                            "tar's headers), reshard a damaged tar, or set data.on_error=skip")
+            raise DataError(f"{storage.location(tar)}: {'; '.join(problems)}. Remove a stale .idx (the loaders "
+                            "then read the tar's headers), reshard a damaged tar, or set data.on_error=skip")
         if problems:
-            print(f"warning: {tar}: {'; '.join(problems)}: reading the samples its headers hold",
+            print(f"warning: {storage.location(tar)}: {'; '.join(problems)}: reading the samples its headers hold",
                   file=sys.stderr)
 
 
@@ -102,7 +103,7 @@ def bad_audio_detail(num_samples: int, rate: float) -> str | None:
 
 def shard_facts(spec: str) -> ShardFacts:
     """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
-    if not (Path(spec) / DATASET_JSON).is_file():
+    if not storage.is_file(Path(spec) / DATASET_JSON):
         return ShardFacts()
     meta = load_dataset_json(spec)
     encoding, vocabulary, classes = meta.get("encoding", {}), meta.get("label_vocabulary"), meta.get("classes")

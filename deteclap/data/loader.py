@@ -41,7 +41,7 @@ from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail,
                                   finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.device import flush_denormals
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, VIDEO_EXT, FormatError, is_score_member, iter_tar_samples,
-                             labeller_of, scan_shard)
+                             labeller_of, scan_shard, storage)
 
 
 def scan_samples(tar: Path) -> dict[str, set[str]]:
@@ -190,7 +190,7 @@ class ShardSamples(torch.utils.data.IterableDataset):
             except DataError as err:
                 reason, detail = err.args
                 if self.cfg.data.on_error == "raise":
-                    raise DataError(f"{tar}: sample {key}: {reason}: {detail}") from None
+                    raise DataError(f"{storage.location(tar)}: sample {key}: {reason}: {detail}") from None
                 yield from [Skipped(str(tar), key, reason)] * (times - draw)
                 return
 

@@ -11,13 +11,17 @@
   (`write_tar`), a folder's tars (`list_tars`), atomic, fsynced writes (`write_atomic`) and the
   lock of a folder a job changes (`folder_lock`).
 - `index` also holds `scan_shard`: a tar's samples from its headers, checked against damage, bad
-  keys and its index (what the loaders and the labeller read before they trust a tar).
+  keys and its index (what the loaders and the labeller read before they trust a tar), and
+  `local_shard`: a shard in object storage as local files.
+
+- `storage`: where files live, local paths or fsspec URLs (`s3://`, `gs://`, `http(s)://`): every
+  function above reads and writes through it, so a shard folder may sit in object storage.
 
 This package imports nothing else of deteclap, so every layer above it can use it.
 """
 
 from deteclap.format.index import (INDEX_SUFFIX, INDEX_VERSION, Entry, ShardScan, check_index, index_entries,
-                                   index_path, index_sample_count, index_text, read_index, scan_shard,
+                                   index_path, index_sample_count, index_text, local_shard, read_index, scan_shard,
                                    tar_index_samples, write_index)
 from deteclap.format.meta import (DATASET_JSON, DATASET_KEYS, FORMAT_VERSION, dataset_problems, entry_problem,
                                   load_dataset_json, save_dataset_json, folder_file)
@@ -30,7 +34,7 @@ from deteclap.format.tario import (LOCK_FILE, folder_lock, iter_tar_samples, lis
 
 __all__ = [
     "LOCK_FILE", "ShardScan", "check_split", "entry_problem", "folder_lock", "frame_table_problem", "key_problem",
-    "scan_shard",
+    "local_shard", "scan_shard", "storage",
     "AUDIO_EXT", "CLASSES_EXT", "DATASET_JSON", "DATASET_KEYS", "FORMAT_VERSION", "FRAME_TABLE_EXT", "INDEX_SUFFIX",
     "INDEX_VERSION", "JSON_FIELDS", "MEMBER_EXTENSIONS", "META_EXT", "SCORE_DTYPE", "SCORE_EXT", "VIDEO_EXT", "Entry",
     "FormatError", "check_index", "dataset_problems", "decode_frame_table", "encode_frame_table", "folder_file",

@@ -7,12 +7,16 @@ the offset of the member's data in the tar. The writer's text is byte-identical 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deteclap.format import storage
 from deteclap.format.spec import FormatError, key_problem, split_member_name
 from deteclap.format.tario import read_tar_samples, write_atomic
 
@@ -52,7 +56,7 @@ def read_index(path: Path) -> list[list[Entry]]:
     Raises:
         FormatError: not a v1.2 index, or a line that is not groups of `ext offset size name`.
     """
-    lines = Path(path).read_text(errors="surrogateescape").splitlines()
+    lines = storage.read_text(path, errors="surrogateescape").splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise FormatError(f"{path}: not a {INDEX_VERSION} wds2idx index (first line {lines[:1]})")
@@ -75,7 +79,7 @@ def index_entries(tar: Path) -> dict[str, list[Entry]]:
     """{key: [(ext, offset, size, name)]} of a tar in tar order, from its index when present, else
     from its headers; keys by the key rule (`split_member_name`)."""
     idx = index_path(tar)
-    samples = read_index(idx) if idx.is_file() else tar_index_samples(tar)
+    samples = read_index(idx) if storage.is_file(idx) else tar_index_samples(tar)
     entries: dict[str, list[Entry]] = {}
     for sample in samples:
         for entry in sample:
@@ -86,8 +90,8 @@ def index_entries(tar: Path) -> dict[str, list[Entry]]:
 def index_sample_count(tar: Path) -> int:
     """Samples in a tar: its index header's count when an index is present, else counted from the tar."""
     idx = index_path(tar)
-    if idx.is_file():
-        head = idx.read_text().split("\n", 1)[0].split()
+    if storage.is_file(idx):
+        head = storage.read_text(idx, errors="surrogateescape").split("\n", 1)[0].split()
         if len(head) == 2 and head[0] == INDEX_VERSION and head[1].isdigit():
             return int(head[1])
     return len(read_tar_samples(tar))
@@ -96,9 +100,9 @@ def index_sample_count(tar: Path) -> int:
 def check_index(tar: Path) -> str | None:
     """None when the index beside `tar` is the one its members give, else what is wrong (naming both)."""
     idx = index_path(tar)
-    if not idx.is_file():
+    if not storage.is_file(idx):
         return f"{idx.name}: missing (the index of {Path(tar).name})"
-    if idx.read_text(errors="surrogateescape") != index_text(tar_index_samples(tar)):
+    if storage.read_text(idx, errors="surrogateescape") != index_text(tar_index_samples(tar)):
         return f"{idx.name}: does not match {Path(tar).name} (a stale or foreign index)"
     return None
 
@@ -114,26 +118,27 @@ class ShardScan:
     problems: list[str] = field(default_factory=list)              # damage / index disagreement, named
 
 
-def _header_samples(tar: Path) -> tuple[list[tuple[str, list[Entry]]], str | None]:
+def _header_samples(tar: str) -> tuple[list[tuple[str, list[Entry]]], str | None]:
     """The tar's samples from its member headers (grouped by the key rule) and where it is damaged
     (None when whole). tarfile ends quietly at a header that is not one, or at a truncated one;
-    here the bytes after the last member must be the end-of-archive blocks."""
-    size = os.path.getsize(tar)
+    here the bytes after the last member must be the end-of-archive blocks. `tar` may be a URL."""
+    size = storage.size(tar)
     samples: list[tuple[str, list[Entry]]] = []
     try:
-        with tarfile.open(tar, "r:") as archive:
-            for info in archive:
-                if not info.isfile():
-                    continue
-                key, ext = split_member_name(info.name)
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, []))
-                samples[-1][1].append((ext, info.offset_data, info.size, info.name))
-                if info.offset_data + info.size > size:
-                    return samples, (f"member {info.name!r} declares {info.size} bytes at byte {info.offset_data}, "
-                                     f"past the end of the file ({size} bytes): truncated or damaged")
-            end = archive.offset
-        with open(tar, "rb") as handle:
+        with storage.open_file(tar) as handle:
+            with tarfile.open(fileobj=handle, mode="r:") as archive:
+                for info in archive:
+                    if not info.isfile():
+                        continue
+                    key, ext = split_member_name(info.name)
+                    if not samples or samples[-1][0] != key:
+                        samples.append((key, []))
+                    samples[-1][1].append((ext, info.offset_data, info.size, info.name))
+                    if info.offset_data + info.size > size:
+                        return samples, (f"member {info.name!r} declares {info.size} bytes at byte "
+                                         f"{info.offset_data}, past the end of the file ({size} bytes): truncated "
+                                         "or damaged")
+                end = archive.offset
             handle.seek(end)
             tail = handle.read(END_OF_ARCHIVE)
     except (tarfile.TarError, EOFError) as err:
@@ -144,44 +149,56 @@ def _header_samples(tar: Path) -> tuple[list[tuple[str, list[Entry]]], str | Non
     return samples, None
 
 
-def _index_holds(tar: Path, samples: list[list[Entry]], size: int) -> bool:
+def _index_holds(tar: str, samples: list[list[Entry]], size: int) -> bool:
     """Whether the tar is exactly what its index lists: each member's header right after the member
     before (nothing unlisted between them) names the member and its size, and the end-of-archive
     blocks follow the last. A few us per member (one 512-byte read each), far less than tarfile's
     parse; anything else (a folder entry, a long-name header, any disagreement) returns False and
-    the tar is read with tarfile."""
+    the tar is read with tarfile.
+
+    A tar in object storage is not read here (a request per member would cost more than reading the
+    tar): the index must lay the members out one after another as a USTAR tar does and end within
+    the object's size. The loaders still compare what they stream with the index."""
     block = tarfile.BLOCKSIZE
     position = 0
-    with open(tar, "rb") as handle:
-        fd = handle.fileno()
+    remote = storage.is_url(tar)
+    with contextlib.nullcontext() if remote else open(tar, "rb") as handle:
         for sample in samples:
             for _, offset, length, name in sample:
-                header = os.pread(fd, block, position)
-                if offset != position + block or len(header) != block or header[156:157] not in (b"0", b"\0"):
+                if offset != position + block:
                     return False
-                stored = header[:100].split(b"\0", 1)[0]
-                prefix = header[345:500].split(b"\0", 1)[0]
-                if prefix:
-                    stored = prefix + b"/" + stored
-                try:
-                    stored_size = int(header[124:136].strip(b" \0") or b"0", 8)
-                except ValueError:
-                    return False
-                if stored != name.encode("utf-8", "surrogateescape") or stored_size != length:
-                    return False
+                if not remote:
+                    header = os.pread(handle.fileno(), block, position)
+                    if len(header) != block or header[156:157] not in (b"0", b"\0"):
+                        return False
+                    stored = header[:100].split(b"\0", 1)[0]
+                    prefix = header[345:500].split(b"\0", 1)[0]
+                    if prefix:
+                        stored = prefix + b"/" + stored
+                    try:
+                        stored_size = int(header[124:136].strip(b" \0") or b"0", 8)
+                    except ValueError:
+                        return False
+                    if stored != name.encode("utf-8", "surrogateescape") or stored_size != length:
+                        return False
                 position = offset + -(-length // block) * block
-        return position + END_OF_ARCHIVE <= size and os.pread(fd, END_OF_ARCHIVE, position) == bytes(END_OF_ARCHIVE)
+        if position + END_OF_ARCHIVE > size:
+            return False
+        return remote or os.pread(handle.fileno(), END_OF_ARCHIVE, position) == bytes(END_OF_ARCHIVE)
+
+
+Stamp = tuple[int, str]
 
 
 @functools.lru_cache(maxsize=4096)
-def _scan(tar: str, size: int, mtime_ns: int, idx_mtime_ns: int) -> ShardScan:
-    path = Path(tar)
-    if idx_mtime_ns >= 0:                       # the fast path: a whole tar that its index describes
+def _scan(tar: str, tar_stamp: Stamp, idx_stamp: Stamp | None) -> ShardScan:
+    idx = storage.location(index_path(Path(tar)))
+    if idx_stamp is not None:                   # the fast path: a whole tar that its index describes
         try:
-            listed = read_index(index_path(path))
+            listed = read_index(idx)
         except FormatError:
             listed = []
-        if listed and _index_holds(path, listed, size):
+        if listed and _index_holds(tar, listed, tar_stamp[0]):
             scan = ShardScan()
             for sample in listed:
                 key = split_member_name(sample[0][3])[0]
@@ -191,24 +208,24 @@ def _scan(tar: str, size: int, mtime_ns: int, idx_mtime_ns: int) -> ShardScan:
                 else:
                     scan.entries.setdefault(key, []).extend(sample)
             return scan
-    samples, damage = _header_samples(path)
+    samples, damage = _header_samples(tar)
+    name, idx_name = storage.basename(tar), storage.basename(idx)
     scan = ShardScan()
     if damage:
-        scan.problems.append(f"{path.name}: {damage}")
+        scan.problems.append(f"{name}: {damage}")
     for position, (key, members) in enumerate(samples):
         problem = key_problem(key)
         if damage and position == len(samples) - 1:
-            scan.bad[key] = ("corrupt_tar", f"{path.name} is damaged inside this sample: {damage}")
+            scan.bad[key] = ("corrupt_tar", f"{name} is damaged inside this sample: {damage}")
         elif problem:
             scan.bad[key] = ("bad_key", problem)
         else:
             scan.entries[key] = members
-    idx = index_path(path)
-    if idx_mtime_ns < 0:
+    if idx_stamp is None:
         return scan
-    if idx.read_text(errors="surrogateescape") == index_text([members for _, members in samples]):
+    if storage.read_text(idx, errors="surrogateescape") == index_text([members for _, members in samples]):
         return scan
-    scan.problems.append(f"{idx.name}: does not match {path.name} (a stale or foreign index, or a damaged tar)")
+    scan.problems.append(f"{idx_name}: does not match {name} (a stale or foreign index, or a damaged tar)")
     try:
         listed = read_index(idx)
     except FormatError as err:
@@ -218,8 +235,24 @@ def _scan(tar: str, size: int, mtime_ns: int, idx_mtime_ns: int) -> ShardScan:
     for sample in listed if damage else []:     # what only the index knows: samples the damage cut off
         key = split_member_name(sample[0][3])[0] if sample else ""
         if key and key not in headers:
-            scan.bad.setdefault(key, ("corrupt_tar", f"listed by {idx.name}, cut off by the damage to {path.name}"))
+            scan.bad.setdefault(key, ("corrupt_tar", f"listed by {idx_name}, cut off by the damage to {name}"))
     return scan
+
+
+@contextlib.contextmanager
+def local_shard(tar: Path) -> Iterator[Path]:
+    """The tar with its index beside it as local files: themselves, or (a shard in object storage)
+    copies under their own names in a temporary folder (removed on exit), for work that reads a tar
+    many times or rewrites it (--verify, the labeller)."""
+    if not storage.is_url(tar):
+        yield Path(tar)
+        return
+    with tempfile.TemporaryDirectory(prefix="deteclap-shard-") as folder:
+        local = Path(folder) / storage.basename(tar)
+        storage.download(tar, local)
+        if storage.is_file(index_path(Path(tar))):
+            storage.download(index_path(Path(tar)), index_path(local))
+        yield local
 
 
 def scan_shard(tar: Path) -> ShardScan:
@@ -229,11 +262,15 @@ def scan_shard(tar: Path) -> ShardScan:
     (`corrupt_tar`); in `problems` the tar's damage and an index that disagrees with the tar (stale,
     foreign: the tar's headers hold its samples, so nothing is lost), each naming its file.
 
-    Reads every member header (no member data); cached per file size and modification time. The
-    result is shared: do not modify it.
+    Reads every member header (no member data); cached per file size and version (modification
+    time; an object's ETag). A tar in object storage whose index lays out its members is taken
+    from the index without reading the tar (`_index_holds`). The result is shared: do not modify it.
+
+    Raises:
+        FileNotFoundError: no such tar.
     """
-    tar = Path(tar)
-    stat = tar.stat()
-    idx = index_path(tar)
-    idx_mtime = idx.stat().st_mtime_ns if idx.is_file() else -1
-    return _scan(str(tar), stat.st_size, stat.st_mtime_ns, idx_mtime)
+    tar = storage.location(tar)
+    tar_stamp = storage.stamp(tar)
+    if tar_stamp is None:
+        raise FileNotFoundError(f"{tar}: no such shard")
+    return _scan(tar, tar_stamp, storage.stamp(index_path(Path(tar))))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from deteclap.format import storage
 from deteclap.format.spec import FormatError
 
 DATASET_JSON = "dataset.json"
@@ -36,14 +37,15 @@ def entry_problem(name: Any) -> str | None:
 def folder_file(folder: str | Path, name: Any) -> Path:
     """The file a dataset.json `tar` / `index` entry names, inside `folder`; the one resolver of
     those entries, so a hostile or hand-edited dataset.json cannot make a loader read, or the
-    labeller rewrite, a file elsewhere.
+    labeller rewrite, a file elsewhere. A folder in object storage gives a Path made from its URL
+    (deteclap.format.storage.location turns it back into the URL).
 
     Raises:
         FormatError: an entry that is not a relative path inside the folder (`entry_problem`).
     """
     problem = entry_problem(name)
     if problem:
-        raise FormatError(f"{Path(folder) / DATASET_JSON}: {problem}")
+        raise FormatError(f"{storage.join(folder, DATASET_JSON)}: {problem}")
     return Path(folder) / PurePosixPath(name)
 
 
@@ -54,11 +56,12 @@ def load_dataset_json(folder: str | Path) -> dict[str, Any]:
         FileNotFoundError: no dataset.json (the message says how one is made).
         ValueError: it is not valid JSON, or not an object.
     """
-    path = Path(folder) / DATASET_JSON
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {folder} a shard folder written by `python -m deteclap.shard`?")
+    path = storage.join(folder, DATASET_JSON)
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"{path} not found: is {storage.location(folder)} a shard folder written by "
+                                "`python -m deteclap.shard`?")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(meta, dict):

@@ -13,7 +13,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deteclap.format.meta import DATASET_JSON, load_dataset_json, folder_file
+from deteclap.format import storage
+from deteclap.format.meta import DATASET_JSON, folder_file, load_dataset_json
 from deteclap.format.spec import MEMBER_EXTENSIONS, FormatError, member_name, split_member_name
 
 TAR_MEMBER_MODE = 0o644
@@ -42,10 +43,25 @@ def replace_synced(tmp: Path, path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file as a whole or not at all: tmp file, fsync, os.replace, fsync the folder."""
+    """Write a file as a whole or not at all: tmp file, fsync, os.replace, fsync the folder (in
+    object storage: one PUT, which is atomic)."""
+    if storage.is_url(path):
+        storage.write_bytes(path, data)
+        return
     tmp = tmp_path(path)
     tmp.write_bytes(data)
     replace_synced(tmp, path)
+
+
+@contextlib.contextmanager
+def open_tar(path: Path, mode: str = "r") -> Iterator[tarfile.TarFile]:
+    """tarfile.open for a local path or a URL (deteclap.format.storage; `r|` streams it in one pass)."""
+    if not storage.is_url(path):
+        with tarfile.open(path, mode) as tar:
+            yield tar
+        return
+    with storage.open_file(path) as handle, tarfile.open(fileobj=handle, mode=mode) as tar:
+        yield tar
 
 
 def read_tar_samples(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
@@ -53,7 +69,7 @@ def read_tar_samples(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]
     (`split_member_name`); entries that are not files are left out."""
     samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
     try:
-        with tarfile.open(path) as tar:
+        with open_tar(path) as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -62,13 +78,13 @@ def read_tar_samples(path: Path) -> list[tuple[str, dict[str, tarfile.TarInfo]]]
                     samples.append((key, {}))
                 samples[-1][1][ext] = info
     except (tarfile.TarError, EOFError) as err:
-        raise FormatError(f"{path}: damaged tar: {err}") from None
+        raise FormatError(f"{storage.location(path)}: damaged tar: {err}") from None
     return samples
 
 
 def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) for consecutive members sharing a key, in tar order (streamed, one pass);
-    names without an extension are left out, as WebDataset does.
+    names without an extension are left out, as WebDataset does. `tar` may be a URL (streamed).
 
     Raises:
         FormatError: the tar is damaged (truncated inside a member, a header that is not one, a
@@ -76,9 +92,9 @@ def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
             whole sample; the samples before it were yielded, the one it cuts is not.
     """
     key, members, last = None, {}, None
-    size = os.path.getsize(tar)
+    size = storage.size(tar)
     try:
-        with tarfile.open(tar, mode="r|") as archive:
+        with open_tar(tar, mode="r|") as archive:
             for member in archive:
                 this_key, ext = split_member_name(member.name)
                 if not member.isfile() or not ext:
@@ -93,7 +109,7 @@ def iter_tar_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                 members[ext] = archive.extractfile(member).read()
     except (tarfile.TarError, EOFError, FormatError) as err:
         where = f"after sample {last!r}" if last is not None else "in its first sample"
-        raise FormatError(f"{tar}: damaged tar {where}: {err}") from None
+        raise FormatError(f"{storage.location(tar)}: damaged tar {where}: {err}") from None
     if key is not None:
         yield key, members
 
@@ -132,9 +148,12 @@ def list_tars(folder: str | Path, split: str | None = None) -> list[Path]:
         FormatError: a dataset.json entry that leaves the folder (`folder_file`).
     """
     folder = Path(folder)
-    if (folder / DATASET_JSON).is_file():
+    if storage.is_file(folder / DATASET_JSON):
         rows = load_dataset_json(folder).get("shards", [])
         return sorted(folder_file(folder, row["tar"]) for row in rows if split is None or row["split"] == split)
+    if storage.is_url(folder):
+        return [folder / name for name in storage.list_names(folder)
+                if name.endswith(".tar") and (split is None or name.startswith(f"{split}-"))]
     return sorted(folder.glob("*.tar" if split is None else f"{split}-*.tar"))
 
 
@@ -151,7 +170,14 @@ def folder_lock(folder: str | Path, job: str) -> Iterator[None]:
     kernel releases when its holder ends, however it ends (kill -9 included). The holder removes the
     file when it is done (a job that got the lock on a file removed meanwhile takes it again on the
     new one), so a folder nobody changes holds none.
+
+    Object stores have no lock: a folder given by URL is not locked (run one job at a time on it;
+    shards/FORMAT.md says so). Distributed jobs take the lock in the driver, which alone writes
+    dataset.json.
     """
+    if storage.is_url(folder):
+        yield
+        return
     path = Path(folder) / LOCK_FILE
     told = False
     while True:

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from deteclap.format import (DATASET_JSON, SCORE_DTYPE, FormatError, folder_lock, index_path, is_score_member,
-                             iter_tar_samples, labeller_of, list_tars, load_dataset_json, replace_synced,
-                             save_dataset_json, scan_shard, score_member, split_member_name, tar_index_samples,
-                             tmp_path, write_index)
+                             iter_tar_samples, labeller_of, list_tars, load_dataset_json, local_shard, replace_synced,
+                             save_dataset_json, scan_shard, score_member, split_member_name, storage,
+                             tar_index_samples, tmp_path, write_index)
 Sample = dict[str, Any]            # {"__key__": key, "<ext>": bytes, ...} (ext = after the key's first dot)
 
 
@@ -72,6 +72,7 @@ def iter_samples(tar_path: str | Path) -> Iterator[Sample]:
     for key, members in iter_tar_samples(Path(tar_path)):
         yield {"__key__": key, **members}
 
+
 def shard_paths(shards_dir: str | Path) -> list[Path]:
     """The tars of a shard folder as dataset.json lists them (`deteclap.format.list_tars`).
 
@@ -81,7 +82,7 @@ def shard_paths(shards_dir: str | Path) -> list[Path]:
     shards_dir = Path(shards_dir)
     load_dataset_json(shards_dir)                   # a folder without dataset.json is no shard folder
     paths = list_tars(shards_dir)
-    missing = [str(p) for p in paths if not p.is_file()]
+    missing = [storage.location(p) for p in paths if not storage.is_file(p)]
     if missing:
         raise FileNotFoundError(f"dataset.json names shards that do not exist: {missing}")
     return paths
@@ -158,6 +159,7 @@ def _record_shard(shards_dir: Path, labeller: str, tar_name: str, keys: Sequence
     done = meta.setdefault("labelled_shards", {}).setdefault(labeller, [])
     if tar_name not in done:
         done.append(tar_name)
+        done.sort()                 # replicas finish in any order: the file does not depend on it
     known = meta.setdefault("label_failures", {}).setdefault(labeller, {})
     for key in keys:                               # this labelling replaces the shard's earlier outcome
         known.pop(key, None)
@@ -170,69 +172,149 @@ def _record_shard(shards_dir: Path, labeller: str, tar_name: str, keys: Sequence
     save_dataset_json(shards_dir, meta)
 
 
-def label_shards(shards_dir: str | Path, labeller: Labeller, batch_size: int = 16,
-                 settings: dict[str, Any] | None = None, force: bool = False,
-                 progress: Callable[[int], None] | None = None) -> LabelReport:
-    """Run a labeller over every not-yet-labelled shard of a folder and store its scores.
+@dataclass
+class TarLabels:
+    """What labelling one tar gave: its keys, {key: reason} of the samples whose labelling failed,
+    and, for a damaged tar left as it was (nothing labelled), what is wrong with it."""
+    keys: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    damage: str | None = None
 
-    Args:
-        settings: what to record about the run in dataset.json `labeller_settings` (weights, ...).
-        force: relabel shards already recorded as done.
-        progress: called with the number of samples finished after each batch (e.g. tqdm.update).
 
-    Holds the folder's lock (`deteclap.format.folder_lock`): a second labeller or shard writer on
-    the folder waits. A damaged tar (`deteclap.format.scan_shard`: truncated, a bad key, a stale
-    index) is not labelled: it is named in `report.shards_failed`, left as it was, and the
-    labeller does not join dataset.json `labellers`.
+def label_tar(tar_path: str | Path, labeller: Labeller, num_classes: int, batch_size: int = 16,
+              progress: Callable[[int], None] | None = None) -> TarLabels:
+    """Score every sample of one tar and rewrite it with the labeller's members (write_scores).
+
+    A damaged tar (`deteclap.format.scan_shard`: truncated, a bad key, a stale index; or a stream
+    that breaks off) is left as it was and its damage returned. A tar in object storage is copied
+    here with its index, checked and rewritten, and put back whole (tar, then its index).
     """
-    load_dataset_json(shards_dir)              # no shard folder: its own message, before the lock file
-    with folder_lock(shards_dir, f"labeller {labeller.name}"):
-        return _label_shards(Path(shards_dir), labeller, batch_size, settings, force, progress)
-
-
-def _label_shards(shards_dir: Path, labeller: Labeller, batch_size: int, settings: dict[str, Any] | None,
-                  force: bool, progress: Callable[[int], None] | None) -> LabelReport:
-    meta = load_dataset_json(shards_dir)
-    vocabulary = meta.get("label_vocabulary")
-    if not vocabulary:
-        raise ValueError(f"{shards_dir}/{DATASET_JSON} has no label_vocabulary")
-    score_member(labeller.name)
-    tars = shard_paths(shards_dir)
-    done = set(meta.get("labelled_shards", {}).get(labeller.name, []))
-    report = LabelReport(labeller.name)
-    for tar_path in tars:
-        if tar_path.name in done and not force:
-            report.shards_skipped.append(tar_path.name)
-            continue
-        scan = scan_shard(tar_path)
+    scores: dict[str, np.ndarray] = {}
+    failures: dict[str, str] = {}
+    with local_shard(tar_path) as local:
+        scan = scan_shard(local)
         damage = scan.problems + [f"sample {key!r}: {reason}: {detail}" for key, (reason, detail) in scan.bad.items()]
         try:
-            samples = [] if damage else list(iter_samples(tar_path))
+            samples = [] if damage else list(iter_samples(local))
         except FormatError as err:
             damage = [str(err)]
         if damage:
-            report.shards_failed[tar_path.name] = "; ".join(damage)
-            continue
-        scores: dict[str, np.ndarray] = {}
-        failures: dict[str, str] = {}
+            return TarLabels(damage="; ".join(damage))
         for start in range(0, len(samples), batch_size):
             batch = samples[start:start + batch_size]
             batch_scores, reasons = labeller(batch)
-            if batch_scores.shape != (len(batch), len(vocabulary)):
+            if batch_scores.shape != (len(batch), num_classes):
                 raise ValueError(f"labeller {labeller.name} returned scores {batch_scores.shape}, "
-                                 f"expected ({len(batch)}, {len(vocabulary)})")
+                                 f"expected ({len(batch)}, {num_classes})")
             for sample, row, reason in zip(batch, batch_scores, reasons):
                 key = sample["__key__"]
                 if reason is not None:
-                    row = np.full(len(vocabulary), np.nan, np.float32)
+                    row = np.full(num_classes, np.nan, np.float32)
                     failures[key] = reason
                 scores[key] = row
             if progress is not None:
                 progress(len(batch))
-        write_scores(tar_path, labeller.name, scores)
-        _record_shard(shards_dir, labeller.name, tar_path.name, list(scores), failures, settings or {},
+        write_scores(local, labeller.name, scores)
+        if storage.is_url(tar_path):
+            storage.put_file(local, tar_path)
+            storage.put_file(index_path(local), storage.location(index_path(Path(tar_path))))
+    return TarLabels(list(scores), failures)
+
+
+class LabelWorker:
+    """One labelling replica (a Ray actor under `--distributor ray`): builds its labeller once with
+    `make_labeller()` (on the actor's GPU), then labels one tar per call."""
+
+    def __init__(self, make_labeller: Callable[[], Labeller], num_classes: int, batch_size: int):
+        self.labeller = make_labeller()
+        self.num_classes, self.batch_size = num_classes, batch_size
+
+    def label(self, tar: str) -> TarLabels:
+        return label_tar(tar, self.labeller, self.num_classes, self.batch_size)
+
+
+@dataclass
+class Distribution:
+    """How `label_shards` spreads tars over replicas (deteclap.distribute): `local` labels in this
+    process; `ray` runs `actors` replicas of `make_labeller()` with `num_gpus` (fractional allowed)
+    and `num_cpus` each, one tar at a time per replica."""
+    distributor: str = "local"
+    make_labeller: Callable[[], Labeller] | None = None
+    actors: int = 1
+    num_gpus: float = 0
+    num_cpus: float = 1
+    ray_address: str | None = None
+
+
+def label_shards(shards_dir: str | Path, labeller: Labeller | str, batch_size: int = 16,
+                 settings: dict[str, Any] | None = None, force: bool = False,
+                 progress: Callable[[int], None] | None = None, distribution: Distribution | None = None
+                 ) -> LabelReport:
+    """Run a labeller over every not-yet-labelled shard of a folder and store its scores.
+
+    Args:
+        labeller: the labeller, or (with a `ray` distribution, whose replicas build their own) its name.
+        settings: what to record about the run in dataset.json `labeller_settings` (weights, ...).
+        force: relabel shards already recorded as done.
+        progress: called with the number of samples finished (after each batch; each tar under Ray).
+        distribution: where the labelling runs (default: here). Whatever runs it, this process alone
+            records finished shards in dataset.json, one at a time, so a rerun resumes.
+
+    This process holds the folder's lock (`deteclap.format.folder_lock`) throughout, whatever runs
+    the labelling: a second labeller or shard writer on the folder waits (a folder in object
+    storage has no lock). A damaged tar (`deteclap.format.scan_shard`: truncated, a bad key, a
+    stale index) is not labelled: it is named in `report.shards_failed`, left as it was, and the
+    labeller does not join dataset.json `labellers`.
+    """
+    load_dataset_json(shards_dir)              # no shard folder: its own message, before the lock file
+    name = labeller if isinstance(labeller, str) else labeller.name
+    with folder_lock(storage.location(shards_dir), f"labeller {name}"):
+        return _label_shards(Path(storage.location(shards_dir)), labeller, name, batch_size, settings, force,
+                             progress, distribution or Distribution())
+
+
+def _label_shards(shards_dir: Path, labeller: Labeller | str, name: str, batch_size: int,
+                  settings: dict[str, Any] | None, force: bool, progress: Callable[[int], None] | None,
+                  distribution: Distribution) -> LabelReport:
+    meta = load_dataset_json(shards_dir)
+    vocabulary = meta.get("label_vocabulary")
+    if not vocabulary:
+        raise ValueError(f"{storage.join(shards_dir, DATASET_JSON)} has no label_vocabulary")
+    score_member(name)
+    tars = shard_paths(shards_dir)
+    done = set(meta.get("labelled_shards", {}).get(name, []))
+    report = LabelReport(name)
+    pending = []
+    for tar_path in tars:
+        if tar_path.name in done and not force:
+            report.shards_skipped.append(tar_path.name)
+        else:
+            pending.append(tar_path)
+    if distribution.distributor == "local":
+        if isinstance(labeller, str):
+            raise ValueError("local labelling needs the labeller itself, not its name")
+        results = ((i, label_tar(tar, labeller, len(vocabulary), batch_size, progress))
+                   for i, tar in enumerate(pending))
+    else:
+        from deteclap import distribute
+
+        if distribution.make_labeller is None:
+            raise ValueError(f"--distributor {distribution.distributor}: the replicas need make_labeller")
+        results = distribute.run_actors(
+            LabelWorker, (distribution.make_labeller, len(vocabulary), batch_size),
+            [(storage.location(tar),) for tar in pending], method="label", distributor=distribution.distributor,
+            actors=distribution.actors, num_gpus=distribution.num_gpus, num_cpus=distribution.num_cpus,
+            ray_address=distribution.ray_address)
+    for index, labelled in results:
+        tar_path = pending[index]
+        if labelled.damage is not None:
+            report.shards_failed[tar_path.name] = labelled.damage
+            continue
+        _record_shard(shards_dir, name, tar_path.name, labelled.keys, labelled.failures, settings or {},
                       [p.name for p in tars])
+        if progress is not None and distribution.distributor != "local":
+            progress(len(labelled.keys))
         report.shards_done.append(tar_path.name)
-        report.samples += len(samples)
-        report.failures.update(failures)
+        report.samples += len(labelled.keys)
+        report.failures.update(labelled.failures)
     return report

@@ -6,11 +6,13 @@ import argparse
 import sys
 from collections import Counter
 
-from deteclap.format import FormatError, check_split
 from deteclap.clip import CODECS, DEFAULT_MIN_SECONDS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE, EncodeSettings
+from deteclap.distribute import DISTRIBUTORS, DistributorError
+from deteclap.format import FormatError, check_split
+from deteclap.format.storage import StorageError
 from deteclap.inputs import DEFAULT_SPLIT, REASONS, ShardError
 from deteclap.shard.verify import verify_shards
-from deteclap.shard.write import DEFAULT_SAMPLES_PER_SHARD, write_shards
+from deteclap.shard.write import DEFAULT_SAMPLES_PER_SHARD, JOB_STATS_JSON, STATS_SUFFIX, write_shards
 
 IGNORED_SHOWN = 20
 
@@ -43,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="skip inputs whose segment is shorter")
     parser.add_argument("--video-dir", default=None, help="folder of the clips a manifest names (VGGSound CSV)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--distributor", default="local", choices=DISTRIBUTORS,
+                        help="local: --workers processes here; ray: one Ray task per shard, same bytes "
+                             "(pip install 'deteclap[ray]'; docs/SCALE.md)")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to join (auto, or ray://HOST:10001); default: a local Ray instance "
+                             "with --workers CPUs")
     return parser
 
 
@@ -75,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = write_shards(args.paths[0], args.paths[1], workers=args.workers, split=args.split,
                                samples_per_shard=args.samples_per_shard, settings=settings,
-                               video_dir=args.video_dir, progress=not args.quiet)
-    except (ShardError, FormatError) as err:
+                               video_dir=args.video_dir, progress=not args.quiet, distributor=args.distributor,
+                               ray_address=args.ray_address)
+    except (ShardError, FormatError, DistributorError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    job = summary["job"]
+    print(f"job: {job['clips']} clips, {job['bytes'] / 1e6:.1f} MB of shards, decode {job['decode_seconds']:.1f} s "
+          f"+ encode {job['encode_seconds']:.1f} s of worker time, {job['wall_seconds']:.1f} s wall "
+          f"({job['distributor']}); per shard: NAME{STATS_SUFFIX}, totals: {JOB_STATS_JSON}")
     reasons = ", ".join(f"{k} {v}" for k, v in summary["reasons"].items()) or "none"
     print(f"{summary['samples']} samples in {summary['shards']} shards under {summary['out']} "
           f"({summary['written_now']} written now, {summary['skipped_shards']} shards already done); "

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS, MEMBER_EXTENSIONS,
-                             META_EXT, VIDEO_EXT, FormatError, check_index, dataset_problems, load_dataset_json,
-                             read_tar_samples, scan_shard, folder_file,
-                             score_member)
+                             META_EXT, VIDEO_EXT, FormatError, check_index, dataset_problems, folder_file, local_shard,
+                             load_dataset_json, read_tar_samples, scan_shard, score_member, storage)
 from deteclap.clip import DEFAULT_SHORT_SIDE, NUM_FRAMES, frame_table
 from deteclap.shard.write import FAILURES_JSONL
 
@@ -124,45 +123,52 @@ def _verify_sample(tar: tarfile.TarFile, where: str, key: str, members: dict[str
 def _check_folder(out: Path, meta_all: dict, report: VerifyReport) -> None:
     """No tar with samples outside dataset.json's list; failures.jsonl present."""
     listed = {s["tar"] for s in meta_all["shards"]}
-    for extra in sorted(p for p in out.glob("*.tar") if p.name not in listed):
+    for extra in [out / name for name in storage.list_names(out) if name.endswith(".tar") and name not in listed]:
         try:
             if read_tar_samples(extra):
                 report.error(f"{extra.name}: a tar with samples not listed in dataset.json")
         except (OSError, tarfile.TarError, FormatError) as err:
             report.error(f"{extra.name}: cannot read: {err}")
-    if not (out / FAILURES_JSONL).exists():
+    if not storage.exists(out / FAILURES_JSONL):
         report.error(f"{FAILURES_JSONL} is missing")
 
 
 def _verify_shard(out: Path, shard: dict, meta_all: dict, report: VerifyReport) -> None:
+    """Check one listed shard: its damage, keys and index (`scan_shard`), then every sample."""
     tar_path = folder_file(out, shard["tar"])    # (dataset_problems refused entries leaving the folder)
     report.shards += 1
     try:
-        scan = scan_shard(tar_path)              # damage, keys that cannot be used, a stale index
-        for problem in scan.problems:
-            report.error(f"{shard['tar']}: {problem}")
-        for key, (reason, detail) in scan.bad.items():
-            report.error(f"{shard['tar']}:{key}: {reason}: {detail}")
-        problem = None if scan.problems else check_index(tar_path)
-        if problem:
-            report.error(problem)
-        samples = read_tar_samples(tar_path)
-        if len(samples) != shard["samples"]:
-            report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
-        keys = [k for k, _ in samples]
-        if len(set(keys)) != len(keys):
-            report.error(f"{shard['tar']}: a key appears in more than one group")
-        with tarfile.open(tar_path) as tar:
-            for key, members in samples:
-                report.samples += 1
-                _verify_sample(tar, f"{shard['tar']}:{key}", key, members, meta_all, report)
-    except (OSError, tarfile.TarError, FormatError) as err:
+        with local_shard(tar_path) as local:
+            _verify_tar(local, shard, meta_all, report)
+    except (OSError, tarfile.TarError, FormatError, storage.StorageError) as err:
         report.error(f"{shard['tar']}: cannot read: {err}")
 
 
+def _verify_tar(tar_path: Path, shard: dict, meta_all: dict, report: VerifyReport) -> None:
+    scan = scan_shard(tar_path)              # damage, keys that cannot be used, a stale index
+    for problem in scan.problems:
+        report.error(f"{shard['tar']}: {problem}")
+    for key, (reason, detail) in scan.bad.items():
+        report.error(f"{shard['tar']}:{key}: {reason}: {detail}")
+    problem = None if scan.problems else check_index(tar_path)
+    if problem:
+        report.error(problem)
+    samples = read_tar_samples(tar_path)
+    if len(samples) != shard["samples"]:
+        report.error(f"{shard['tar']}: {len(samples)} samples, dataset.json says {shard['samples']}")
+    keys = [k for k, _ in samples]
+    if len(set(keys)) != len(keys):
+        report.error(f"{shard['tar']}: a key appears in more than one group")
+    with tarfile.open(tar_path) as tar:
+        for key, members in samples:
+            report.samples += 1
+            _verify_sample(tar, f"{shard['tar']}:{key}", key, members, meta_all, report)
+
+
 def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
-    """Open every tar of OUT, check members, decode video (all frames) and FLAC, check JSON and sizes."""
-    out = Path(out)
+    """Open every tar of OUT, check members, decode video (all frames) and FLAC, check JSON and sizes.
+    OUT may be a URL (deteclap.format.storage)."""
+    out = Path(storage.location(out))
     report = VerifyReport()
     try:
         meta_all = load_dataset_json(out)
