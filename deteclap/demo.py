@@ -60,6 +60,7 @@ SAMPLES_PER_SHARD = 60  # several tars, so that every loader worker has its own
 # (contrastive weight 1.0; see docs/demo.md for the measurement behind it); "paper" restores the
 # paper's contrastive weight 0.01 and trains three times as long.
 PAPER_STEP_FACTOR = 3
+PAGE_QUERIES = 3           # results pages per model (DIR/pages/<variant>/<key>.html)
 BUDGETS = ("default", "paper")
 EXAMPLE_QUERIES = 6     # the figure shows the first N test queries, in loader order
 TOP_K = 3
@@ -395,6 +396,20 @@ def write_markdown(path: Path, report: str) -> None:
     path.write_text(report)
 
 
+def write_pages(out: Path, test_shards: Path, seed: int, num_queries: int = PAGE_QUERIES) -> list[str]:
+    """DIR/pages/<variant>/: each model's (run of `seed`) embedding index of the test clips and one
+    `deteclap search` results page per query (the first `num_queries` test clips' audio against
+    the frames), to look at what each model retrieves and, for OR, which classes explain a match."""
+    from deteclap.results_page import write_retrieval_pages
+
+    pages = []
+    for variant in VARIANTS:
+        written = write_retrieval_pages(run_path(out, variant, seed), test_shards, out / "pages" / variant,
+                                        num_queries=num_queries, k=5)
+        pages.extend(written["pages"])
+    return pages
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deteclap.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -469,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     from deteclap.plots import demo_figure
 
     demo_figure(out, runs, shards["test"], {v: per_seed[v][0] for v in VARIANTS}, seeds[0])
+    pages = write_pages(out, shards["test"], seeds[0])
     timings["evaluate"] += time.time() - begin
     info = {"seconds": time.time() - started, "timings": timings, "seeds": seeds, "cpu": cpu_model(),
             "cpus": os.cpu_count(), "trained_now": trained_now, "training": training_times(runs),
@@ -481,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         write_markdown(Path(args.markdown), report)
     print("\n" + table)
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.png'}, {out / 'demo.md'} in {info['seconds'] / 60:.1f} min")
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.png'}, {out / 'demo.md'} and the retrieval pages "
+          f"({len(pages)} in {out / 'pages'}) in {info['seconds'] / 60:.1f} min")
     return 0
 
 

@@ -40,6 +40,15 @@ def test_demo_writes_every_metric_for_both_variants(tmp_path):
     assert low <= comparison["sumR_diff_mean"] <= high
     assert comparison["or_higher_in"] in (0, 1)
     assert (out / "results.png").stat().st_size > 10_000
+    for name in ("cavmae", "or"):          # each model's index of the test clips and its results pages
+        index = json.loads((out / "pages" / name / "index" / "index.json").read_text())
+        assert index["count"] == 9
+        found = sorted((out / "pages" / name).glob("*.json"))
+        assert len(found) == 3 and len(list((out / "pages" / name).glob("*.html"))) == 3
+        for page in found:
+            result = json.loads(page.read_text())
+            assert [r["rank"] for r in result["results"]] == [1, 2, 3, 4, 5]
+            assert (result["results"][0]["shared_classes"] is None) == (name == "cavmae")
     table = (out / "table.txt").read_text()
     assert "cavmae" in table and "class_map" in table and comparison["verdict"] in table
     assert (tmp_path / "docs" / "demo.md").read_text() == (out / "demo.md").read_text()
