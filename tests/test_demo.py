@@ -158,7 +158,8 @@ def fake_evaluate_run(variant, seed, shards, run_dir, extra, ks=(1, 5, 10)):
 
 @pytest.fixture
 def stub_demo(monkeypatch, tmp_path):
-    """Stubs the demo's data, training (train.py), evaluation and figure; returns the trained run names."""
+    """Stubs the demo's data, training (train.py), evaluation, figure and results pages; returns the trained
+    run names."""
     from deteclap import plots
 
     trained: list[str] = []
@@ -167,6 +168,7 @@ def stub_demo(monkeypatch, tmp_path):
     monkeypatch.setattr(demo.subprocess, "run", fake_train_py(trained))
     monkeypatch.setattr(demo, "evaluate_run", fake_evaluate_run)
     monkeypatch.setattr(plots, "demo_figure", lambda *args: None)
+    monkeypatch.setattr(demo, "write_pages", lambda *args: [])
     return trained
 
 
