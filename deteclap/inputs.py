@@ -180,18 +180,25 @@ def folder_files(src: Path) -> tuple[list[Path], list[dict]]:
         if not stat.S_ISREG(mode):
             ignored.append({"source": rel, "reason": "not a regular file", "detail": "a FIFO, socket or device"})
             continue
-        ext = path.suffix.lower()
-        try:
-            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(path))
-        except OSError as err:
-            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
-            continue
-        if taken:
+        why_not = _not_a_video(rel, path)
+        if why_not is None:
             videos.append(path)
         else:
-            ignored.append({"source": rel, "reason": ext or "no extension",
-                            "detail": "not a video container" if not ext else "not a video file extension"})
+            ignored.append(why_not)
     return videos, ignored
+
+
+def _not_a_video(rel: str, place: str | Path) -> dict | None:
+    """None when the regular file `place` is taken as a video (a VIDEO_EXTENSIONS name, or no extension
+    and a container's first bytes), else its ignored row {"source": rel, "reason", "detail"}."""
+    ext = Path(rel).suffix.lower()
+    try:
+        if ext in VIDEO_EXTENSIONS or (not ext and _is_container(place)):
+            return None
+    except (OSError, storage.StorageError) as err:
+        return {"source": rel, "reason": "unreadable", "detail": str(err)}
+    return {"source": rel, "reason": ext or "no extension",
+            "detail": "not a video container" if not ext else "not a video file extension"}
 
 
 def remote_folder_files(src: str) -> tuple[list[str], list[dict]]:
@@ -200,17 +207,11 @@ def remote_folder_files(src: str) -> tuple[list[str], list[dict]]:
     so nothing can block; a file without an extension costs one ranged read to probe."""
     videos, ignored = [], []
     for rel in storage.walk_files(src):
-        ext = Path(rel).suffix.lower()
-        try:
-            taken = ext in VIDEO_EXTENSIONS or (not ext and _is_container(storage.join(src, rel)))
-        except (OSError, storage.StorageError) as err:
-            ignored.append({"source": rel, "reason": "unreadable", "detail": str(err)})
-            continue
-        if taken:
+        why_not = _not_a_video(rel, storage.join(src, rel))
+        if why_not is None:
             videos.append(rel)
         else:
-            ignored.append({"source": rel, "reason": ext or "no extension",
-                            "detail": "not a video container" if not ext else "not a video file extension"})
+            ignored.append(why_not)
     return videos, ignored
 
 
