@@ -1,6 +1,6 @@
 """Loader benchmark: clips/s and MB/s of finished training batches from the same shards.
 
-    python benchmarks/loader.py --shards DIR [--batch 32] [--workers 2] [--threads 8,14] [--batches 24]
+    python benchmarks/loader.py --shards DIR [DIR2] [--batch 32] [--workers 2] [--threads 8,14] [--batches 24]
                                 [--warmup 2] [--repeats 3] [--replicate N] [--json OUT]
                                 [--official-layout [--official-dir DIR]] [--profile]
 
@@ -23,6 +23,9 @@ Each loader runs in its own process (spawned, kept for its runs): the reference 
 DataLoader forks its workers, which must never happen in a process where a DALI GPU pipeline (its
 threads, its CUDA context) lives. DALI loaders get DALI CPU threads `--threads` (one result per
 count, `dali_gpu_t8`, `dali_gpu_t14`; default: data.dali_threads' default, the cores available).
+With several --shards folders (the same clips with `--audio-format pcm` and `flac`), each of our
+loaders runs on each of them (`reference@pcm`, `dali_cpu@flac`, ...; `audio_format` in each
+result); the official layout is exported from the first.
 `--replicate N` reads the shards N times over (hard links to the tars under
 .data/replicated beside the --json file, listed in a dataset.json of their own): 1,024 synthetic clips
 replicated 4x give the 4,096-sample epochs a batch of 256 needs to be measured past its epoch start.
@@ -64,6 +67,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from deteclap.device import flush_denormals  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, write_result  # noqa: E402
+from deteclap.data.common import resolve_shards, shard_facts  # noqa: E402
 
 MB = 1e6
 JPEG_QUALITY = 95
@@ -165,9 +169,8 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
     import soundfile
     from tqdm import tqdm
 
-    from deteclap.data.decode import decode_audio, decode_video_frames
-    from deteclap.data.common import resolve_shards
-    from deteclap.format import iter_tar_samples
+    from deteclap.data.decode import decode_audio_member, decode_video_frames
+    from deteclap.format import AUDIO_EXTS, iter_tar_samples
 
     keys = []
     tars = resolve_shards(shards, "train")
@@ -192,7 +195,8 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
                                      PIL.Image.BICUBIC)
                 (out / f"frame_{i}").mkdir(parents=True, exist_ok=True)
                 image.save(out / f"frame_{i}" / f"{key}.jpg", quality=JPEG_QUALITY)
-            wave, rate = decode_audio(members["flac"])
+            audio = next(ext for ext in AUDIO_EXTS if ext in members)
+            wave, rate = decode_audio_member(audio, members[audio])
             (out / "audio").mkdir(parents=True, exist_ok=True)
             soundfile.write(out / "audio" / f"{key}.wav", wave, rate)
     return keys
@@ -313,7 +317,7 @@ def loader_maker(name: str, args: argparse.Namespace, workers: int) -> Callable[
 
     from deteclap.data import build, dali_available
 
-    name, threads = split_name(name)
+    name, threads = split_name(name.partition("@")[0])
     if name.startswith("dali") and not dali_available():
         print(f"{name}: skipped (nvidia.dali not importable)")
         return None
@@ -357,6 +361,14 @@ class LoaderProcess:
         self.pool.shutdown()
 
 
+def audio_format(folder: str) -> str:
+    """`pcm` or `flac`: the audio format of a shard folder's samples (deteclap.format.AUDIO_FORMATS)."""
+    from deteclap.format import AUDIO_FORMATS
+
+    ext = shard_facts(folder, resolve_shards(folder, "train")).audio_ext
+    return next(fmt for fmt, fmt_ext in AUDIO_FORMATS.items() if fmt_ext == ext)
+
+
 def replicate_shards(shards: str, times: int, out: Path) -> str:
     """A shard folder reading `shards` `times` over: hard links (copies across file systems) to every
     tar and index as `STEM-rK.tar` / `STEM-rK.idx`, and a dataset.json listing them all."""
@@ -383,7 +395,8 @@ def replicate_shards(shards: str, times: int, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True, help="shard folder (train-*.tar) made by deteclap.shard")
+    parser.add_argument("--shards", required=True, nargs="+",
+                        help="shard folder(s) (train-*.tar) made by deteclap.shard; several: every loader on each")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--threads", default="",
@@ -402,20 +415,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="add each loader's top costs (ms per batch, one process) to its result")
     args = parser.parse_args(argv)
-    if not Path(args.shards).is_dir():
-        parser.error(f"--shards {args.shards}: not a folder")
+    for folder in args.shards:
+        if not Path(folder).is_dir():
+            parser.error(f"--shards {folder}: not a folder")
     if min(args.batches, args.repeats) < 1 or args.warmup < 0:
         parser.error("--batches and --repeats must be >= 1, --warmup >= 0")
 
     flush_denormals()                      # as deteclap/train.py does in its main process
+    folders = list(args.shards)
     if args.replicate > 1:
-        args.shards = replicate_shards(args.shards, args.replicate, Path(args.json).parent / ".data" / "replicated")
+        folders = [replicate_shards(folder, args.replicate, Path(args.json).parent / ".data" / f"replicated_{i}")
+                   for i, folder in enumerate(folders)]
+    formats = [audio_format(folder) for folder in folders]
     threads = [int(t) for t in args.threads.split(",") if t]
-    names = []
+    setups: dict[str, argparse.Namespace] = {}      # result name -> the args of its runs (its folder)
     for name in [n for n in args.loaders.split(",") if n] + (["official_layout"] if args.official_layout else []):
-        names += [f"{name}_t{t}" for t in threads] if name.startswith("dali") and threads else [name]
+        for variant in [f"{name}_t{t}" for t in threads] if name.startswith("dali") and threads else [name]:
+            for folder, fmt in zip(folders[:1] if name == "official_layout" else folders, formats):
+                label = variant if len(folders) == 1 or name == "official_layout" else f"{variant}@{fmt}"
+                setups[label] = argparse.Namespace(**{**vars(args), "shards": folder})
+    names = list(setups)
     results = []
-    processes = {name: LoaderProcess(name, args) for name in names}
+    processes = {name: LoaderProcess(name, setups[name]) for name in names}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     try:
         for _ in range(args.repeats):       # interleaved: a slow spell of the machine hits every loader
@@ -431,18 +452,20 @@ def main(argv: list[str] | None = None) -> int:
             continue                        # could not run here (said why)
         result = summarise(name, runs[name], args.warmup, args.batches)
         if args.profile:                    # in this process: after every timed run, no GPU pipeline alive here
-            result["profile"] = profile(loader_maker(name, args, 0), PROFILE_BATCHES)
+            result["profile"] = profile(loader_maker(name, setups[name], 0), PROFILE_BATCHES)
             print(f"{'':>18}{result['profile']['total_ms_per_batch']:8.1f} ms/batch in all (one process)")
             for row in result["profile"]["top"]:
                 print(f"{'':>18}{row['ms_per_batch']:8.1f} ms/batch  {row['function']}")
         results.append(result)
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    from deteclap.data.common import resolve_shards
     from deteclap.format import index_sample_count
 
-    set_clips = sum(index_sample_count(tar) for tar in resolve_shards(args.shards, "train"))
     for r in results:
-        r.update(batch=args.batch, workers=args.workers, set_clips=set_clips, threads=split_name(r["name"])[1] or None,
+        folder = setups[r["name"]].shards
+        set_clips = sum(index_sample_count(tar) for tar in resolve_shards(folder, "train"))
+        r.update(batch=args.batch, workers=args.workers, set_clips=set_clips,
+                 threads=split_name(r["name"].partition("@")[0])[1] or None,
+                 audio_format=audio_format(folder),
                  load_average_after=[float(x) for x in load])
     out = write_result("loader", results, args.json)
     if results:

@@ -27,6 +27,9 @@ COLUMNS = {
               ("video bytes/clip", "video_bytes_per_clip", "{:,.0f}"),
               ("audio bytes/clip", "audio_bytes_per_clip", "{:,.0f}"),
               ("tar bytes/clip", "tar_bytes_per_clip", "{:,.0f}")],
+    "audio": [("audio format", "name", "{}"), ("bytes/clip", "bytes_per_clip", "{:,.0f}"),
+              ("read ms/clip (1 core)", "read_ms_per_clip", "{:.3f}"),
+              ("encode ms/clip (1 core)", "encode_ms_per_clip", "{:.3f}"), ("clip s", "clip_seconds", "{:.1f}")],
     "loader": [("loader", "name", "{}"), ("clips/s", "clips_per_s", "{:.1f}"),
                ("steady clips/s", "steady_clips_per_s", "{:.1f}"), ("MB/s", "mb_per_s", "{:.1f}"),
                ("epoch's 1st batch ms", "epoch_first_batch_ms", "{:.0f}"),
@@ -41,11 +44,14 @@ COLUMNS = {
 }
 TRENDS = {  # per benchmark: the figures whose trend is drawn
     "shard": ["clips_per_s"],
+    "audio": ["read_ms_per_clip"],
     "loader": ["clips_per_s", "steady_clips_per_s"],
     "label": ["clips_per_s"],
     "train_step": ["samples_per_s"],
 }
-TITLES = {"shard": "Shard writer", "loader": "Loader (finished training batches: frame + fbank + targets)",
+TITLES = {"shard": "Shard writer",
+          "audio": "Audio formats (`--audio-format`): the member's bytes, reading and writing it on one core",
+          "loader": "Loader (finished training batches: frame + fbank + targets)",
           "label": "Labellers", "train_step": "Train step (DeepSpeed engine, random inputs)",
           "embed": "Embedding (`deteclap embed`, random weights) and search (one query, exact top-10)"}
 

@@ -6,7 +6,7 @@
 Makes synthetic 10 s clips (160x120, 10 fps, H.264 + AAC stereo 22.05 kHz) once, then shards them
 with each worker count into a fresh folder and times `write_shards` end to end (decode, the
 writer's default frame preparation: CAV-MAE's resize to 224 + centre crop, VP9 encode, resample
-to 16 kHz, FLAC, frame table, tar + index). With `--distributors local,ray` each worker count
+to 16 kHz, the default audio format, frame table, tar + index). With `--distributors local,ray` each worker count
 also runs as one Ray task per shard on a local Ray instance of that many CPUs (started before the
 clock starts; its start-up time is reported apart) twice: `cold_seconds`, the first job, in which
 each fresh Ray worker imports PyAV / torch / torchvision, and `seconds`, the same job again on the
@@ -54,6 +54,7 @@ def _start_ray(cpus: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from deteclap.format import AUDIO_EXTS
     from deteclap.shard import EncodeSettings, write_shards
     from deteclap.synth import generate
 
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                           "source": "synthetic 160x120 10 fps H.264 + AAC 22.05 kHz stereo",
                           "short_side": settings.short_side, "crop": settings.crop, "codec": settings.codec,
                           "video_bytes_per_clip": sizes.get("mp4", 0) / n,
-                          "audio_bytes_per_clip": sizes.get("flac", 0) / n, "tar_bytes_per_clip": tar_bytes / n,
+                          "audio_format": settings.audio_format,
+                          "audio_bytes_per_clip": sum(sizes.get(ext, 0) for ext in AUDIO_EXTS) / n,
+                          "tar_bytes_per_clip": tar_bytes / n,
                           "failed": summary["failed"]}
                 print(json.dumps(result))
                 results.append(result)

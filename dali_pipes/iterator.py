@@ -13,7 +13,9 @@ whole pipeline ("Current pipeline object is no longer valid"). DALI's error text
 ("TAR:OFFSET:KEY.ext"), and for a missing member at build time only the tar ("Underful sample").
 A shard path may hold spaces: the member is found by the loader's own tar paths in the text.
 A video frame whose cut (dali_pipes.pipelines.cut_frame) is empty, lies in a truncated mp4 or
-lacks the codec's frame marker is named too. DALI's audio decoder names no sample when a FLAC is
+lacks the codec's frame marker is named too. `KEY.wav` audio is read without a decoder, so it
+cannot fail in the pipeline: its header comes out beside the wave and is checked after it
+(`corrupt_wav`, deteclap.format.wav_problem). DALI's audio decoder names no sample when a FLAC is
 empty or not a FLAC ("Format not recognised"): on an error naming no sample (and only then) the
 FLAC members read this epoch are checked for the b"fLaC" magic, and a bad one is named
 (`corrupt_flac`). Damage inside a frame's bytes fails in DALI's decoder without a name: an error
@@ -64,19 +66,19 @@ from typing import Any
 import torch
 
 from dali_pipes.nvdec import probe_nvdec
-from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, PipeSpec, eval_pipeline, train_pipeline
+from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, WAV_HEAD, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.format import storage
 from deteclap.config import Config
 from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
                                   finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
-from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, frame_table_problem, index_entries, index_path,
-                             is_score_member, labeller_of, scan_shard, split_member_name, write_index)
+from deteclap.format import (CLASSES_EXT, FRAME_TABLE_EXT, frame_table_problem, index_entries, index_path,
+                             is_score_member, labeller_of, scan_shard, split_member_name, wav_problem, write_index)
 
 # "OFFSET:NAME" after "TAR:"; NAME (a member name) ends before a quote, space, colon or a sentence's dot
 MEMBER = r"(?P<offset>\d+):(?P<name>[^\s\"':]+?)\.?(?=[\s\"':]|$)"
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):" + MEMBER)                   # a tar path without spaces
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
-REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac"}
+REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac", "wav": "corrupt_wav"}
 FLAC_MAGIC = b"fLaC"                # the first bytes of every FLAC stream
 INT16_SCALE = 1.0 / 32768           # int16 samples -> float in [-1, 1), as libsndfile reads 16-bit audio
 # words of DALI / CUDA errors that come from the decoder's hardware or driver, not from a sample
@@ -177,10 +179,10 @@ class DaliLoader(SkipLog):
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         self.tars = resolve_shards(spec, split)
         check_shards(self.tars, data.on_error)
-        facts = shard_facts(spec)
+        facts = shard_facts(spec, self.tars)
         self.resize = facts.square_side != cfg.model.img_size
-        self.score_size, self.num_classes = facts.score_bytes, facts.num_classes
-        self.exts = required_members(cfg)
+        self.score_size, self.num_classes, self.audio_ext = facts.score_bytes, facts.num_classes, facts.audio_ext
+        self.exts = required_members(cfg, self.audio_ext)
         self.score_names = [labeller_of(ext) for ext in self.exts if is_score_member(ext)]
         super().__init__()
         self.excluded: set[tuple[str, str]] = set()
@@ -354,7 +356,7 @@ class DaliLoader(SkipLog):
         pipe = train_pipeline(spec) if self.train else eval_pipeline(spec)
         policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
         try:
-            return DALIGenericIterator([pipe], list(OUTPUTS) + self.score_names, reader_name=READER_NAME,
+            return DALIGenericIterator([pipe], self.output_names(), reader_name=READER_NAME,
                                        last_batch_policy=policy, auto_reset=False)
         except RuntimeError as err:
             del pipe                                       # not kept alive by the error (see __iter__)
@@ -368,19 +370,31 @@ class DaliLoader(SkipLog):
                    if not set(self.exts) <= {m[0] for m in ms}}
             raise DataError(f"{tar}: missing_member: samples with missing members (key: missing): {bad}") from err
 
+    def output_names(self) -> list[str]:
+        """The pipeline's outputs: OUTPUTS, the WAV header for `KEY.wav` shards, the label scores."""
+        return list(OUTPUTS) + ([WAV_HEAD] if self.audio_ext == "wav" else []) + self.score_names
+
     def _drop_bad_audio(self, out: dict[str, Any], tars: list[str], keys: list[str]) -> list[int]:
-        """Rows whose FLAC is not 16 kHz or shorter than one fbank window (as the reference loader
-        refuses them): DataError naming shard and key, or counted as `bad_audio`; the kept rows."""
+        """Rows whose WAV header is not the format's (`corrupt_wav`, checked against the member's size
+        in the index) or whose audio is not 16 kHz or shorter than one fbank window (`bad_audio`), as
+        the reference loader refuses them: DataError naming shard and key, or counted; the kept rows.
+        From the CPU values DALI returns, no host sync."""
         rates, lengths = out["rates"].view(-1).tolist(), out["lengths"].view(-1).tolist()
+        heads = out[WAV_HEAD].numpy() if WAV_HEAD in out else None
         keep = []
         for row, (rate, length) in enumerate(zip(rates, lengths)):
-            detail = bad_audio_detail(int(length), rate)
+            reason, detail = "bad_audio", None
+            if heads is not None:
+                size = next((m[2] for m in self.entries.get(tars[row], {}).get(keys[row], []) if m[0] == "wav"), 0)
+                detail = wav_problem(heads[row].tobytes(), size)
+                reason = "corrupt_wav" if detail else reason
+            detail = detail or bad_audio_detail(int(length), rate)
             if detail is None:
                 keep.append(row)
                 continue
             if self.cfg.data.on_error == "raise":
-                raise DataError(f"{tars[row]}: sample {keys[row]}: bad_audio: {detail}")
-            self._count(Skipped(tars[row], keys[row], "bad_audio"))
+                raise DataError(f"{tars[row]}: sample {keys[row]}: {reason}: {detail}")
+            self._count(Skipped(tars[row], keys[row], reason))
         return keep
 
     def _finish(self, out: dict[str, Any]) -> dict[str, Any]:
@@ -397,6 +411,7 @@ class DaliLoader(SkipLog):
             keys, tars = [keys[row] for row in keep], [tars[row] for row in keep]
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
+        out.pop(WAV_HEAD, None)
         waves = out["waves"].to(torch.float32).mul_(INT16_SCALE)   # where DALI put them (the GPU in GPU mode)
         batch = finish_batch(self.cfg, self.train, keys, out["frames"], waves, out["lengths"].view(-1),
                              out["classes"], scores, device, shards=tars)
@@ -455,12 +470,12 @@ class DaliLoader(SkipLog):
                     if not self._times(tar, key):
                         continue
                     for ext, offset, size, _ in members:
-                        if ext != AUDIO_EXT:
+                        if ext != "flac":
                             continue
                         handle.seek(offset)
                         head = handle.read(min(size, len(FLAC_MAGIC)))
                         if head != FLAC_MAGIC:
-                            bad.append((tar, key, f"its {AUDIO_EXT} member ({size} bytes) does not start "
+                            bad.append((tar, key, f"its flac member ({size} bytes) does not start "
                                                   f"with {FLAC_MAGIC!r} (starts with {head!r})"))
         return bad
 

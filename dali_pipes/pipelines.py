@@ -10,8 +10,9 @@ frame 0), so the frame's bytes are cut out of the mp4 with the sample's
 the table (format version 1) decode from frame 0. Then: resize the short side to `img_size` with
 DALI's cubic filter with antialiasing (the closest DALI has to PIL's antialiased BICUBIC; skipped
 for the img_size x img_size frames the shard writer stores by default), centre-crop, normalise
-with CAV-MAE's mean/std to NCHW; decode the FLAC (mono int16, its rate returned: the iterator
-refuses anything but 16 kHz) and pad it in the batch with its length;
+with CAV-MAE's mean/std to NCHW; read the audio as int16 (`KEY.wav`: the samples after the 44-byte
+header reinterpreted, no decoder; `KEY.flac`: DALI's audio decoder, first channel), return its rate
+(the iterator refuses anything but 16 kHz) and pad it in the batch with its length;
 reinterpret the raw label members (`.f16` -> float16 [C], `.cls` -> uint8 [C]). The Kaldi fbank is
 NOT computed here: DALI's mel filter bank is not Kaldi's, so the iterator applies deteclap.audio
 to the padded waves right after the pipeline (on the GPU when there is one). The `source_info` of
@@ -29,6 +30,7 @@ from deteclap.format import FRAME_TABLE_EXT, is_score_member
 
 READER_NAME = "reader"
 OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then one per label-score member
+WAV_HEAD = "wav_head"     # KEY.wav shards: the header [44] too (after OUTPUTS), checked by the iterator
 IVF_FOURCC = {"vp9": b"VP90"}
 FRAME_MARKER = {"vp9": (0xC0, 0x80)}     # (mask, value) of a frame's first byte: VP9's frame marker
 IVF_FILE_HEADER = 32                      # "DKIF", version, header size, fourcc, width, height, rate, count
@@ -38,7 +40,7 @@ IVF_FILE_HEADER = 32                      # "DKIF", version, header size, fourcc
 class PipeSpec:
     """Everything a pipeline needs, plain values (built from a Config by the iterator)."""
     tars: list[str]
-    exts: list[str]                         # mp4, flac, json, cls, [frames], then `<labeller>.f16`
+    exts: list[str]                         # mp4, wav | flac, json, cls, [frames], then `<labeller>.f16`
     index_paths: list[str] = field(default_factory=list)
     batch_size: int = 8
     num_threads: int = 2
@@ -183,6 +185,27 @@ def decode_wave(flac: Any) -> tuple[Any, Any, Any]:
     return fn.pad(wave, fill_value=0, axes=[0]), length, rate
 
 
+def read_wave(wav: Any) -> tuple[Any, Any, Any, Any]:
+    """`KEY.wav` bytes -> (int16 wave padded to the batch's longest [S], its length int32 [1], its
+    sample rate float [1], the header uint8 [44]). No decoder: the format's canonical header is 44
+    bytes (deteclap.format.encode_wav), the rest little-endian int16, reinterpreted in place. The
+    iterator checks each header (deteclap.format.wav_problem) against the member's size: a member of
+    another layout is refused there, never read as sound. An odd byte count (a truncated member) is
+    cut to whole samples so that the reinterpretation itself cannot fail."""
+    from nvidia.dali import fn, math, types
+
+    from deteclap.format import WAV_HEADER_BYTES
+
+    head = fn.slice(wav, start=0, shape=WAV_HEADER_BYTES, axes=[0], out_of_bounds_policy="pad")
+    body_bytes = math.max(wav.shape(dtype=types.INT32)[0] - WAV_HEADER_BYTES, 0) & -2
+    body = fn.slice(wav, start=WAV_HEADER_BYTES, shape=body_bytes, axes=[0], out_of_bounds_policy="pad")
+    wave = fn.reinterpret(body, dtype=types.INT16)
+    rate = fn.cast(fn.reinterpret(fn.slice(head, start=24, shape=4, axes=[0]), dtype=types.UINT32),
+                   dtype=types.FLOAT)
+    length = wave.shape(dtype=types.INT32)      # [1]
+    return fn.pad(wave, fill_value=0, axes=[0]), length, rate, head
+
+
 def label_scores(member: Any) -> Any:
     """Raw little-endian float16 label scores -> float16 [C]."""
     from nvidia.dali import fn, types
@@ -198,7 +221,7 @@ def source_info(member: Any) -> Any:
 
 
 def _outputs(spec: PipeSpec, nodes: list[Any], index: Any) -> tuple[Any, ...]:
-    """Shared processing of the reader outputs, in the order of OUTPUTS + label scores."""
+    """Shared processing of the reader outputs, in the order of OUTPUTS (+ WAV_HEAD) + label scores."""
     members = dict(zip(spec.exts, nodes))
     mp4, gpu = members["mp4"], spec.device_id is not None
     if FRAME_TABLE_EXT in members:
@@ -208,11 +231,16 @@ def _outputs(spec: PipeSpec, nodes: list[Any], index: Any) -> tuple[Any, ...]:
     if gpu and spec.video_decoder == "cpu":
         frame = frame.gpu()                     # decoded on the CPU; resized and normalised on the GPU
     frames = prepare_frame(frame, spec.img_size, spec.frame_dtype, spec.resize)
-    wave, length, rate = decode_wave(members["flac"])
+    extra = []
+    if "wav" in members:
+        wave, length, rate, head = read_wave(members["wav"])
+        extra.append(head)
+    else:
+        wave, length, rate = decode_wave(members["flac"])
     if gpu:
-        wave = wave.gpu()
+        wave = wave.gpu()                       # int16: half the bytes of float32 to copy
     scores = [label_scores(node) for ext, node in members.items() if is_score_member(ext)]
-    return (frames, wave, length, rate, members["cls"], source_info(mp4), *scores)
+    return (frames, wave, length, rate, members["cls"], source_info(mp4), *extra, *scores)
 
 
 def _pipeline(spec: PipeSpec, frame_index: Callable[[], Any]) -> Any:

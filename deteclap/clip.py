@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deteclap.format import AUDIO_EXT, CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, encode_frame_table, storage
+from deteclap.format import (CLASSES_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT, audio_ext, encode_frame_table,
+                             encode_wav, storage)
 from deteclap.inputs import ClipInput, failure_row
 
 NUM_FRAMES = 10                      # CAV-MAE's frame instants per clip
@@ -64,6 +65,7 @@ class EncodeSettings:
     allow_silent: bool = False
     sample_rate: int = SAMPLE_RATE
     num_frames: int = NUM_FRAMES
+    audio_format: str = "pcm"         # AUDIO_FORMATS: pcm (`KEY.wav`, read without a decoder) | flac (smaller)
 
 
 @dataclass
@@ -395,13 +397,24 @@ def frame_table(video: bytes, width: int, height: int) -> bytes:
     return encode_frame_table(width, height, [(sample.offset, sample.size) for sample in read_samples(video)])
 
 
+def _to_int16(wave: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(wave, -1.0, 1.0) * INT16_SCALE).astype(np.int16)
+
+
 def _encode_flac(wave: np.ndarray, sample_rate: int) -> bytes:
     import soundfile
 
-    pcm = np.round(np.clip(wave, -1.0, 1.0) * INT16_SCALE).astype(np.int16)
     buf = io.BytesIO()
-    soundfile.write(buf, pcm, sample_rate, format="FLAC", subtype=FLAC_SUBTYPE)
+    soundfile.write(buf, _to_int16(wave), sample_rate, format="FLAC", subtype=FLAC_SUBTYPE)
     return buf.getvalue()
+
+
+def encode_audio(wave: np.ndarray, sample_rate: int, audio_format: str) -> tuple[str, bytes]:
+    """float32 [samples] in [-1, 1] -> (member extension, bytes) in an AUDIO_FORMATS format: 16-bit
+    either way, so both give the loaders the same samples."""
+    if audio_format == "flac":
+        return audio_ext(audio_format), _encode_flac(wave, sample_rate)
+    return audio_ext(audio_format), encode_wav(_to_int16(wave), sample_rate)
 
 
 def _sample_json(item: ClipInput, clip: Clip, settings: EncodeSettings, width: int, height: int) -> bytes:
@@ -446,7 +459,7 @@ def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) ->
         clip = _decode_input(item, settings)
         decoded = time.perf_counter()
         video_bytes, width, height = encode_stored_video(clip.frames, settings)
-        flac = _encode_flac(clip.wave, settings.sample_rate)
+        audio_member, audio_bytes = encode_audio(clip.wave, settings.sample_rate, settings.audio_format)
     except ClipFailure as failure:
         decoded = decoded or time.perf_counter()
         return {"failure": failure_row(item.shown_source, failure.reason, failure.detail, item.split, item.key),
@@ -454,7 +467,7 @@ def process_clip(item: ClipInput, settings: EncodeSettings, num_classes: int) ->
     seconds = {"decode": decoded - started, "encode": time.perf_counter() - decoded}
     multi_hot = np.zeros(num_classes, np.uint8)
     multi_hot[item.class_indices] = 1
-    return {"members": {CLASSES_EXT: multi_hot.tobytes(), AUDIO_EXT: flac,
+    return {"members": {CLASSES_EXT: multi_hot.tobytes(), audio_member: audio_bytes,
                         FRAME_TABLE_EXT: frame_table(video_bytes, width, height),
                         META_EXT: _sample_json(item, clip, settings, width, height), VIDEO_EXT: video_bytes},
             "seconds": seconds}

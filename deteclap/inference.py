@@ -19,7 +19,7 @@ CAV-MAE frame instants re-encoded as the shards store them, the first audio chan
 (frame `data.eval_frame`, CAV-MAE's resize / crop / normalisation, the Kaldi fbank of
 deteclap.audio). So a video file embeds exactly as its shard sample does, and as
 `deteclap.evaluate` embeds it. An audio file (any container PyAV reads) goes through the shard
-writer's audio resampling and storage (first channel, 16 kHz, 16-bit FLAC).
+writer's audio resampling and storage (first channel, 16 kHz, 16-bit PCM).
 
 The model's config: `config=` (a JSON config or a run's config.json), else the config.json of the
 run the checkpoint belongs to (RUN/config.json beside RUN/model_wa.pt or above
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from deteclap.config import Config
+from deteclap.format import AUDIO_EXT, AUDIO_EXTS
 
 DEFAULT_SECONDS = 10.0          # CAV-MAE's clip length: the fbank contract covers 10 s
 DIGEST_CHUNK = 1 << 20
@@ -103,14 +104,14 @@ def clip_members(path: str | Path, start: float = 0.0, seconds: float = DEFAULT_
 
 def audio_file_wave(path: str | Path, start: float = 0.0, seconds: float = DEFAULT_SECONDS) -> np.ndarray:
     """The first channel of any file with an audio stream, resampled to 16 kHz by the shard writer's
-    resampling and stored as it stores it (16-bit FLAC, decoded as the loaders decode it), from
+    resampling and stored as it stores it (16-bit, read as the loaders read it), from
     `start` for `seconds` -> float32 [samples]. So the soundtrack of a video file given here embeds
     exactly as the audio of its shard sample. Raises InputError."""
     import av
 
     from deteclap.audio import SAMPLE_RATE
-    from deteclap.data.decode import decode_audio
-    from deteclap.clip import _encode_flac, _segment_audio
+    from deteclap.clip import EncodeSettings, _segment_audio, encode_audio
+    from deteclap.data.decode import decode_audio_member
 
     path = Path(path)
     if not path.is_file():
@@ -135,7 +136,7 @@ def audio_file_wave(path: str | Path, start: float = 0.0, seconds: float = DEFAU
     wave = wave[: int(round(seconds * SAMPLE_RATE))]
     if len(wave) == 0:
         raise InputError(str(path), "too_short", f"no audio after {start:g} s")
-    return decode_audio(_encode_flac(wave, SAMPLE_RATE))[0]
+    return decode_audio_member(*encode_audio(wave, SAMPLE_RATE, EncodeSettings.audio_format))[0]
 
 
 def has_video_stream(path: str | Path) -> bool:
@@ -151,8 +152,9 @@ def has_video_stream(path: str | Path) -> bool:
 
 class SampleDecoder:
     """Shard sample members -> Clip, by the reference loader's own evaluation decoding (frame
-    `data.eval_frame`, CAV-MAE's resize + crop, FLAC at 16 kHz). Raises InputError with the
-    loader's reason codes (missing_member, corrupt_mp4, corrupt_flac, bad_audio)."""
+    `data.eval_frame`, CAV-MAE's resize + crop, the `KEY.wav` or `KEY.flac` audio at 16 kHz).
+    Raises InputError with the loader's reason codes (missing_member, corrupt_mp4, corrupt_wav /
+    corrupt_flac, bad_audio)."""
 
     def __init__(self, cfg: Config):
         from deteclap.data.common import DataError
@@ -160,14 +162,15 @@ class SampleDecoder:
 
         cfg = copy.deepcopy(cfg)
         cfg.labels.variant = "cavmae"             # embedding reads no label scores
-        self._samples = ShardSamples([], cfg, train=False, seed=0)
+        self._samples = {ext: ShardSamples([], cfg, train=False, seed=0, audio_ext=ext) for ext in AUDIO_EXTS}
         self._transform = frame_transform(cfg.model.img_size)
         self._error = DataError
         self._rng = random.Random(0)              # unused in evaluation (the frame is fixed)
 
     def __call__(self, members: dict[str, bytes], source: str = "", key: str = "") -> Clip:
         try:
-            item = self._samples.decode(Path(source), key, members, self._rng, self._transform)
+            samples = self._samples[next((ext for ext in AUDIO_EXTS if ext in members), AUDIO_EXT)]
+            item = samples.decode(Path(source), key, members, self._rng, self._transform)
         except self._error as err:
             reason, detail = err.args
             raise InputError(source, reason, detail) from None

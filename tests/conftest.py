@@ -1,7 +1,8 @@
 """Session-wide fixtures shared by the whole test suite: a small synthetic clip folder and its shards.
 
 `synth_dir`: 8 synthetic clips of 3 s (64x48 pixels, 10 fps, seed 0) plus truth.jsonl.
-`shard_dir`: those clips sharded with split "train", 3 samples per shard (3 tars), default encoding.
+`shard_dir`: those clips sharded with split "train", 3 samples per shard (3 tars), default encoding
+(audio `KEY.wav`); `flac_shard_dir`: the same with `--audio-format flac` (`KEY.flac`).
 `labelled_shards`: a copy of shard_dir with ground-truth label scores (`truth_audio`, `truth_visual`).
 Both are built once per session; tests must not modify them (copy first).
 Also sets YOLO_OFFLINE=1 and YOLO_CONFIG_DIR to a temporary folder for every test.
@@ -91,6 +92,18 @@ def shard_dir(synth_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("shards")
     summary = write_shards(synth_dir / "truth.jsonl", out, split="train", samples_per_shard=SAMPLES_PER_SHARD)
+    assert summary["failed"] == 0, summary
+    return out
+
+
+@pytest.fixture(scope="session")
+def flac_shard_dir(synth_dir, tmp_path_factory) -> Path:
+    """shard_dir's clips with FLAC audio (`--audio-format flac`)."""
+    from deteclap.shard import EncodeSettings, write_shards
+
+    out = tmp_path_factory.mktemp("flac_shards")
+    summary = write_shards(synth_dir / "truth.jsonl", out, split="train", samples_per_shard=SAMPLES_PER_SHARD,
+                           settings=EncodeSettings(audio_format="flac"))
     assert summary["failed"] == 0, summary
     return out
 

@@ -132,10 +132,10 @@ def test_bad_sample_drawn_twice_keeps_the_epoch(shard_dir: Path, tmp_path: Path)
     keys = all_keys(shard_dir)
     shards = imbalanced(shard_dir, tmp_path / "s", {keys[1], keys[5]})
     epoch, bad_key = next((e, k) for e in range(50) for k, n in drawn_keys(shards, 0, e).items() if n == 2)
-    bad = rewrite_shards(shards, tmp_path / "bad", corrupt(bad_key, "flac"))
+    bad = rewrite_shards(shards, tmp_path / "bad", corrupt(bad_key, "wav"))
     cfg = balanced_cfg(bad)
     cfg.data.on_error = "skip"
     drawn = drawn_keys(bad, cfg.data.seed, epoch)
     made = build_loader(cfg, train=True, epoch=epoch)
     delivered = Counter(k for batch in made for k in batch["keys"])
-    assert delivered == drawn - Counter({bad_key: 2}) and made.skipped == {"corrupt_flac": 1}
+    assert delivered == drawn - Counter({bad_key: 2}) and made.skipped == {"corrupt_wav": 1}

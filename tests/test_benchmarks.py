@@ -156,3 +156,30 @@ def test_loader_benchmark_runs_each_loader_in_its_own_process(shard_dir, tmp_pat
         assert result["set_clips"] == 16 and result["epoch_starts_timed"] >= 1       # 8 clips read twice
         assert result["steady_clips_per_s"] > 0 and result["clips_per_s"] > 0
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
+
+
+def test_audio_formats_side_by_side(shard_dir, flac_shard_dir, tmp_path):
+    """benchmarks/audio.py: both formats' bytes and CPU per clip from the same clips (the PCM member is
+    exactly 44 + 2 bytes per sample); benchmarks/loader.py with the pcm and flac folders times each
+    loader on each (`name@pcm`, `name@flac`)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "audio.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "audio.py"), "--shards", str(flac_shard_dir),
+                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert sorted(results) == ["flac", "pcm"] and results["pcm"]["clips"] == results["flac"]["clips"] == 8
+    assert results["pcm"]["bytes_per_clip"] == 44 + 2 * 16000 * 3.0 > results["flac"]["bytes_per_clip"]
+    assert all(r["read_ms_per_clip"] > 0 and r["encode_ms_per_clip"] > 0 for r in results.values())
+
+    out = tmp_path / "loader.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "loader.py"), "--shards", str(shard_dir), str(flac_shard_dir),
+           "--batch", "2", "--batches", "3", "--warmup", "1", "--repeats", "1", "--loaders", "reference",
+           "--json", str(out), "--plot", str(tmp_path / "loader.png")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert sorted(results) == ["reference@flac", "reference@pcm"]
+    assert results["reference@pcm"]["audio_format"] == "pcm" and results["reference@flac"]["audio_format"] == "flac"

@@ -20,6 +20,7 @@ from dali_pipes.iterator import DaliLoader, build_dali_loader, parse_bad_member 
 from deteclap.data import build  # noqa: E402
 from deteclap.data.common import DataError  # noqa: E402
 from deteclap.data.loader import build_loader  # noqa: E402
+from deteclap.format import index_entries  # noqa: E402
 
 # Frames: DALI's cubic resize (antialiased) and its YUV->RGB differ from PIL bicubic + PyAV by a
 # few grey levels; in normalised units (1 / (0.225 * 255) per level) we allow mean 0.05 and 0.35 for
@@ -40,7 +41,9 @@ def assert_frames_close(ref: torch.Tensor, dali: torch.Tensor, where: object = "
         (where, float(diff.mean()), top, float(diff.max()))
 
 
-def test_eval_frame_and_fbank_match_reference(shard_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("audio", ["wav", "flac"])
+def test_eval_frame_and_fbank_match_reference(request: pytest.FixtureRequest, tmp_path: Path, audio: str) -> None:
+    shard_dir = request.getfixturevalue("shard_dir" if audio == "wav" else "flac_shard_dir")
     shards = rewrite_shards(shard_dir, tmp_path / "s", keep, add_scores=True)
     cfg = make_cfg(shards, variant="or")
     ref = list(build_loader(cfg, train=False))
@@ -53,6 +56,8 @@ def test_eval_frame_and_fbank_match_reference(shard_dir: Path, tmp_path: Path) -
         assert torch.equal(a["classes"], b["classes"])
         for head in ("a2l", "v2l"):
             assert torch.equal(a["targets"][head], b["targets"][head])
+    if audio == "flac":
+        return                   # (the rest reads no audio-specific path)
     # evaluation really uses frame eval_frame: another frame gives other pixels
     cfg.data.eval_frame = 0
     other = next(iter(build_dali_loader(cfg, train=False, device="cpu")))
@@ -151,10 +156,11 @@ FLAC_DAMAGE = {"empty": lambda data: b"", "zeroed": lambda data: bytes(len(data)
 
 
 @pytest.mark.parametrize("damage", list(FLAC_DAMAGE))
-def test_bad_flac_header_is_found(shard_dir: Path, tmp_path: Path, damage: str) -> None:
+def test_bad_flac_header_is_found(flac_shard_dir: Path, tmp_path: Path, damage: str) -> None:
     """DALI's audio decoder refuses an empty, zeroed or non-FLAC KEY.flac naming no sample ("Format not
     recognised"): the loader finds it by its header, skips and counts it as the reference loader does,
     or (data.on_error=raise) raises a DataError naming shard and key."""
+    shard_dir = flac_shard_dir
     bad_key = all_keys(shard_dir)[4]
 
     def edit(key: str, ext: str, data: bytes) -> bytes:
@@ -171,6 +177,57 @@ def test_bad_flac_header_is_found(shard_dir: Path, tmp_path: Path, damage: str) 
     with pytest.raises(DataError) as raised:
         list(build_dali_loader(cfg, train=False, device="cpu"))
     assert f"train-000001.tar: sample {bad_key}: corrupt_flac" in str(raised.value)
+
+
+def _wav_field(data: bytes, offset: int, value: int, size: int = 2) -> bytes:
+    return data[:offset] + value.to_bytes(size, "little") + data[offset + size:]
+
+
+WAV_DAMAGE = {"empty": lambda data: b"", "header only": lambda data: _wav_field(data[:44], 40, 0, 4),
+              "short": lambda data: data[:30],
+              "zeroed": lambda data: bytes(len(data)), "odd byte cut": lambda data: data[:-1],
+              "stereo": lambda data: _wav_field(data, 22, 2), "float": lambda data: _wav_field(data, 20, 3),
+              "extra chunk": lambda data: data[:36] + b"LIST" + (4).to_bytes(4, "little") + b"abcd" + data[36:]}
+
+
+@pytest.mark.parametrize("damage", list(WAV_DAMAGE))
+def test_bad_wav_is_found_by_both_loaders(shard_dir: Path, tmp_path: Path, damage: str) -> None:
+    """DALI reads KEY.wav without a decoder, so nothing fails inside the pipeline: a member that is not
+    the format's canonical 16-bit mono PCM WAV (empty, cut, zeroed, another layout, a chunk before
+    the data) is found from its header after the pipeline and skipped as the reference loader skips
+    it (`corrupt_wav`; a header-only member is `bad_audio`: no fbank window), or named with shard and
+    key (on_error=raise). Never read as sound."""
+    bad_key = all_keys(shard_dir)[4]
+
+    def edit(key: str, ext: str, data: bytes) -> bytes:
+        return WAV_DAMAGE[damage](data) if (key, ext) == (bad_key, "wav") else data
+
+    reason = "bad_audio" if damage == "header only" else "corrupt_wav"
+    cfg = make_cfg(rewrite_shards(shard_dir, tmp_path / "bad", edit))
+    cfg.data.on_error = "skip"
+    ref, dali = build_loader(cfg, train=False), build_dali_loader(cfg, train=False, device="cpu")
+    ref_keys = [k for b in ref for k in b["keys"]]
+    assert ref_keys == [k for k in all_keys(shard_dir) if k != bad_key]
+    assert [k for b in dali for k in b["keys"]] == ref_keys
+    assert dali.skipped == ref.skipped == {reason: 1}
+    cfg.data.on_error = "raise"
+    for make in (build_loader, lambda c, **kw: build_dali_loader(c, device="cpu", **kw)):
+        with pytest.raises(DataError) as raised:
+            list(make(cfg, train=False))
+        assert f"train-000001.tar: sample {bad_key}: {reason}" in str(raised.value)
+
+
+def test_wav_and_flac_shards_give_the_same_batches(shard_dir: Path, flac_shard_dir: Path) -> None:
+    """The same clips written with --audio-format pcm and flac: both loaders give identical fbanks
+    (both formats hold the same 16-bit samples), and the WAV member is the larger one."""
+    for make in (build_loader, lambda c, **kw: build_dali_loader(c, device="cpu", **kw)):
+        wav, flac = (list(make(make_cfg(folder), train=False)) for folder in (shard_dir, flac_shard_dir))
+        assert [b["keys"] for b in wav] == [b["keys"] for b in flac]
+        for a, b in zip(wav, flac):
+            assert torch.equal(a["fbank"], b["fbank"])
+    sizes = {ext: sum(m[2] for tar in sorted(folder.glob("*.tar")) for ms in index_entries(tar).values()
+                      for m in ms if m[0] == ext) for folder, ext in ((shard_dir, "wav"), (flac_shard_dir, "flac"))}
+    assert sizes["wav"] > sizes["flac"] > 0
 
 
 def test_shard_path_with_a_space(shard_dir: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deteclap import format as fmt
@@ -190,3 +191,30 @@ def test_wds2idx_agrees_with_our_index_after_labelling(labelled_shards, tmp_path
             creator.create_index()
         assert (tmp_path / "x.idx").read_text() == fmt.index_path(tar).read_text()
         assert fmt.check_index(tar) is None
+
+
+def test_wav_member_is_a_standard_wav_and_its_problems_are_named() -> None:
+    """`KEY.wav`: the bytes libsndfile writes for 16-bit mono PCM (so any WAV reader opens it), read
+    back as int16 without a decoder; every other layout is named by wav_problem."""
+
+    import soundfile
+
+    pcm = (np.sin(np.arange(16000) / 7) * 20000).astype(np.int16)
+    data = fmt.encode_wav(pcm, 16000)
+    buf = io.BytesIO()
+    soundfile.write(buf, pcm, 16000, format="WAV", subtype="PCM_16")
+    assert data == buf.getvalue() and len(data) == fmt.WAV_HEADER_BYTES + 2 * len(pcm)
+    samples, rate = fmt.decode_wav(data)
+    assert rate == 16000 and np.array_equal(samples, pcm)
+    assert fmt.wav_problem(data[:44], len(data)) is None
+    stereo = io.BytesIO()
+    soundfile.write(stereo, np.stack([pcm, pcm], 1), 16000, format="WAV", subtype="PCM_16")
+    float32 = io.BytesIO()
+    soundfile.write(float32, pcm / 32768, 16000, format="WAV", subtype="FLOAT")
+    for bad, words in ((data[:-1], "truncated"), (data[:20], "shorter than"), (b"x" * 100, "not a canonical"),
+                       (stereo.getvalue(), "mono"), (float32.getvalue(), "not a canonical")):
+        with pytest.raises(fmt.FormatError, match=words):
+            fmt.decode_wav(bad)
+    assert fmt.audio_ext("pcm") == "wav" and fmt.audio_ext("flac") == "flac"
+    with pytest.raises(fmt.FormatError, match="known formats"):
+        fmt.audio_ext("mp3")

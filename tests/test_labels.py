@@ -244,7 +244,7 @@ def clap_parts():
     return clap.build_audio_encoder(None), embeddings, vocabulary
 
 
-def test_clap_scores_are_cosines_and_a_corrupt_flac_keeps_the_others(shards, clap_parts, tmp_path):
+def test_clap_scores_are_cosines_and_a_corrupt_audio_member_keeps_the_others(shards, clap_parts, tmp_path):
     encoder, embeddings, vocabulary = clap_parts
     table = tmp_path / "text.npz"
     clap.save_text_embeddings(table, embeddings, vocabulary)
@@ -255,7 +255,7 @@ def test_clap_scores_are_cosines_and_a_corrupt_flac_keeps_the_others(shards, cla
     first_tar = store.shard_paths(shards)[0]
     samples = list(store.iter_samples(first_tar))
     broken, good = samples[0]["__key__"], samples[1]
-    replace_member(first_tar, f"{broken}.flac", b"fLaC" + bytes(200))
+    replace_member(first_tar, f"{broken}.wav", b"RIFF" + bytes(200))
     report = store.label_shards(shards, labeller, batch_size=4)
     assert list(report.failures) == [broken] and "audio" in report.failures[broken]
     assert store.load_dataset_json(shards)["label_failures"]["clap"] == report.failures
@@ -268,9 +268,9 @@ def test_clap_scores_are_cosines_and_a_corrupt_flac_keeps_the_others(shards, cla
     # One clip by hand: msclap preprocessing -> audio encoder -> cosine with each prompt.
     import torch
 
-    from deteclap.data.decode import decode_audio
+    from deteclap.data.decode import decode_audio_member
 
-    wave, rate = decode_audio(good["flac"])
+    wave, rate = decode_audio_member("wav", good["wav"])
     windows = clap.audio_windows(wave, rate, 44100, 7.0)
     assert windows.shape == (1, 7 * 44100)                   # a 3 s clip is repeated to one 7 s window
     with torch.no_grad():

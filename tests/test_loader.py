@@ -22,7 +22,7 @@ from deteclap.data.decode import DecodeError, decode_video_frames
 from deteclap.data.mp4 import Mp4LayoutError, find_sample
 from deteclap.data.common import DataError
 from deteclap.data.loader import ReferenceLoader, build_loader, decode_frame, scan_samples
-from deteclap.format import iter_tar_samples
+from deteclap.format import encode_wav, iter_tar_samples
 from tests.conftest import needs_dali
 
 NUM_LABELS = 601
@@ -59,17 +59,19 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def corrupt(target_key: str, target_ext: str) -> Edit:
-    """Edit that truncates and garbles one member of one sample ("-ext": drops the member; "22k.flac":
-    the same audio labelled 22.05 kHz)."""
+    """Edit that truncates and garbles one member of one sample ("-ext": drops the member; "22k.wav",
+    "22k.flac": the same audio labelled 22.05 kHz, in the member's own format)."""
     def edit(key: str, ext: str, data: bytes) -> bytes | None:
         if key != target_key or ext != target_ext.lstrip("-").removeprefix("22k."):
             return data
         if target_ext.startswith("-"):
             return None
-        if target_ext == "22k.flac":
+        if target_ext.startswith("22k."):
             import soundfile
 
             wave, _ = soundfile.read(io.BytesIO(data), dtype="int16")
+            if ext == "wav":
+                return encode_wav(wave, 22050)
             out = io.BytesIO()
             soundfile.write(out, wave, 22050, format="FLAC")
             return out.getvalue()
@@ -183,7 +185,7 @@ def test_uneven_split_resumes_and_skips(shard_dir: Path, tmp_path: Path) -> None
         assert [b["keys"] for b in resumed] == full[rank][2:]
         assert resumed.state_dict() == {"epoch": 1, "batches_consumed": len(full[rank])} and len(full[rank]) == 3
     bad_key = full[1][1][0]
-    cfg = make_cfg(uneven_shards(shard_dir, tmp_path / "bad", sizes, corrupt(bad_key, "-flac")), batch=2)
+    cfg = make_cfg(uneven_shards(shard_dir, tmp_path / "bad", sizes, corrupt(bad_key, "-wav")), batch=2)
     with pytest.raises(DataError, match=f"sample {bad_key}: missing_member"):
         list(build_loader(cfg, train=True, rank=1, world_size=world_size, epoch=1))
     cfg.data.on_error = "skip"
@@ -214,17 +216,20 @@ def loader_factory(loader: str) -> Callable[..., Any]:
     return build_loader
 
 
-BAD_SAMPLES = [("mp4", "corrupt_mp4"), ("flac", "corrupt_flac"), ("-flac", "missing_member"),
-               ("22k.flac", "bad_audio"), ("truth.f16", "bad_scores")]
+BAD_SAMPLES = [("mp4", "corrupt_mp4"), ("wav", "corrupt_wav"), ("-wav", "missing_member"), ("22k.wav", "bad_audio"),
+               ("flac", "corrupt_flac"), ("-flac", "missing_member"), ("22k.flac", "bad_audio"),
+               ("truth.f16", "bad_scores")]
 LOADERS = ["reference", pytest.param("dali", marks=needs_dali)]
 
 
 @pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("ext,reason", BAD_SAMPLES)
-def test_bad_sample_raise_or_skip(shard_dir: Path, tmp_path: Path, loader: str, ext: str, reason: str) -> None:
-    """Both loaders: a DataError naming shard, key and reason, or (on_error=skip) the sample left out and
-    counted; never a silent zero tensor."""
+def test_bad_sample_raise_or_skip(shard_dir: Path, flac_shard_dir: Path, tmp_path: Path, loader: str, ext: str,
+                                  reason: str) -> None:
+    """Both loaders, both audio formats: a DataError naming shard, key and reason, or (on_error=skip)
+    the sample left out and counted; never a silent zero tensor."""
     make = loader_factory(loader)
+    shard_dir = flac_shard_dir if "flac" in ext else shard_dir
     bad_key = all_keys(shard_dir)[4]
     shards = rewrite_shards(shard_dir, tmp_path / "bad", corrupt(bad_key, ext), add_scores=True)
     cfg = make_cfg(shards, variant="or")
@@ -352,7 +357,7 @@ def test_decode_frame_decodes_the_same_frame(shard_dir: Path) -> None:
     with pytest.raises(Mp4LayoutError, match="out of range"):
         find_sample(members["mp4"], len(frames))
     with pytest.raises(Mp4LayoutError):
-        find_sample(members["flac"], 0)
+        find_sample(members["wav"], 0)
     with pytest.raises(DecodeError, match="corrupt"):
         decode_frame(members["mp4"][: len(members["mp4"]) // 3], 5)
 

@@ -145,7 +145,7 @@ def test_audio_is_the_first_channel_at_16k(mixed_out, synth_dir):
     out, _ = mixed_out
     for key, members in _samples(out).items():
         meta = json.loads(members["json"])
-        wave, rate = decode_audio(members["flac"])
+        wave, rate = decode_audio(members["wav"])
         assert rate == 16000 and len(wave) == meta["num_samples"] == 48000
         with av.open(str(synth_dir / f"{key}.mp4")) as container:
             source = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
@@ -195,7 +195,7 @@ def test_dali_reads_the_shards_with_index_on_cpu(shard_dir):
     @pipeline_def(batch_size=4, num_threads=1, device_id=None)
     def pipe():
         video, audio, cls = fn.readers.webdataset(
-            paths=tars, index_paths=indexes, ext=["mp4", "flac", "cls"],
+            paths=tars, index_paths=indexes, ext=["mp4", "wav", "cls"],
             missing_component_behavior="error", dtypes=[types.UINT8] * 3)
         frames = fn.decoders.video(video, device="cpu")
         wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT)
@@ -272,7 +272,7 @@ def test_strict_exit_code_and_allow_silent(mixed_src, synth_dir, tmp_path):
     assert main([str(manifest), str(tmp_path / "a"), "--quiet", "--strict"]) == 1
     assert main([str(manifest), str(tmp_path / "b"), "--quiet", "--strict", "--allow-silent"]) == 0
     members = _samples(tmp_path / "b")["v_only"]
-    wave, _ = decode_audio(members["flac"])
+    wave, _ = decode_audio(members["wav"])
     assert json.loads(members["json"])["silent"] and wave.size == 24000 and not wave.any()
     assert main([str(manifest), str(tmp_path / "c"), "--quiet", "--min-seconds", "5", "--allow-silent"]) == 0
     reasons = [json.loads(x)["reason"] for x in (tmp_path / "c" / "failures.jsonl").read_text().splitlines()]
@@ -414,7 +414,7 @@ def test_the_container_start_time_is_the_timeline_origin(synth_dir, tmp_path):
         zero, shifted = samples[f"zero{name}"], samples[f"shifted{name}"]
         assert json.loads(shifted["json"])["duration"] == json.loads(zero["json"])["duration"] == 2.0
         assert shifted["mp4"] == zero["mp4"]
-        wave, shifted_wave = decode_audio(zero["flac"])[0], decode_audio(shifted["flac"])[0]
+        wave, shifted_wave = decode_audio(zero["wav"])[0], decode_audio(shifted["wav"])[0]
         assert len(wave) == len(shifted_wave) == 2 * 16000
         middle = slice(1600, len(wave) - 1600)
         assert np.corrcoef(wave[middle], shifted_wave[middle])[0, 1] > AUDIO_MIN_CORRELATION
@@ -456,6 +456,32 @@ def test_resume_reuses_the_recorded_samples_per_shard(synth_dir, tmp_path, capsy
     assert main([str(manifest), str(out), "--quiet", "--samples-per-shard", "2"]) == 2
     error = capsys.readouterr().err
     assert "--samples-per-shard 1" in error and "--samples-per-shard 2" in error
+
+
+def test_audio_format_flac_and_a_resume_with_another_format(synth_dir, tmp_path, capsys):
+    """--audio-format flac stores KEY.flac holding the same 16-bit samples as the default KEY.wav (a
+    canonical 44-byte-header WAV); resuming a folder with another format is refused naming the
+    setting, and a folder written before `audio_format` existed (FLAC) resumes with `flac`."""
+    manifest = _manifest(synth_dir, slice(0, 2), tmp_path / "m.jsonl")
+    pcm, flac = tmp_path / "pcm", tmp_path / "flac"
+    assert main([str(manifest), str(pcm), "--quiet"]) == 0
+    assert main([str(manifest), str(flac), "--quiet", "--audio-format", "flac"]) == 0
+    for key, members in _samples(pcm).items():
+        other = _samples(flac)[key]
+        assert set(members) - set(other) == {"wav"} and set(other) - set(members) == {"flac"}
+        num_samples = json.loads(members["json"])["num_samples"]
+        assert members["wav"][:4] == b"RIFF" and len(members["wav"]) == 44 + 2 * num_samples
+        assert np.array_equal(decode_audio(members["wav"])[0], decode_audio(other["flac"])[0])
+        assert members["mp4"] == other["mp4"]
+    assert json.loads((flac / "dataset.json").read_text())["encoding"]["audio_format"] == "flac"
+    assert verify_shards(pcm).ok and verify_shards(flac).ok
+    assert main([str(manifest), str(flac), "--quiet"]) == 2
+    assert "audio_format 'flac' there, 'pcm' now" in capsys.readouterr().err
+    meta = json.loads((flac / "dataset.json").read_text())          # as written before audio_format existed
+    del meta["encoding"]["audio_format"]
+    (flac / "dataset.json").write_text(json.dumps(meta))
+    assert main([str(manifest), str(flac), "--quiet", "--audio-format", "flac"]) == 0
+    assert verify_shards(flac).ok
 
 
 LONG_SECONDS = 45.0          # a whole video: segments far from its start are reached by seeking

@@ -21,8 +21,9 @@ import torch
 from deteclap import audio
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
 from deteclap.format import storage
-from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, is_score_member, list_tars,
-                             load_dataset_json, scan_shard, score_member)
+from deteclap.format import (AUDIO_EXT, AUDIO_EXTS, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, FormatError,
+                             folder_audio_ext, index_entries, is_score_member, list_tars, load_dataset_json,
+                             scan_shard, score_member)
 
 EPOCH_SEED_STRIDE = 1009  # keeps the (seed, epoch) sample streams of a run apart
 
@@ -82,6 +83,7 @@ class ShardFacts:
     score_bytes: int | None = None    # of every `KEY.<labeller>.f16`: 2 per label_vocabulary class
     codec: str | None = None          # the stored video codec
     num_classes: int | None = None    # bytes of every `KEY.cls`: one per dataset.json `classes` entry
+    audio_ext: str = AUDIO_EXT        # the audio member: `wav` (pcm) or `flac`
 
 
 def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None:
@@ -94,34 +96,52 @@ def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None
 
 
 def bad_audio_detail(num_samples: int, rate: float) -> str | None:
-    """The `bad_audio` detail of a decoded FLAC, or None when it is 16 kHz and holds at least one
+    """The `bad_audio` detail of a sample's audio, or None when it is 16 kHz and holds at least one
     fbank window (the shards store 16 kHz; nothing is resampled). Both loaders use it."""
     if rate == audio.SAMPLE_RATE and audio.num_frames(num_samples) > 0:
         return None
     return f"{num_samples} samples at {rate:g} Hz (need >= 1 window at 16 kHz)"
 
 
-def shard_facts(spec: str) -> ShardFacts:
-    """ShardFacts of a data.*_shards spec (a folder with dataset.json, else a glob: defaults)."""
+def shard_facts(spec: str, tars: list[Path] | None = None) -> ShardFacts:
+    """ShardFacts of a data.*_shards spec: a folder with dataset.json, else a glob (defaults, and the
+    audio member the first sample of `tars` holds)."""
     if not storage.is_file(Path(spec) / DATASET_JSON):
-        return ShardFacts()
+        return ShardFacts(audio_ext=_first_audio_ext(tars or []))
     meta = load_dataset_json(spec)
     encoding, vocabulary, classes = meta.get("encoding", {}), meta.get("label_vocabulary"), meta.get("classes")
     return ShardFacts(format_version=meta.get("format_version", 1),
                       square_side=encoding.get("short_side") if encoding.get("crop") else None,
                       score_bytes=None if vocabulary is None else 2 * len(vocabulary),
-                      codec=encoding.get("codec"), num_classes=None if classes is None else len(classes))
+                      codec=encoding.get("codec"), num_classes=None if classes is None else len(classes),
+                      audio_ext=folder_audio_ext(meta))
 
 
-def required_members(cfg: Config) -> list[str]:
-    """Member extensions every sample must hold for this config (label scores included)."""
+def _first_audio_ext(tars: list[Path]) -> str:
+    """The audio member (AUDIO_EXTS) of the first sample that holds one, from the first tar's index
+    or headers; AUDIO_EXT when none says (a sample without it is then a missing member)."""
+    for tar in tars[:1]:
+        try:
+            samples = index_entries(tar)
+        except (OSError, FormatError):
+            return AUDIO_EXT                   # the tar's own error comes when it is read
+        for members in samples.values():
+            found = [entry[0] for entry in members if entry[0] in AUDIO_EXTS]
+            if found:
+                return found[0]
+    return AUDIO_EXT
+
+
+def required_members(cfg: Config, audio_ext: str = AUDIO_EXT) -> list[str]:
+    """Member extensions every sample must hold for this config (label scores included), with the
+    folder's audio member (ShardFacts.audio_ext) second."""
     from deteclap.data.targets import required_labellers
 
     if cfg.finetune.task:
         labellers: list[str] = []
     else:
         labellers = list(required_labellers(cfg.labels))
-    return [VIDEO_EXT, AUDIO_EXT, META_EXT, CLASSES_EXT] + [score_member(name) for name in labellers]
+    return [VIDEO_EXT, audio_ext, META_EXT, CLASSES_EXT] + [score_member(name) for name in labellers]
 
 
 def batch_size(cfg: Config, train: bool) -> int:

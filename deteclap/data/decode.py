@@ -1,4 +1,5 @@
-"""Decoding of shard members from in-memory bytes: the video frames (PyAV) and the audio (soundfile).
+"""Decoding of shard members from in-memory bytes: the video frames (PyAV) and the audio (`KEY.wav`
+read as it lies, `KEY.flac` by soundfile).
 
 Both loaders and `python -m deteclap.shard --verify` use these, so a member that decodes here
 decodes the same everywhere on the CPU. Corrupt input raises `DecodeError` (a ValueError) with a
@@ -85,3 +86,24 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
         raise DecodeError(f"corrupt audio data: {type(err).__name__}: {err}") from err
     return np.ascontiguousarray(wave[:, 0]), int(sample_rate)
+
+
+def decode_audio_member(ext: str, data: bytes) -> tuple[np.ndarray, int]:
+    """A shard's audio member -> (wave float32 [samples] in [-1, 1], sample rate). `wav`: the format's
+    canonical 16-bit PCM (deteclap.format.decode_wav; nothing to decode, so nothing but the
+    int16 -> float scale costs CPU); `flac` (or another soundfile format): decode_audio. Both give
+    int16 / 32768, the float libsndfile gives for 16-bit audio.
+
+    Raises:
+        DecodeError: a `wav` member that is not the canonical layout (it names what is wrong), or
+            corrupt data.
+    """
+    from deteclap.format import FormatError, decode_wav
+
+    if ext != "wav":
+        return decode_audio(data)
+    try:
+        pcm, rate = decode_wav(data)
+    except FormatError as err:
+        raise DecodeError(str(err)) from None
+    return pcm.astype(np.float32) * np.float32(1 / 32768), rate

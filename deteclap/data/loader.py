@@ -5,7 +5,8 @@ deteclap.data.common). Per sample (in DataLoader workers): the tar is read with 
 (members grouped by the key rule of deteclap.format, WebDataset's), ONLY the sampled frame decoded
 (its bytes found in the mp4 sample table, deteclap.data.mp4, and decoded by a reused decoder),
 resized and cropped exactly like CAV-MAE (PIL T.Resize(224, BICUBIC) + CenterCrop, skipped for
-frames stored at 224 x 224) and kept as uint8, the FLAC decoded with soundfile. Per batch:
+frames stored at 224 x 224) and kept as uint8, the audio read (`KEY.wav`: its int16 samples as they
+lie; `KEY.flac`: decoded with soundfile). Per batch:
 `finish_batch` (deteclap.data.common) in the main process; the Kaldi fbank of deteclap.audio is
 computed on the padded waves in the workers on the CPU, in the main process on a GPU or with mixup.
 Workers flush denormals.
@@ -137,16 +138,18 @@ class ShardSamples(torch.utils.data.IterableDataset):
     """Decoded samples (dicts) or `Skipped` markers of one rank's tars, split across workers."""
 
     def __init__(self, tars: list[Path], cfg: Config, train: bool, seed: int, score_size: int | None = None,
-                 repeats: dict[str, dict[str, int]] | None = None, num_classes: int | None = None) -> None:
+                 repeats: dict[str, dict[str, int]] | None = None, num_classes: int | None = None,
+                 audio_ext: str = AUDIO_EXT) -> None:
         self.tars, self.cfg, self.train, self.seed, self.score_size = tars, cfg, train, seed, score_size
         self.repeats = repeats            # training: this rank's times per sample (absent: 0); None: each once
         self.num_classes = num_classes    # bytes of every KEY.cls (dataset.json's class count); None: unchecked
-        self.exts = required_members(cfg)
+        self.audio_ext = audio_ext        # the folder's audio member: wav (read as it lies) or flac
+        self.exts = required_members(cfg, audio_ext)
 
     def decode(self, tar: Path, key: str, members: dict[str, bytes], rng: random.Random,
                transform: Any) -> dict[str, Any]:
         """One sample's tensors. Raises DataError(reason) for a bad sample."""
-        from deteclap.data.decode import DecodeError, decode_audio
+        from deteclap.data.decode import DecodeError, decode_audio_member
 
         missing = [ext for ext in self.exts if ext not in members]
         if missing:
@@ -161,9 +164,9 @@ class ShardSamples(torch.utils.data.IterableDataset):
         except DecodeError as err:
             raise DataError("corrupt_mp4", str(err)) from err
         try:
-            wave, rate = decode_audio(members[AUDIO_EXT])
+            wave, rate = decode_audio_member(self.audio_ext, members[self.audio_ext])
         except DecodeError as err:
-            raise DataError("corrupt_flac", str(err)) from err
+            raise DataError(f"corrupt_{self.audio_ext}", str(err)) from err
         bad_audio = bad_audio_detail(len(wave), rate)
         if bad_audio:
             raise DataError("bad_audio", bad_audio)
@@ -288,8 +291,8 @@ class ReferenceLoader(SkipLog):
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
         check_shards(all_tars, data.on_error)
-        facts = shard_facts(spec)
-        self.score_size, self.num_classes = facts.score_bytes, facts.num_classes
+        facts = shard_facts(spec, all_tars)
+        self.score_size, self.num_classes, self.audio_ext = facts.score_bytes, facts.num_classes, facts.audio_ext
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         super().__init__()
@@ -339,7 +342,7 @@ class ReferenceLoader(SkipLog):
         data = self.cfg.data
         preload_decoders()
         dataset = ShardSamples(self.tars, self.cfg, self.train, epoch_seed(data.seed, self.epoch), self.score_size,
-                               self.repeats, self.num_classes)
+                               self.repeats, self.num_classes, self.audio_ext)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
         # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from deteclap.format import storage
-from deteclap.format.spec import FormatError
+from deteclap.format.spec import AUDIO_EXT, FormatError, audio_ext
 
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 2      # 2: KEY.frames (the frame table of KEY.mp4) in every sample
@@ -67,6 +67,13 @@ def load_dataset_json(folder: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: not a JSON object")
     return meta
+
+
+def folder_audio_ext(meta: dict[str, Any]) -> str:
+    """The audio member extension (`wav` or `flac`) of the samples a dataset.json describes: its
+    `encoding.audio_format` (folders written before that setting existed hold `flac`)."""
+    audio_format = meta.get("encoding", {}).get("audio_format")
+    return AUDIO_EXT if audio_format is None else audio_ext(audio_format)
 
 
 def dataset_json_bytes(meta: dict[str, Any]) -> bytes:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 
 import numpy as np
 
 VIDEO_EXT = "mp4"
-AUDIO_EXT = "flac"
+AUDIO_EXT = "flac"                    # the audio member of shards without dataset.json `encoding.audio_format`
 META_EXT = "json"
 CLASSES_EXT = "cls"
 FRAME_TABLE_EXT = "frames"
-MEMBER_EXTENSIONS = (CLASSES_EXT, AUDIO_EXT, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT)   # written in this order
+# `python -m deteclap.shard --audio-format` -> the audio member's extension. One folder holds one of them
+# (dataset.json `encoding.audio_format`); both are 16 kHz mono 16-bit, so both give the same samples.
+AUDIO_FORMATS = {"pcm": "wav", "flac": "flac"}
+AUDIO_EXTS = tuple(AUDIO_FORMATS.values())
+MEMBER_EXTENSIONS = (CLASSES_EXT, *AUDIO_EXTS, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT)   # written in this order
 SCORE_EXT = "f16"                     # label scores: `KEY.<labeller>.f16`, raw little-endian float16
 SCORE_DTYPE = np.dtype("<f2")
 FRAME_TABLE_DTYPE = np.dtype("<u4")
@@ -20,6 +25,14 @@ MAX_KEY_LENGTH = 80                   # USTAR member names hold 100 characters
 KEY_HASH_CHARS = 12
 JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", "frames", "width",
                "height", "sample_rate", "num_samples", "classes", "split")
+
+
+# The `KEY.wav` member: a canonical 44-byte RIFF header (PCM, mono, 16-bit; its data chunk straight after
+# the fmt chunk) and the samples as little-endian int16. Any WAV reader opens it; our readers take only
+# this layout, so that a DALI pipeline reads the samples at a fixed offset without a decoder.
+WAV_HEADER_BYTES = 44
+_WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")   # RIFF, size, WAVE, fmt , 16, PCM, mono, rate, ...
+WAV_PCM, WAV_CHANNELS, WAV_BITS = 1, 1, 16
 
 
 SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_-]+")   # split names: they become shard file names
@@ -108,6 +121,53 @@ def shard_name(split: str, index: int) -> str:
     """A shard's file stem: `{split}-{index:06d}` (its tar and index add `.tar` / `.idx`); the split
     is checked (`check_split`)."""
     return f"{check_split(split)}-{index:06d}"
+
+
+def audio_ext(audio_format: str) -> str:
+    """`pcm` -> `wav`, `flac` -> `flac`: the audio member of a dataset.json `encoding.audio_format`."""
+    if audio_format not in AUDIO_FORMATS:
+        raise FormatError(f"audio format {audio_format!r}: known formats are {', '.join(AUDIO_FORMATS)}")
+    return AUDIO_FORMATS[audio_format]
+
+
+def encode_wav(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """int16 [samples] -> the `KEY.wav` member (canonical 44-byte header, then the samples)."""
+    data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
+    header = _WAV_HEADER.pack(b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, WAV_PCM, WAV_CHANNELS, sample_rate,
+                              sample_rate * 2, 2, WAV_BITS, b"data", len(data))
+    return header + data
+
+
+def wav_problem(header: bytes, size: int) -> str | None:
+    """Why the first WAV_HEADER_BYTES bytes of a `KEY.wav` member of `size` bytes are not the canonical
+    header of 16-bit mono PCM whose data chunk fills the rest of the member, or None. The sample
+    rate is not checked here (the loaders refuse one other than 16 kHz as `bad_audio`)."""
+    if size < WAV_HEADER_BYTES or len(header) < WAV_HEADER_BYTES:
+        return f"{size} bytes, shorter than a {WAV_HEADER_BYTES}-byte WAV header"
+    riff, _, wave, fmt, fmt_size, kind, channels, _, _, _, bits, data, data_size = _WAV_HEADER.unpack(
+        bytes(header[:WAV_HEADER_BYTES]))
+    if (riff, wave, fmt, fmt_size, data) != (b"RIFF", b"WAVE", b"fmt ", 16, b"data"):
+        return ("not a canonical 44-byte WAV header (RIFF/WAVE, a 16-byte fmt chunk, then the data chunk): "
+                "python -m deteclap.shard --audio-format pcm writes one")
+    if (kind, channels, bits) != (WAV_PCM, WAV_CHANNELS, WAV_BITS):
+        return f"format {kind}, {channels} channels, {bits} bits: expected PCM (1), mono, 16 bits"
+    if data_size != size - WAV_HEADER_BYTES or data_size % 2:
+        return (f"its data chunk says {data_size} bytes, the member holds {size - WAV_HEADER_BYTES} after the "
+                "header (truncated or padded)")
+    return None
+
+
+def wav_rate(header: bytes) -> int:
+    """The sample rate field of a canonical WAV header."""
+    return _WAV_HEADER.unpack(bytes(header[:WAV_HEADER_BYTES]))[7]
+
+
+def decode_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """A `KEY.wav` member -> (int16 [samples], sample rate); FormatError (`wav_problem`) for another layout."""
+    problem = wav_problem(data[:WAV_HEADER_BYTES], len(data))
+    if problem:
+        raise FormatError(problem)
+    return np.frombuffer(data, "<i2", offset=WAV_HEADER_BYTES), wav_rate(data)
 
 
 def encode_frame_table(width: int, height: int, frames: list[tuple[int, int]]) -> bytes:

@@ -4,7 +4,7 @@ The prompts "this is a sound of {label}" are embedded ONCE with CLAP's text side
 .npz table (embeddings [C, D] float32, the vocabulary, the prompt and the identity of the weights
 that made it: "random" or the weights file's sha256; other weights recompute it), so labelling
 runs only the audio encoder (msclap's `AudioEncoder`: HTSAT + projection). Audio follows msclap's
-preprocessing: the 16 kHz shard FLAC is resampled to the config's rate (44.1 kHz) as
+preprocessing: the 16 kHz shard audio (`KEY.wav` or `KEY.flac`) is resampled to the config's rate (44.1 kHz) as
 `torchaudio.transforms.Resample` does, and cut into windows of the config's duration (7 s): a
 shorter clip is repeated to fill one window (msclap's rule); a longer one (10 s) gets evenly spaced
 windows covering it (msclap would take one random window). A class scores the highest cosine over
@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from deteclap.data.decode import DecodeError, decode_audio
+from deteclap.data.decode import DecodeError, decode_audio_member
+from deteclap.format import AUDIO_EXTS
 from deteclap.labels.store import Sample
 
 NAME = "clap"
 PROMPT = "this is a sound of {label}"
 CLAP_VERSION = "2023"
-AUDIO_MEMBER = "flac"
 AUDIO_PREFIX = "audio_encoder."          # the audio side's keys in the CLAP weights file
 TEXT_BATCH = 64
 RANDOM_SOURCE = "random"                 # the weights identity of random (offline) weights
@@ -237,9 +237,10 @@ class ClapLabeller:
         windows, owner, reasons = [], [], []
         for row, sample in enumerate(samples):
             try:
-                if AUDIO_MEMBER not in sample:
-                    raise DecodeError(f"no .{AUDIO_MEMBER} member")
-                wave, rate = decode_audio(sample[AUDIO_MEMBER])
+                ext = next((ext for ext in AUDIO_EXTS if ext in sample), None)
+                if ext is None:
+                    raise DecodeError(f"no audio member (.{' / .'.join(AUDIO_EXTS)})")
+                wave, rate = decode_audio_member(ext, sample[ext])
                 clip_windows = audio_windows(wave, rate, self.sample_rate, self.window_s)
             except DecodeError as err:
                 reasons.append(f"audio: {err}")

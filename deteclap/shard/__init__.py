@@ -3,8 +3,8 @@
 
 Per clip: the 10 CAV-MAE frame instants (source frame i * N // 10 of the segment's N frames) as a
 VP9 mp4 (every frame a key frame, 1 fps, yuv420p) and the first audio channel resampled to 16 kHz
-as 16-bit FLAC. Two stages are library modules, because `deteclap embed` decodes a video exactly
-as the writer does:
+as 16-bit PCM in a WAV member (`--audio-format pcm`, the default) or FLAC (`flac`). Two stages are
+library modules, because `deteclap embed` decodes a video exactly as the writer does:
 
 - `deteclap.inputs`: SRC (folder or manifest) -> planned inputs and failure rows
   (`collect_inputs`, `plan_shards`, REASONS);

@@ -8,7 +8,7 @@ from collections import Counter
 
 from deteclap.clip import CODECS, DEFAULT_MIN_SECONDS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE, EncodeSettings
 from deteclap.distribute import DISTRIBUTORS, DistributorError
-from deteclap.format import FormatError, check_split
+from deteclap.format import AUDIO_FORMATS, FormatError, check_split
 from deteclap.format.storage import StorageError
 from deteclap.inputs import DEFAULT_SPLIT, REASONS, ShardError
 from deteclap.shard.verify import verify_shards
@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deteclap.shard",
         description="Turn videos into WebDataset shards (shards/FORMAT.md): per clip the 10 CAV-MAE frame "
-                    "instants as an all-key-frame VP9 mp4 and the first audio channel at 16 kHz as FLAC. "
+                    "instants as an all-key-frame VP9 mp4 and the first audio channel as 16 kHz 16-bit WAV (or FLAC). "
                     "SRC is a folder of videos (mp4 mkv webm avi mov m4v ts flv mpg mpeg 3gp ogv wmv, recursive; "
                     "files without an extension by content; every other file is listed as ignored) or a CSV / "
                     "JSONL manifest (path or file, optional id, start, end, class / label / labels, split; "
@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-crop", dest="crop", action="store_false",
                         help="keep the whole frame (short side resized) instead of CAV-MAE's centre square")
     parser.add_argument("--codec", default="vp9", choices=sorted(CODECS), help="stored video codec")
+    parser.add_argument("--audio-format", default=EncodeSettings.audio_format, choices=sorted(AUDIO_FORMATS),
+                        help="pcm: KEY.wav, 16-bit samples the loaders read without decoding (the default: "
+                             "decoding FLAC is the largest CPU cost per clip of every loader); flac: KEY.flac, "
+                             "smaller files, the same samples (docs/DATA_PATH.md)")
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="segment length from `start`")
     parser.add_argument("--min-seconds", type=float, default=DEFAULT_MIN_SECONDS,
                         help="skip inputs whose segment is shorter")
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.short_side < 2 or args.short_side % 2:
         parser.error("--short-side must be even and positive")
     settings = EncodeSettings(short_side=args.short_side, crop=args.crop, codec=args.codec, seconds=args.seconds,
-                              min_seconds=args.min_seconds, allow_silent=args.allow_silent)
+                              min_seconds=args.min_seconds, allow_silent=args.allow_silent,
+                              audio_format=args.audio_format)
     try:
         summary = write_shards(args.paths[0], args.paths[1], workers=args.workers, split=args.split,
                                samples_per_shard=args.samples_per_shard, settings=settings,

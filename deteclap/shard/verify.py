@@ -1,5 +1,5 @@
 """Stage 4: `--verify OUT`. Opens every tar dataset.json lists, checks its index, members, JSON and
-sizes, decodes every video frame and the FLAC, and lists every problem found (nothing stops early
+sizes, decodes every video frame and the audio, and lists every problem found (nothing stops early
 but a missing or unreadable dataset.json)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deteclap.format import (AUDIO_EXT, CLASSES_EXT, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS, MEMBER_EXTENSIONS,
+from deteclap.format import (AUDIO_EXTS, CLASSES_EXT, FORMAT_VERSION, FRAME_TABLE_EXT, JSON_FIELDS, MEMBER_EXTENSIONS,
                              META_EXT, VIDEO_EXT, FormatError, check_index, dataset_problems, folder_file, local_shard,
-                             load_dataset_json, read_tar_samples, scan_shard, score_member, storage)
+                             folder_audio_ext, load_dataset_json, read_tar_samples, scan_shard, score_member, storage)
 from deteclap.clip import DEFAULT_SHORT_SIDE, NUM_FRAMES, frame_table
 from deteclap.shard.write import FAILURES_JSONL
 
@@ -31,7 +31,8 @@ class VerifyReport:
 
 
 def _expected_members(meta_all: dict) -> set[str]:
-    expected = set(MEMBER_EXTENSIONS) | {score_member(name) for name in meta_all.get("labellers", [])}
+    other_audio = set(AUDIO_EXTS) - {folder_audio_ext(meta_all)}       # one audio member per folder
+    expected = (set(MEMBER_EXTENSIONS) - other_audio) | {score_member(name) for name in meta_all.get("labellers", [])}
     if meta_all.get("format_version", FORMAT_VERSION) < 2:
         expected.discard(FRAME_TABLE_EXT)         # version 1 shards hold no frame table
     return expected
@@ -74,16 +75,16 @@ def _check_video(where: str, data: dict[str, bytes], meta: dict, encoding: dict,
         report.error(f"{where}.mp4: {err}")
 
 
-def _check_audio(where: str, data: dict[str, bytes], meta: dict, report: VerifyReport) -> None:
-    from deteclap.data.decode import DecodeError, decode_audio
+def _check_audio(where: str, data: dict[str, bytes], meta: dict, ext: str, report: VerifyReport) -> None:
+    from deteclap.data.decode import DecodeError, decode_audio_member
 
     try:
-        wave, rate = decode_audio(data[AUDIO_EXT])
+        wave, rate = decode_audio_member(ext, data[ext])
         if rate != meta["sample_rate"] or len(wave) != meta["num_samples"]:
-            report.error(f"{where}.flac: {len(wave)} samples at {rate} Hz != json "
+            report.error(f"{where}.{ext}: {len(wave)} samples at {rate} Hz != json "
                          f"{meta['num_samples']} at {meta['sample_rate']}")
     except DecodeError as err:
-        report.error(f"{where}.flac: {err}")
+        report.error(f"{where}.{ext}: {err}")
 
 
 def _check_classes(where: str, data: dict[str, bytes], meta: dict, classes: list[str], report: VerifyReport) -> None:
@@ -115,7 +116,7 @@ def _verify_sample(tar: tarfile.TarFile, where: str, key: str, members: dict[str
     if meta is None:
         return
     _check_video(where, data, meta, meta_all.get("encoding", {}), report)
-    _check_audio(where, data, meta, report)
+    _check_audio(where, data, meta, folder_audio_ext(meta_all), report)
     _check_classes(where, data, meta, meta_all.get("classes", []), report)
     _check_scores(where, data, meta_all, report)
 

@@ -26,9 +26,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from deteclap.clip import CODECS, EncodeSettings, preload, process_clip, process_job
-from deteclap.format import (DATASET_JSON, FORMAT_VERSION, FormatError, check_split, folder_lock, index_entries,
-                             index_path, index_sample_count, load_dataset_json, replace_synced, save_dataset_json,
-                             shard_name, storage, tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
+from deteclap.format import (AUDIO_EXT, AUDIO_FORMATS, DATASET_JSON, FORMAT_VERSION, FormatError, check_split,
+                             folder_lock, index_entries, index_path, index_sample_count, load_dataset_json,
+                             replace_synced, save_dataset_json, shard_name, storage, tar_index_samples, tmp_path,
+                             write_atomic, write_index, write_tar)
 from deteclap.inputs import (DEFAULT_SPLIT, MAX_SEGMENT_SECONDS, ClipInput, ShardError, collect_inputs, ignored_files,
                              plan_shards)
 
@@ -113,15 +114,25 @@ def _check_options(settings: EncodeSettings, samples_per_shard: int | None) -> N
                          f"{MAX_SEGMENT_SECONDS:g} s")
     if settings.codec not in CODECS:
         raise ShardError(f"--codec {settings.codec!r}: choose one of {sorted(CODECS)}")
+    if settings.audio_format not in AUDIO_FORMATS:
+        raise ShardError(f"--audio-format {settings.audio_format!r}: choose one of {sorted(AUDIO_FORMATS)}")
     if samples_per_shard is not None and samples_per_shard < 1:
         raise ShardError("--samples-per-shard must be at least 1")
 
 
 def _check_previous(out: Path, previous: dict | None, encoding: dict, classes: list[str]) -> None:
-    """OUT's shards must have been written with these encoding settings and classes."""
-    if previous is not None and (previous.get("encoding") != encoding or previous.get("classes") != classes):
-        raise ShardError(f"{storage.location(out)} holds shards written with other encoding settings or classes; "
-                         "use an empty OUT (or the same SRC and options to resume)")
+    """OUT's shards must have been written with these encoding settings and classes (folders written
+    before `audio_format` existed hold FLAC)."""
+    if previous is None:
+        return
+    before = {"audio_format": AUDIO_EXT, **previous.get("encoding", {})}
+    changed = [f"{key} {before.get(key)!r} there, {value!r} now" for key, value in encoding.items()
+               if before.get(key) != value]
+    if previous.get("classes") != classes:
+        changed.append("other classes")
+    if changed:
+        raise ShardError(f"{storage.location(out)} holds shards written with other encoding settings or classes "
+                         f"({'; '.join(changed)}); use an empty OUT, or the same SRC and options to resume")
 
 
 def _finished_and_pending(out: Path, plan: Plan, failures: list[dict]
