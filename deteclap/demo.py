@@ -25,8 +25,8 @@ seeds), `sumR`, `class_map`, `super_map`, `hubness`, `spread` (standard deviatio
 same as Markdown, also written to --markdown), DIR/run_info.json (timings, machine) and
 DIR/results.png (loss curves, recalls, and the top-3 of the first test queries under both models).
 
-`--budget paper` runs the same comparison with the paper's contrastive weight (0.01) and a larger
-budget (BUDGETS); use another --out for it. Runs are kept in DIR/runs/<variant>_seed<N>/: a run
+`--budget paper` runs the same comparison with the paper's loss weights (contrastive 0.01, label
+terms 1) and a larger budget (BUDGETS); use another --out for it. Runs are kept in DIR/runs/<variant>_seed<N>/: a run
 finished with the same config is not trained again, one trained with another config is moved aside
 and trained again (`deteclap.sweep.reset_if_other_config`). The results cover every seed of DIR whose
 runs of both variants finished with this call's config, so `--seeds 4,5` after the default adds two.
@@ -57,8 +57,8 @@ VARIANTS = ("cavmae", "or")
 NAMES = {"cavmae": "CAV-MAE", "or": "DETECLAP (OR)"}
 SAMPLES_PER_SHARD = 60  # several tars, so that every loader worker has its own
 # --budget: `--set` values on top of configs/demo.json. The default is the demo config as it stands
-# (contrastive weight 1.0; see docs/demo.md for the measurement behind it); "paper" restores the
-# paper's contrastive weight 0.01 and trains three times as long.
+# (contrastive weight 1.0, label weights 10; see docs/demo.md for the measurements behind them);
+# "paper" restores the paper's weights (contrastive 0.01, label terms 1) and trains three times as long.
 PAPER_STEP_FACTOR = 3
 PAGE_QUERIES = 3           # results pages per model (DIR/pages/<variant>/<key>.html)
 BUDGETS = ("default", "paper")
@@ -79,7 +79,8 @@ def budget_overrides(budget: str) -> list[str]:
         return []
     if budget == "paper":
         steps = load_config(DEMO_CONFIG).run.max_steps * PAPER_STEP_FACTOR
-        return ["loss.contrastive_weight=0.01", f"run.max_steps={steps}"]
+        return ["loss.contrastive_weight=0.01", "loss.a2l_weight=1.0", "loss.v2l_weight=1.0",
+                f"run.max_steps={steps}"]
     raise ValueError(f"unknown budget {budget!r} (known: {', '.join(BUDGETS)})")
 
 
@@ -90,22 +91,30 @@ def make_data(out: Path, train_clips: int, test_clips: int, seconds: float, work
     """Synthetic train / test clips -> shards -> ground-truth label scores (skips what exists).
 
     DIR/data/synth.json records the synthesis settings; a DIR made with other settings is refused
-    (its runs were trained on other data), naming the differences.
+    (its runs were trained on other data), naming the differences. The labels use the vocabulary of
+    the objects the synthetic clips hold (DIR/data/vocabulary.txt, `deteclap.synth.object_names`):
+    BCE over Open Images' 601 classes, of which 20 occur here, teaches the label heads nothing
+    within the demo's budget (docs/demo.md).
     """
     from deteclap import label, shard, synth
 
     settings = {"train_clips": train_clips, "test_clips": test_clips, "seconds": seconds, "fps": fps,
-                "difficulty": difficulty}
+                "difficulty": difficulty, "label_vocabulary": synth.object_names()}
     record = out / "data" / "synth.json"
     if record.is_file():
         stored = json.loads(record.read_text())
         differ = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if differ:
-            changes = ", ".join(f"{key}: {old} -> {new}" for key, (old, new) in differ.items())
+            def shown(value: Any) -> str:
+                return f"{len(value)} names" if isinstance(value, list) else str(value)
+
+            changes = ", ".join(f"{key}: {shown(old)} -> {shown(new)}" for key, (old, new) in differ.items())
             raise SystemExit(f"{out} holds data made with other settings ({changes}); "
                              f"use another --out, or delete {out / 'data'} and {out / 'shards'} to remake it")
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(settings, indent=2) + "\n")
+    vocabulary = out / "data" / "vocabulary.txt"
+    vocabulary.write_text("\n".join(settings["label_vocabulary"]) + "\n")
     paths = {}
     for split, clips, seed in (("train", train_clips, 1), ("test", test_clips, 2)):
         clip_dir, shard_dir = out / "data" / split, out / "shards" / split
@@ -119,7 +128,8 @@ def make_data(out: Path, train_clips: int, test_clips: int, seconds: float, work
                                str(workers), "--samples-per-shard", str(SAMPLES_PER_SHARD), "--strict"])
             if code:
                 raise SystemExit(f"sharding {clip_dir} failed (exit {code}); see {shard_dir / 'failures.jsonl'}")
-        code = label.main([str(shard_dir), "--labellers", "truth", "--truth", str(clip_dir / "truth.jsonl")])
+        code = label.main([str(shard_dir), "--labellers", "truth", "--truth", str(clip_dir / "truth.jsonl"),
+                           "--vocabulary", str(vocabulary)])
         if code:
             raise SystemExit(f"labelling {shard_dir} failed (exit {code})")
         paths[split] = shard_dir
@@ -154,6 +164,15 @@ def train_variant(variant: str, seed: int, shards: dict[str, Path], run_dir: Pat
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     subprocess.run(cmd, check=True, env=env)
     return run_dir
+
+
+def label_classes(shard_dir: Path) -> int | None:
+    """The number of label classes the shards' scores cover (dataset.json label_vocabulary)."""
+    from deteclap.format import load_dataset_json
+
+    if not (shard_dir / "dataset.json").is_file():
+        return None
+    return len(load_dataset_json(shard_dir).get("label_vocabulary") or [])
 
 
 def run_path(out: Path, variant: str, seed: int) -> Path:
@@ -367,7 +386,8 @@ def markdown_report(results: dict[str, Any], info: dict[str, Any], command: str)
         f"Data: {s['train_clips']} train / {s['test_clips']} test synthetic clips of {s['seconds']:g} s at "
         f"{s['fps']} fps, difficulty {s['difficulty']:g} (`deteclap.synth --difficulty`); budget `{s['budget']}`: "
         f"{s['steps']} steps of batch {s['batch_size']}, lr {s['lr']:g}, contrastive weight "
-        f"{s['contrastive_weight']:g}, per run; seeds {', '.join(map(str, results['seeds']))}.",
+        f"{s['contrastive_weight']:g}, label weights {s.get('label_weight', 1):g} (OR) over "
+        f"{s.get('label_classes', '?')} label classes, per run; seeds {', '.join(map(str, results['seeds']))}.",
         f"Machine: {info['cpu']}, {info['cpus']} CPU threads. This call took {info['seconds'] / 60:.1f} minutes "
         f"(data {info['timings']['data'] / 60:.1f}, training {info['timings']['train'] / 60:.1f}, evaluation and "
         f"figure {info['timings']['evaluate'] / 60:.1f}) and trained {info['trained_now']} of the "
@@ -417,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2,3", help="training seeds, comma-separated")
     parser.add_argument("--steps", type=int, default=0, help="training steps per run (0: the budget's)")
     parser.add_argument("--budget", choices=BUDGETS, default="default",
-                        help="default: configs/demo.json; paper: contrastive weight 0.01 and "
-                             f"{PAPER_STEP_FACTOR}x the steps")
+                        help="default: configs/demo.json; paper: contrastive weight 0.01, label weights 1 "
+                             f"and {PAPER_STEP_FACTOR}x the steps")
     parser.add_argument("--train-clips", type=int, default=960)
     parser.add_argument("--test-clips", type=int, default=60)
     parser.add_argument("--seconds", type=float, default=2.0, help="clip length of the synthetic set")
@@ -477,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     results["settings"] = {"budget": args.budget, "train_clips": args.train_clips, "test_clips": args.test_clips,
                            "seconds": args.seconds, "fps": args.fps, "difficulty": args.difficulty,
                            "steps": cfg.run.max_steps, "batch_size": cfg.data.batch_size, "lr": cfg.optim.lr,
-                           "contrastive_weight": cfg.loss.contrastive_weight, "overrides": extra}
+                           "contrastive_weight": cfg.loss.contrastive_weight, "label_weight": cfg.loss.a2l_weight,
+                           "label_classes": label_classes(shards["train"]),
+                           "overrides": extra}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = format_tables(results)
     (out / "table.txt").write_text(table + "\n")

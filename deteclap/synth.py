@@ -81,6 +81,12 @@ def class_names() -> list[str]:
     return [name for _, names in SUPER_CLASSES.values() for name in names]
 
 
+def object_names() -> list[str]:
+    """Every object a synthetic clip can show or sound (the fine classes, then the distractors): the
+    label vocabulary that fits this data (`python -m deteclap.label --vocabulary`)."""
+    return class_names() + list(SEEN_DISTRACTORS) + list(HEARD_DISTRACTORS)
+
+
 def super_class_of(name: str) -> str:
     for super_name, (_, names) in SUPER_CLASSES.items():
         if name in names:

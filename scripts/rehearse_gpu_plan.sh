@@ -7,8 +7,9 @@
 # 2. a fresh Python 3.12 venv standing in for the GPU machine's Python (numpy, packaging, six and
 #    typing-extensions, which that machine has; no torch);
 # 3. `carry stage1 0..3` as the calls do (and the FRESH refusal of a part out of order), `install stage1`;
-# 4. the DALI operators dali_pipes uses (webdataset reader, CPU video decoder, int16 FLAC decode, pad,
-#    crop / normalise, source_info) in a pipeline on synthetic shards, under that Python 3.12;
+# 4. the DALI operators dali_pipes uses (webdataset reader, CPU video decoder, the KEY.wav read of
+#    dali_pipes.pipelines.read_wave, int16 FLAC decode, pad, crop / normalise, source_info) in a
+#    pipeline on synthetic shards of both audio formats, under that Python 3.12;
 # 5. `python -m dali_pipes.nvdec` under it: the first call's verdict line ("NVDEC: no (...)" here);
 # 6. `carry stage2 0` and `install stage2` (DeepSpeed's import needs torch: checked on the machine).
 # Stage 1's tests and benchmark need torch: `OUT=... SITE=/nonexistent CLIPS=16 BATCH=8 CORES=2
@@ -31,28 +32,34 @@ echo "part out of order refused (FRESH), as after a machine given back"
 for n in 0 1 2 3; do scripts/device_wheels.sh carry stage1 "$n" > /dev/null; done
 scripts/device_wheels.sh install stage1
 "${BUILD_PYTHON:-$here/.venv/bin/python}" -m deteclap.synth "$work/clips" --clips 4 --seconds 2 > /dev/null
-"${BUILD_PYTHON:-$here/.venv/bin/python}" -m deteclap.shard "$work/clips" "$work/shards" --samples-per-shard 2 --quiet
-PYTHONPATH=$SITE "$PYTHON" - "$work/shards" <<'EOF'
+for format in pcm flac; do
+    "${BUILD_PYTHON:-$here/.venv/bin/python}" -m deteclap.shard "$work/clips" "$work/shards_$format" \
+        --samples-per-shard 2 --audio-format "$format" --quiet
+done
+PYTHONPATH=$SITE "$PYTHON" - "$work" <<'EOF'
 import glob, sys
 from nvidia.dali import fn, pipeline_def, types
 
-tars = sorted(glob.glob(f"{sys.argv[1]}/train-*.tar"))
+from dali_pipes.pipelines import decode_wave, read_wave   # (imports no torch)
 
-@pipeline_def(batch_size=2, num_threads=2, device_id=None, seed=0, exec_dynamic=True)
-def pipe():
-    mp4, flac = fn.readers.webdataset(paths=tars, ext=["mp4", "flac"], dtypes=[types.UINT8] * 2, name="reader")
-    index = fn.constant(idata=[5], dtype=types.INT32, shape=[1])
-    frame = fn.element_extract(fn.decoders.video(mp4, device="cpu", frames=index), element_map=[0])
-    frame = fn.crop_mirror_normalize(frame, crop=(224, 224), output_layout="CHW", dtype=types.FLOAT)
-    wave, rate = fn.decoders.audio(flac, downmix=False, dtype=types.INT16)
-    source = fn.pad(fn.get_property(mp4, key="source_info"), fill_value=0)
-    return frame, fn.pad(wave[:, 0], fill_value=0, axes=[0]), rate, source
+for audio in ("wav", "flac"):
+    tars = sorted(glob.glob(f"{sys.argv[1]}/shards_{'pcm' if audio == 'wav' else 'flac'}/train-*.tar"))
 
-p = pipe()
-p.build()
-frames, waves, rates, _ = p.run()
-print(f"DALI pipeline on Python {sys.version.split()[0]}: frames {frames.as_tensor().shape()}, "
-      f"waves {waves.as_tensor().shape()} {waves.as_tensor().dtype}, rates {list(rates.as_array())}")
+    @pipeline_def(batch_size=2, num_threads=2, device_id=None, seed=0, exec_dynamic=True)
+    def pipe():
+        mp4, sound = fn.readers.webdataset(paths=tars, ext=["mp4", audio], dtypes=[types.UINT8] * 2, name="reader")
+        index = fn.constant(idata=[5], dtype=types.INT32, shape=[1])
+        frame = fn.element_extract(fn.decoders.video(mp4, device="cpu", frames=index), element_map=[0])
+        frame = fn.crop_mirror_normalize(frame, crop=(224, 224), output_layout="CHW", dtype=types.FLOAT)
+        wave, length, rate = read_wave(sound)[:3] if audio == "wav" else decode_wave(sound)
+        source = fn.pad(fn.get_property(mp4, key="source_info"), fill_value=0)
+        return frame, wave, length, rate, source
+
+    p = pipe()
+    p.build()
+    frames, waves, lengths, rates, _ = p.run()
+    print(f"DALI pipeline ({audio}) on Python {sys.version.split()[0]}: frames {frames.as_tensor().shape()}, "
+          f"waves {waves.as_tensor().shape()} {waves.as_tensor().dtype}, rates {list(rates.as_array().ravel())}")
 EOF
 PYTHONPATH=$SITE "$PYTHON" -m dali_pipes.nvdec || echo "(exit $?: the first call would stop here)"
 scripts/device_wheels.sh carry stage2 0

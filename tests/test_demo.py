@@ -19,6 +19,10 @@ def test_demo_writes_every_metric_for_both_variants(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert {"cavmae", "or", "seeds", "comparison", "chance", "settings"} <= set(results)
     assert results["seeds"] == [0] and results["num_test_clips"] == 9
+    from deteclap.synth import object_names       # the labels cover the objects the clips can hold
+
+    for split in ("train", "test"):
+        assert json.loads((out / "shards" / split / "dataset.json").read_text())["label_vocabulary"] == object_names()
     for name in ("cavmae", "or"):
         variant = results[name]
         for direction in ("a2v", "v2a"):
@@ -107,7 +111,7 @@ def test_make_data_refuses_a_folder_made_with_other_settings(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "synth.json").write_text(json.dumps(
         {"train_clips": 960, "test_clips": 60, "seconds": 2.0, "fps": 5, "difficulty": 1.0}))
-    with pytest.raises(SystemExit, match="difficulty: 1.0 -> 0.5"):
+    with pytest.raises(SystemExit, match="difficulty: 1.0 -> 0.5, label_vocabulary: None -> 20 names"):
         demo.make_data(tmp_path, 960, 60, 2.0, 1, 5, 0.5)
 
 
@@ -123,8 +127,8 @@ def test_write_markdown_replaces_only_the_marked_section(tmp_path):
 def test_budgets_add_their_overrides():
     assert demo.budget_overrides("default") == []
     steps = demo.load_config(demo.DEMO_CONFIG).run.max_steps
-    assert demo.budget_overrides("paper") == ["loss.contrastive_weight=0.01",
-                                              f"run.max_steps={steps * demo.PAPER_STEP_FACTOR}"]
+    assert demo.budget_overrides("paper") == ["loss.contrastive_weight=0.01", "loss.a2l_weight=1.0",
+                                              "loss.v2l_weight=1.0", f"run.max_steps={steps * demo.PAPER_STEP_FACTOR}"]
     with pytest.raises(ValueError, match="unknown budget"):
         demo.budget_overrides("huge")
 

@@ -116,6 +116,38 @@ def test_truth_labeller_cli_matches_truth_and_is_resumable(shards, synth_dir, ca
             assert np.array_equal(scores[key][f"truth_{modality}"], want)
 
 
+def test_vocabulary_option_sets_the_classes_and_guards_stored_scores(shards, synth_dir, tmp_path, capsys):
+    """--vocabulary FILE labels over the file's classes (dataset.json label_vocabulary, score members
+    of 2 bytes per class); over scores stored with another vocabulary it stops without --force, and
+    with --force marks every labeller's shards unlabelled before relabelling the ones it runs."""
+    from deteclap.label import main
+    from deteclap.synth import object_names
+
+    vocabulary_file = tmp_path / "objects.txt"
+    vocabulary_file.write_text("\n".join(object_names()) + "\n")
+    truth_args = ["--labellers", "truth", "--truth", str(synth_dir / "truth.jsonl"), "--no-progress"]
+    assert main([str(shards), *truth_args]) == 0                              # over the 601 classes
+    assert main([str(shards), *truth_args, "--vocabulary", str(vocabulary_file)]) == 2
+    assert "601-class label_vocabulary" in capsys.readouterr().err
+    assert len(store.load_dataset_json(shards)["label_vocabulary"]) == 601    # nothing changed
+    meta = store.load_dataset_json(shards)
+    meta["labelled_shards"]["clap"] = list(meta["labelled_shards"]["truth_audio"])   # as if clap had run
+    store.save_dataset_json(shards, meta)
+    assert main([str(shards), *truth_args, "--vocabulary", str(vocabulary_file), "--force"]) == 0
+    meta = store.load_dataset_json(shards)
+    assert meta["label_vocabulary"] == object_names()
+    assert meta["labelled_shards"]["clap"] == [] and len(meta["labelled_shards"]["truth_audio"]) == 3
+    scores = store.read_scores(shards)
+    rows = truth.load_truth(synth_dir / "truth.jsonl")
+    labeller = truth.TruthLabeller(rows, object_names(), "audio", seed=0)
+    for key, row in rows.items():
+        present = np.isin(object_names(), row["heard"])
+        rng = np.random.default_rng([0, zlib.crc32(f"audio/{key}".encode())])
+        want = truth.noisy_scores(present, labeller.noise, rng)
+        assert np.array_equal(scores[key]["truth_audio"], want.astype(np.float16))
+    assert main([str(shards), *truth_args, "--vocabulary", str(vocabulary_file)]) == 0   # the same: a resume
+
+
 def test_truth_noise_rates_cross_the_thresholds():
     rng = np.random.default_rng(0)
     present = np.zeros(601, bool)
