@@ -391,7 +391,9 @@ def markdown_report(results: dict[str, Any], info: dict[str, Any], command: str)
         f"Machine: {info['cpu']}, {info['cpus']} CPU threads. This call took {info['seconds'] / 60:.1f} minutes "
         f"(data {info['timings']['data'] / 60:.1f}, training {info['timings']['train'] / 60:.1f}, evaluation and "
         f"figure {info['timings']['evaluate'] / 60:.1f}) and trained {info['trained_now']} of the "
-        f"{info['training']['runs']} runs it summarises (the others were reused from earlier calls); training "
+        f"{info['training']['runs']} runs it summarises"
+        f"{'' if info['trained_now'] == info['training']['runs'] else ' (the others were reused from earlier calls)'}; "
+        f"training "
         f"took {info['training'].get('seconds_per_run', 0) / 60:.1f} minutes per run on average, at "
         f"{info['training'].get('samples_per_s', 0):.0f} samples/s (each run's summary.json).", "",
         "```", format_tables(results), "```", "",
