@@ -35,14 +35,14 @@ from benchmarks.common import write_result  # noqa: E402
 def shard_waves(shards: str) -> list:
     """float32 [samples] of every audio member of the folder's tars (its own format decoded)."""
     from deteclap.data.decode import decode_audio_member
-    from deteclap.format import AUDIO_EXTS, iter_tar_samples, list_tars
+    from deteclap.format import iter_tar_samples, list_tars, sample_audio_ext
 
     waves = []
     for tar in list_tars(Path(shards)):
         for _, members in iter_tar_samples(tar):
-            for ext in AUDIO_EXTS:
-                if ext in members:
-                    waves.append(decode_audio_member(ext, members[ext])[0])
+            ext = sample_audio_ext(members)
+            if ext is not None:
+                waves.append(decode_audio_member(ext, members[ext])[0])
     return waves
 
 

@@ -5,7 +5,7 @@
 
 Embed: `deteclap.index.build_index` end to end into a fresh index (decode, model, part writes) on
 `--clips` synthetic 10 s clips (160x120, 10 fps, H.264 + AAC), from the video files (the shard
-writer's clip code: decode, VP9 re-encode of the 10 frame instants, FLAC) and from their shards,
+writer's clip code: decode, VP9 re-encode of the 10 frame instants, the audio member) and from their shards,
 with random-weight models of the tiny config and of the official CAV-MAE shape (ViT-B,
 audio_length 1024); model loading and the checkpoint digest are not timed.
 Search: `deteclap.index.top_k` of one query against `--items` random L2-normalised float32 rows of

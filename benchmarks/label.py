@@ -3,7 +3,7 @@
     python benchmarks/label.py [--shards DIR --truth JSONL] [--clips 8] [--seconds 10] [--devices cpu,cuda]
                                [--yolo-model yolov8x] [--batch-size 8] [--json OUT]
 
-Times `deteclap.labels.label_shards` end to end (read tar, decode FLAC / VP9, model, tar rewrite
+Times `deteclap.labels.label_shards` end to end (read tar, read the audio / decode VP9, model, tar rewrite
 and index) on a private copy of the shards. The models have random weights (no download here) but
 the real architectures: msclap's CLAP 2023 audio encoder (HTSAT, 7 s windows at 44.1 kHz) and
 YOLOv8x with 601 classes at 640 pixels on the 10 frames of each clip, so the speed is that of a

@@ -67,7 +67,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from deteclap.device import flush_denormals  # noqa: E402
 
 from benchmarks.common import RESULTS_DIR, write_result  # noqa: E402
-from deteclap.data.common import resolve_shards, shard_facts  # noqa: E402
+from deteclap.data.common import resolve_shards  # noqa: E402
 
 MB = 1e6
 JPEG_QUALITY = 95
@@ -170,7 +170,7 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
     from tqdm import tqdm
 
     from deteclap.data.decode import decode_audio_member, decode_video_frames
-    from deteclap.format import AUDIO_EXTS, iter_tar_samples
+    from deteclap.format import AUDIO_EXTS, iter_tar_samples, sample_audio_ext
 
     keys = []
     tars = resolve_shards(shards, "train")
@@ -195,7 +195,9 @@ def export_official_layout(shards: str, out: Path, img_size: int) -> list[str]:
                                      PIL.Image.BICUBIC)
                 (out / f"frame_{i}").mkdir(parents=True, exist_ok=True)
                 image.save(out / f"frame_{i}" / f"{key}.jpg", quality=JPEG_QUALITY)
-            audio = next(ext for ext in AUDIO_EXTS if ext in members)
+            audio = sample_audio_ext(members)
+            if audio is None:
+                raise SystemExit(f"{tar}: sample {key} holds no audio member (.{' / .'.join(AUDIO_EXTS)})")
             wave, rate = decode_audio_member(audio, members[audio])
             (out / "audio").mkdir(parents=True, exist_ok=True)
             soundfile.write(out / "audio" / f"{key}.wav", wave, rate)
@@ -257,12 +259,15 @@ def official_batches(root: Path, keys: list[str], cfg: Any) -> Iterator[dict]:
     import torchaudio  # noqa: F401
     import torchvision.transforms  # noqa: F401
 
+    from deteclap.data.loader import WORKER_START     # forked, as CAV-MAE's workers are on Linux
+
     dataset = OfficialLayoutDataset(root, keys, cfg.model.img_size, cfg.model.audio_length)
     workers = cfg.data.num_workers
 
     def epoch(_: int) -> Iterable[dict]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True,
                                              num_workers=workers, drop_last=True,
+                                             multiprocessing_context=WORKER_START if workers else None,
                                              worker_init_fn=flush_denormals if workers else None)
         return ({"fbank": fbank, "frames": frames} for fbank, frames in loader)
 
@@ -348,10 +353,6 @@ def loader_maker(name: str, args: argparse.Namespace, workers: int) -> Callable[
 def timed_run(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """One timed run of loader `name` (in a process of its own: see `LoaderProcess`); None: cannot run."""
     flush_denormals()                      # as deteclap/train.py does in its main process
-    # A spawned process spawns its own children too: DataLoader workers would re-import torch and
-    # the decoders at every epoch start (3.2 s instead of 0.7 s per epoch measured), where a trainer
-    # forks them. This process holds one loader, so no DALI pipeline lives beside the fork.
-    multiprocessing.set_start_method("fork", force=True)
     make = loader_maker(name, args, args.workers)
     return None if make is None else time_run(make, args.warmup, args.batches)
 
@@ -372,11 +373,10 @@ class LoaderProcess:
 
 
 def audio_format(folder: str) -> str:
-    """`pcm` or `flac`: the audio format of a shard folder's samples (deteclap.format.AUDIO_FORMATS)."""
-    from deteclap.format import AUDIO_FORMATS
+    """`pcm` or `flac`: the audio format of a shard folder's samples (its dataset.json)."""
+    from deteclap.format import folder_audio_format, load_dataset_json
 
-    ext = shard_facts(folder, resolve_shards(folder, "train")).audio_ext
-    return next(fmt for fmt, fmt_ext in AUDIO_FORMATS.items() if fmt_ext == ext)
+    return folder_audio_format(load_dataset_json(folder))
 
 
 def replicate_shards(shards: str, times: int, out: Path) -> str:

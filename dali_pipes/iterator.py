@@ -69,18 +69,18 @@ from dali_pipes.nvdec import probe_nvdec
 from dali_pipes.pipelines import IVF_FOURCC, OUTPUTS, READER_NAME, WAV_HEAD, PipeSpec, eval_pipeline, train_pipeline
 from deteclap.format import storage
 from deteclap.config import Config
-from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards, epoch_seed,
-                                  finish_batch, required_members, resolve_shards, shard_facts, wrong_score_sizes)
-from deteclap.format import (CLASSES_EXT, FRAME_TABLE_EXT, frame_table_problem, index_entries, index_path,
-                             is_score_member, labeller_of, scan_shard, split_member_name, wav_problem, write_index)
+from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards,
+                                  corrupt_reason, epoch_seed, finish_batch, required_members, resolve_shards,
+                                  shard_facts, wrong_score_sizes)
+from deteclap.format import (CLASSES_EXT, FRAME_TABLE_EXT, PCM_SCALE, WAV_EXT, frame_table_problem, index_entries,
+                             index_path, is_score_member, labeller_of, scan_shard, split_member_name, wav_problem,
+                             write_index)
 
 # "OFFSET:NAME" after "TAR:"; NAME (a member name) ends before a quote, space, colon or a sentence's dot
 MEMBER = r"(?P<offset>\d+):(?P<name>[^\s\"':]+?)\.?(?=[\s\"':]|$)"
 SOURCE_RE = re.compile(r"(?P<tar>[^\s\"']+\.tar):" + MEMBER)                   # a tar path without spaces
 UNDERFUL_RE = re.compile(r"Underful sample detected at tar file at \"(?P<tar>[^\"]+)\"")
-REASONS = {"mp4": "corrupt_mp4", "flac": "corrupt_flac", "wav": "corrupt_wav"}
 FLAC_MAGIC = b"fLaC"                # the first bytes of every FLAC stream
-INT16_SCALE = 1.0 / 32768           # int16 samples -> float in [-1, 1), as libsndfile reads 16-bit audio
 # words of DALI / CUDA errors that come from the decoder's hardware or driver, not from a sample
 HARDWARE_WORDS = ("nvcuvid", "nvdec", "cuvid", "cuda driver", "cuda-capable", "cuda_error", "decoder caps")
 # device id -> why NVDEC is not used in this process (data.video_decode=auto fell back once)
@@ -152,7 +152,7 @@ def parse_bad_member(message: str, tars: Iterable[str] = ()) -> tuple[str, str, 
     key, ext = split_member_name(match["name"])
     if not ext:
         return None
-    return tar, key, REASONS.get(ext, f"corrupt_{ext.replace('.', '_')}")
+    return tar, key, corrupt_reason(ext)
 
 
 def _dali_error_text(err: BaseException) -> str:
@@ -372,7 +372,14 @@ class DaliLoader(SkipLog):
 
     def output_names(self) -> list[str]:
         """The pipeline's outputs: OUTPUTS, the WAV header for `KEY.wav` shards, the label scores."""
-        return list(OUTPUTS) + ([WAV_HEAD] if self.audio_ext == "wav" else []) + self.score_names
+        return list(OUTPUTS) + ([WAV_HEAD] if self.audio_ext == WAV_EXT else []) + self.score_names
+
+    def _member_size(self, tar: str, key: str, ext: str) -> int:
+        """A member's byte count from the index this epoch read."""
+        size = next((m[2] for m in self.entries.get(tar, {}).get(key, []) if m[0] == ext), None)
+        if size is None:            # DALI delivered a sample its own index does not list
+            raise DataError(f"{tar}: sample {key}: its {ext} member is not in the index the loader read")
+        return size
 
     def _drop_bad_audio(self, out: dict[str, Any], tars: list[str], keys: list[str]) -> list[int]:
         """Rows whose WAV header is not the format's (`corrupt_wav`, checked against the member's size
@@ -385,9 +392,8 @@ class DaliLoader(SkipLog):
         for row, (rate, length) in enumerate(zip(rates, lengths)):
             reason, detail = "bad_audio", None
             if heads is not None:
-                size = next((m[2] for m in self.entries.get(tars[row], {}).get(keys[row], []) if m[0] == "wav"), 0)
-                detail = wav_problem(heads[row].tobytes(), size)
-                reason = "corrupt_wav" if detail else reason
+                detail = wav_problem(heads[row].tobytes(), self._member_size(tars[row], keys[row], WAV_EXT))
+                reason = corrupt_reason(WAV_EXT) if detail else reason
             detail = detail or bad_audio_detail(int(length), rate)
             if detail is None:
                 keep.append(row)
@@ -412,7 +418,7 @@ class DaliLoader(SkipLog):
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
         out.pop(WAV_HEAD, None)
-        waves = out["waves"].to(torch.float32).mul_(INT16_SCALE)   # where DALI put them (the GPU in GPU mode)
+        waves = out["waves"].to(torch.float32).mul_(PCM_SCALE)   # where DALI put them (the GPU in GPU mode)
         batch = finish_batch(self.cfg, self.train, keys, out["frames"], waves, out["lengths"].view(-1),
                              out["classes"], scores, device, shards=tars)
         for tar, key in batch.pop("label_failed"):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deteclap.format import FRAME_TABLE_EXT, is_score_member
+from deteclap.format import FRAME_TABLE_EXT, WAV_EXT, is_score_member
 
 READER_NAME = "reader"
 OUTPUTS = ("frames", "waves", "lengths", "rates", "classes", "source")  # then one per label-score member
@@ -194,13 +194,13 @@ def read_wave(wav: Any) -> tuple[Any, Any, Any, Any]:
     cut to whole samples so that the reinterpretation itself cannot fail."""
     from nvidia.dali import fn, math, types
 
-    from deteclap.format import WAV_HEADER_BYTES
+    from deteclap.format import WAV_HEADER_BYTES, WAV_RATE_OFFSET
 
     head = fn.slice(wav, start=0, shape=WAV_HEADER_BYTES, axes=[0], out_of_bounds_policy="pad")
     body_bytes = math.max(wav.shape(dtype=types.INT32)[0] - WAV_HEADER_BYTES, 0) & -2
     body = fn.slice(wav, start=WAV_HEADER_BYTES, shape=body_bytes, axes=[0], out_of_bounds_policy="pad")
     wave = fn.reinterpret(body, dtype=types.INT16)
-    rate = fn.cast(fn.reinterpret(fn.slice(head, start=24, shape=4, axes=[0]), dtype=types.UINT32),
+    rate = fn.cast(fn.reinterpret(fn.slice(head, start=WAV_RATE_OFFSET, shape=4, axes=[0]), dtype=types.UINT32),
                    dtype=types.FLOAT)
     length = wave.shape(dtype=types.INT32)      # [1]
     return fn.pad(wave, fill_value=0, axes=[0]), length, rate, head
@@ -232,8 +232,8 @@ def _outputs(spec: PipeSpec, nodes: list[Any], index: Any) -> tuple[Any, ...]:
         frame = frame.gpu()                     # decoded on the CPU; resized and normalised on the GPU
     frames = prepare_frame(frame, spec.img_size, spec.frame_dtype, spec.resize)
     extra = []
-    if "wav" in members:
-        wave, length, rate, head = read_wave(members["wav"])
+    if WAV_EXT in members:
+        wave, length, rate, head = read_wave(members[WAV_EXT])
         extra.append(head)
     else:
         wave, length, rate = decode_wave(members["flac"])

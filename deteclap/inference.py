@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from deteclap.config import Config
-from deteclap.format import AUDIO_EXT, AUDIO_EXTS
+from deteclap.format import AUDIO_EXT, AUDIO_EXTS, sample_audio_ext
 
 DEFAULT_SECONDS = 10.0          # CAV-MAE's clip length: the fbank contract covers 10 s
 DIGEST_CHUNK = 1 << 20
@@ -169,7 +169,7 @@ class SampleDecoder:
 
     def __call__(self, members: dict[str, bytes], source: str = "", key: str = "") -> Clip:
         try:
-            samples = self._samples[next((ext for ext in AUDIO_EXTS if ext in members), AUDIO_EXT)]
+            samples = self._samples[sample_audio_ext(members) or AUDIO_EXT]
             item = samples.decode(Path(source), key, members, self._rng, self._transform)
         except self._error as err:
             reason, detail = err.args

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocabulary", default="", metavar="FILE",
                         help="label classes, one name per line (default: the folder's dataset.json "
                              "label_vocabulary, Open Images V7's 601 classes). Size it to the data: BCE over "
-                             "hundreds of classes that never occur learns slowly (docs/demo.md)"),
+                             "hundreds of classes that never occur learns slowly (docs/demo.md)")
     parser.add_argument("--truth", default="", help="truth.jsonl of the synthetic set (labeller truth)")
     parser.add_argument("--truth-noise", action="append", default=[], metavar="MODALITY.FIELD=VALUE",
                         help="change the truth noise, repeatable: MODALITY audio|visual, FIELD one of "
@@ -277,21 +277,21 @@ def changed_settings(meta: dict, labeller: str, settings: dict) -> list[str]:
             for k in keys if stored.get(k) != settings.get(k)]
 
 
-def set_vocabulary(shards: str, meta: dict, vocabulary: list[str], force: bool) -> list[str]:
+def set_vocabulary(shards: str, vocabulary: list[str], force: bool) -> list[str]:
     """Make `vocabulary` the folder's dataset.json label_vocabulary; returns it. Scores stored over
     another vocabulary would no longer fit it: without `force` that is a ValueError naming them;
     with it every labeller's shards are marked unlabelled (the ones run now relabel them, the
     others must run again: training refuses them until then)."""
-    if vocabulary == meta.get("label_vocabulary"):
-        return vocabulary
-    stored = sorted(name for name, done in meta.get("labelled_shards", {}).items() if done)
-    if stored and not force:
-        raise ValueError(f"{shards}: {', '.join(stored)} scores are stored over dataset.json's "
-                         f"{len(meta.get('label_vocabulary') or [])}-class label_vocabulary; --vocabulary with "
-                         f"{len(vocabulary)} classes changes every labeller's classes. Add --force to relabel "
-                         f"(labellers not run now are marked unlabelled and must run again)")
     with folder_lock(storage.location(shards), "labeller (vocabulary)"):
-        meta = store.load_dataset_json(shards)
+        meta = store.load_dataset_json(shards)    # as it is now, under the lock
+        if vocabulary == meta.get("label_vocabulary"):
+            return vocabulary
+        stored = sorted(name for name, done in meta.get("labelled_shards", {}).items() if done)
+        if stored and not force:
+            raise ValueError(f"{shards}: {', '.join(stored)} scores are stored over dataset.json's "
+                             f"{len(meta.get('label_vocabulary') or [])}-class label_vocabulary; --vocabulary with "
+                             f"{len(vocabulary)} classes changes every labeller's classes. Add --force to relabel "
+                             f"(labellers not run now are marked unlabelled and must run again)")
         meta["label_vocabulary"] = vocabulary
         meta["labelled_shards"] = {name: [] for name in meta.get("labelled_shards", {})}
         store.save_dataset_json(shards, meta)
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = store.load_dataset_json(args.shards)
         vocabulary = meta.get("label_vocabulary") or load_vocabulary()
         if args.vocabulary:
-            vocabulary = set_vocabulary(args.shards, meta, load_vocabulary(args.vocabulary), args.force)
+            vocabulary = set_vocabulary(args.shards, load_vocabulary(args.vocabulary), args.force)
             meta = store.load_dataset_json(args.shards)
         if args.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")

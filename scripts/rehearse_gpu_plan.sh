@@ -8,7 +8,7 @@
 #    typing-extensions, which that machine has; no torch);
 # 3. `carry stage1 0..3` as the calls do (and the FRESH refusal of a part out of order), `install stage1`;
 # 4. the DALI operators dali_pipes uses (webdataset reader, CPU video decoder, the KEY.wav read of
-#    dali_pipes.pipelines.read_wave, int16 FLAC decode, pad, crop / normalise, source_info) in a
+#    dali_pipes.pipelines.read_wave, DALI's int16 FLAC decode, pad, crop / normalise, source_info) in a
 #    pipeline on synthetic shards of both audio formats, under that Python 3.12;
 # 5. `python -m dali_pipes.nvdec` under it: the first call's verdict line ("NVDEC: no (...)" here);
 # 6. `carry stage2 0` and `install stage2` (DeepSpeed's import needs torch: checked on the machine).

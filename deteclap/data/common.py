@@ -21,9 +21,9 @@ import torch
 from deteclap import audio
 from deteclap.config import IMAGE_MEAN, IMAGE_STD, Config
 from deteclap.format import storage
-from deteclap.format import (AUDIO_EXT, AUDIO_EXTS, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, FormatError,
-                             folder_audio_ext, index_entries, is_score_member, list_tars, load_dataset_json,
-                             scan_shard, score_member)
+from deteclap.format import (AUDIO_EXT, CLASSES_EXT, DATASET_JSON, META_EXT, VIDEO_EXT, FormatError, folder_audio_ext,
+                             index_entries, is_score_member, list_tars, load_dataset_json, sample_audio_ext, scan_shard,
+                             score_member)
 
 EPOCH_SEED_STRIDE = 1009  # keeps the (seed, epoch) sample streams of a run apart
 
@@ -95,6 +95,12 @@ def wrong_score_sizes(sizes: dict[str, int], expected: int | None) -> str | None
     return f"{wrong} bytes, not {expected} (float16 per class of dataset.json's label_vocabulary)"
 
 
+def corrupt_reason(ext: str) -> str:
+    """The skip reason of a member that does not decode: `corrupt_mp4`, `corrupt_wav`, `corrupt_flac`,
+    ... (both loaders name it so)."""
+    return f"corrupt_{ext.replace('.', '_')}"
+
+
 def bad_audio_detail(num_samples: int, rate: float) -> str | None:
     """The `bad_audio` detail of a sample's audio, or None when it is 16 kHz and holds at least one
     fbank window (the shards store 16 kHz; nothing is resampled). Both loaders use it."""
@@ -118,17 +124,18 @@ def shard_facts(spec: str, tars: list[Path] | None = None) -> ShardFacts:
 
 
 def _first_audio_ext(tars: list[Path]) -> str:
-    """The audio member (AUDIO_EXTS) of the first sample that holds one, from the first tar's index
-    or headers; AUDIO_EXT when none says (a sample without it is then a missing member)."""
-    for tar in tars[:1]:
+    """The audio member (AUDIO_EXTS) of the first sample that holds one, from the tars' indexes or
+    headers in order (a damaged tar is passed over: its own error comes when it is read); AUDIO_EXT
+    when none says (a sample without it is then a missing member). One folder holds one format."""
+    for tar in tars:
         try:
             samples = index_entries(tar)
         except (OSError, FormatError):
-            return AUDIO_EXT                   # the tar's own error comes when it is read
+            continue
         for members in samples.values():
-            found = [entry[0] for entry in members if entry[0] in AUDIO_EXTS]
+            found = sample_audio_ext({entry[0] for entry in members})
             if found:
-                return found[0]
+                return found
     return AUDIO_EXT
 
 

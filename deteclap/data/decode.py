@@ -98,12 +98,12 @@ def decode_audio_member(ext: str, data: bytes) -> tuple[np.ndarray, int]:
         DecodeError: a `wav` member that is not the canonical layout (it names what is wrong), or
             corrupt data.
     """
-    from deteclap.format import FormatError, decode_wav
+    from deteclap.format import PCM_SCALE, WAV_EXT, FormatError, decode_wav
 
-    if ext != "wav":
+    if ext != WAV_EXT:
         return decode_audio(data)
     try:
         pcm, rate = decode_wav(data)
     except FormatError as err:
         raise DecodeError(str(err)) from None
-    return pcm.astype(np.float32) * np.float32(1 / 32768), rate
+    return pcm.astype(np.float32) * np.float32(PCM_SCALE), rate

@@ -25,27 +25,29 @@ from deteclap.format.index import (INDEX_SUFFIX, INDEX_VERSION, Entry, ShardScan
                                    index_path, index_sample_count, index_text, local_shard, read_index, scan_shard,
                                    tar_index_samples, write_index)
 from deteclap.format.meta import (DATASET_JSON, DATASET_KEYS, FORMAT_VERSION, dataset_problems, entry_problem,
-                                  folder_audio_ext, load_dataset_json, save_dataset_json, folder_file)
+                                  folder_audio_ext, folder_audio_format, load_dataset_json, save_dataset_json,
+                                  folder_file)
 from deteclap.format.spec import (AUDIO_EXT, AUDIO_EXTS, AUDIO_FORMATS, CLASSES_EXT, FRAME_TABLE_EXT, JSON_FIELDS,
-                                  MEMBER_EXTENSIONS, META_EXT, SCORE_DTYPE, SCORE_EXT, VIDEO_EXT, WAV_HEADER_BYTES,
+                                  LEGACY_AUDIO_FORMAT,
+                                  MEMBER_EXTENSIONS, META_EXT, PCM_SCALE, SCORE_DTYPE, SCORE_EXT, VIDEO_EXT, WAV_EXT,
+                                  WAV_HEADER_BYTES, WAV_RATE_OFFSET,
                                   FormatError, audio_ext, check_split, decode_frame_table, decode_wav,
                                   encode_frame_table, encode_wav, frame_table_problem, is_score_member, key_problem,
-                                  labeller_of, make_key, member_name, score_member, shard_name, split_member_name,
-                                  wav_problem, wav_rate)
+                                  labeller_of, make_key, member_name, sample_audio_ext, score_member, shard_name,
+                                  split_member_name, wav_problem, wav_rate)
 from deteclap.format.tario import (LOCK_FILE, folder_lock, iter_tar_samples, list_tars, read_tar_samples,
                                    replace_synced, tmp_path, write_atomic, write_tar)
 
 __all__ = [
-    "LOCK_FILE", "ShardScan", "check_split", "entry_problem", "folder_lock", "frame_table_problem", "key_problem",
-    "local_shard", "scan_shard", "storage",
-    "AUDIO_EXT", "AUDIO_EXTS", "AUDIO_FORMATS", "WAV_HEADER_BYTES", "audio_ext", "decode_wav", "encode_wav",
-    "wav_problem", "wav_rate", "CLASSES_EXT", "DATASET_JSON", "DATASET_KEYS", "FORMAT_VERSION", "FRAME_TABLE_EXT",
-    "INDEX_SUFFIX",
-    "INDEX_VERSION", "JSON_FIELDS", "MEMBER_EXTENSIONS", "META_EXT", "SCORE_DTYPE", "SCORE_EXT", "VIDEO_EXT", "Entry",
-    "FormatError", "check_index", "dataset_problems", "decode_frame_table", "encode_frame_table", "folder_file",
-    "folder_audio_ext", "index_entries",
-    "index_path", "index_sample_count", "index_text", "is_score_member", "iter_tar_samples", "labeller_of",
-    "list_tars", "load_dataset_json", "make_key", "member_name", "read_index", "read_tar_samples", "replace_synced",
-    "save_dataset_json", "score_member", "shard_name", "split_member_name", "tar_index_samples", "tmp_path",
-    "write_atomic", "write_index", "write_tar",
+    "AUDIO_EXT", "AUDIO_EXTS", "AUDIO_FORMATS", "CLASSES_EXT", "DATASET_JSON", "DATASET_KEYS", "FORMAT_VERSION",
+    "FRAME_TABLE_EXT", "INDEX_SUFFIX", "INDEX_VERSION", "JSON_FIELDS", "LEGACY_AUDIO_FORMAT", "LOCK_FILE",
+    "MEMBER_EXTENSIONS", "META_EXT", "PCM_SCALE", "SCORE_DTYPE", "SCORE_EXT", "VIDEO_EXT", "WAV_EXT",
+    "WAV_HEADER_BYTES", "WAV_RATE_OFFSET", "audio_ext", "check_index", "check_split", "dataset_problems",
+    "decode_frame_table", "decode_wav", "encode_frame_table", "encode_wav", "Entry", "entry_problem",
+    "folder_audio_ext", "folder_audio_format", "folder_file", "folder_lock", "FormatError", "frame_table_problem",
+    "index_entries", "index_path", "index_sample_count", "index_text", "is_score_member", "iter_tar_samples",
+    "key_problem", "labeller_of", "list_tars", "load_dataset_json", "local_shard", "make_key", "member_name",
+    "read_index", "read_tar_samples", "replace_synced", "sample_audio_ext", "save_dataset_json", "scan_shard",
+    "score_member", "shard_name", "ShardScan", "split_member_name", "storage", "tar_index_samples", "tmp_path",
+    "wav_problem", "wav_rate", "write_atomic", "write_index", "write_tar",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from deteclap.format import storage
-from deteclap.format.spec import AUDIO_EXT, FormatError, audio_ext
+from deteclap.format.spec import AUDIO_FORMATS, LEGACY_AUDIO_FORMAT, FormatError, audio_ext
 
 DATASET_JSON = "dataset.json"
 FORMAT_VERSION = 2      # 2: KEY.frames (the frame table of KEY.mp4) in every sample
@@ -69,11 +69,15 @@ def load_dataset_json(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def folder_audio_format(meta: dict[str, Any]) -> str:
+    """`pcm` or `flac` (AUDIO_FORMATS): the audio of the samples a dataset.json describes, its
+    `encoding.audio_format`; folders written before that setting existed hold FLAC."""
+    return meta.get("encoding", {}).get("audio_format") or LEGACY_AUDIO_FORMAT
+
+
 def folder_audio_ext(meta: dict[str, Any]) -> str:
-    """The audio member extension (`wav` or `flac`) of the samples a dataset.json describes: its
-    `encoding.audio_format` (folders written before that setting existed hold `flac`)."""
-    audio_format = meta.get("encoding", {}).get("audio_format")
-    return AUDIO_EXT if audio_format is None else audio_ext(audio_format)
+    """The audio member extension (`wav` or `flac`) of the samples a dataset.json describes."""
+    return audio_ext(folder_audio_format(meta))
 
 
 def dataset_json_bytes(meta: dict[str, Any]) -> bytes:
@@ -95,6 +99,10 @@ def dataset_problems(meta: dict[str, Any]) -> list[str]:
     if version is not None and (not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION):
         problems.append(f"dataset.json: format_version {version!r} is not one this code reads "
                         f"(1..{FORMAT_VERSION}): update deteclap or reshard")
+    encoding = meta.get("encoding")
+    audio = encoding.get("audio_format") if isinstance(encoding, dict) else None
+    if audio is not None and audio not in AUDIO_FORMATS:
+        problems.append(f"dataset.json: encoding.audio_format {audio!r} is not one of {sorted(AUDIO_FORMATS)}")
     for row in meta.get("shards", []) if isinstance(meta.get("shards"), list) else []:
         missing = [k for k in SHARD_ROW_KEYS if not isinstance(row, dict) or k not in row]
         if missing:

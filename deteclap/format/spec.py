@@ -9,7 +9,6 @@ import struct
 import numpy as np
 
 VIDEO_EXT = "mp4"
-AUDIO_EXT = "flac"                    # the audio member of shards without dataset.json `encoding.audio_format`
 META_EXT = "json"
 CLASSES_EXT = "cls"
 FRAME_TABLE_EXT = "frames"
@@ -17,6 +16,9 @@ FRAME_TABLE_EXT = "frames"
 # (dataset.json `encoding.audio_format`); both are 16 kHz mono 16-bit, so both give the same samples.
 AUDIO_FORMATS = {"pcm": "wav", "flac": "flac"}
 AUDIO_EXTS = tuple(AUDIO_FORMATS.values())
+WAV_EXT = AUDIO_FORMATS["pcm"]
+LEGACY_AUDIO_FORMAT = "flac"          # of folders written before dataset.json `encoding.audio_format` existed
+AUDIO_EXT = AUDIO_FORMATS[LEGACY_AUDIO_FORMAT]    # their audio member
 MEMBER_EXTENSIONS = (CLASSES_EXT, *AUDIO_EXTS, FRAME_TABLE_EXT, META_EXT, VIDEO_EXT)   # written in this order
 SCORE_EXT = "f16"                     # label scores: `KEY.<labeller>.f16`, raw little-endian float16
 SCORE_DTYPE = np.dtype("<f2")
@@ -31,8 +33,10 @@ JSON_FIELDS = ("key", "id", "source", "start", "duration", "fps", "source_fps", 
 # the fmt chunk) and the samples as little-endian int16. Any WAV reader opens it; our readers take only
 # this layout, so that a DALI pipeline reads the samples at a fixed offset without a decoder.
 WAV_HEADER_BYTES = 44
+WAV_RATE_OFFSET = 24                   # the header's uint32 sample rate
 _WAV_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")   # RIFF, size, WAVE, fmt , 16, PCM, mono, rate, ...
 WAV_PCM, WAV_CHANNELS, WAV_BITS = 1, 1, 16
+PCM_SCALE = 1.0 / 32768                # 16-bit sample -> float in [-1, 1), as libsndfile reads 16-bit audio
 
 
 SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_-]+")   # split names: they become shard file names
@@ -151,10 +155,18 @@ def wav_problem(header: bytes, size: int) -> str | None:
                 "python -m deteclap.shard --audio-format pcm writes one")
     if (kind, channels, bits) != (WAV_PCM, WAV_CHANNELS, WAV_BITS):
         return f"format {kind}, {channels} channels, {bits} bits: expected PCM (1), mono, 16 bits"
-    if data_size != size - WAV_HEADER_BYTES or data_size % 2:
+    if data_size != size - WAV_HEADER_BYTES:
         return (f"its data chunk says {data_size} bytes, the member holds {size - WAV_HEADER_BYTES} after the "
                 "header (truncated or padded)")
+    if data_size % 2:
+        return f"{data_size} bytes of samples: an odd count, not whole 16-bit samples"
     return None
+
+
+def sample_audio_ext(members: object) -> str | None:
+    """The audio member (AUDIO_EXTS) a sample holds, given its member extensions (a dict or a set),
+    or None when it holds none."""
+    return next((ext for ext in AUDIO_EXTS if ext in members), None)  # type: ignore[operator]
 
 
 def wav_rate(header: bytes) -> int:

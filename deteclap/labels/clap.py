@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from deteclap.data.decode import DecodeError, decode_audio_member
-from deteclap.format import AUDIO_EXTS
+from deteclap.format import AUDIO_EXTS, sample_audio_ext
 from deteclap.labels.store import Sample
 
 NAME = "clap"
@@ -237,7 +237,7 @@ class ClapLabeller:
         windows, owner, reasons = [], [], []
         for row, sample in enumerate(samples):
             try:
-                ext = next((ext for ext in AUDIO_EXTS if ext in sample), None)
+                ext = sample_audio_ext(sample)
                 if ext is None:
                     raise DecodeError(f"no audio member (.{' / .'.join(AUDIO_EXTS)})")
                 wave, rate = decode_audio_member(ext, sample[ext])

@@ -8,7 +8,7 @@ regenerates the tar's DALI index and records the shard in dataset.json (`labelle
 re-run skips finished shards. When every shard is done the labeller joins dataset.json
 `labellers`.
 
-A sample whose labelling failed (e.g. a corrupt FLAC) gets an all-NaN member and its reason in
+A sample whose labelling failed (e.g. a corrupt audio member) gets an all-NaN member and its reason in
 dataset.json `label_failures[labeller][key]`; the other samples keep their scores. NaN is never a
 score a model gives, so loaders recognise (and count) such samples with `np.isnan(scores).any()`
 instead of reading zeros, and every sample of a tar keeps the same members (DALI's

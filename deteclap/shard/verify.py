@@ -167,7 +167,7 @@ def _verify_tar(tar_path: Path, shard: dict, meta_all: dict, report: VerifyRepor
 
 
 def verify_shards(out: str | Path, progress: bool = False) -> VerifyReport:
-    """Open every tar of OUT, check members, decode video (all frames) and FLAC, check JSON and sizes.
+    """Open every tar of OUT, check members, decode video (all frames) and audio, check JSON and sizes.
     OUT may be a URL (deteclap.format.storage)."""
     out = Path(storage.location(out))
     report = VerifyReport()

@@ -26,10 +26,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from deteclap.clip import CODECS, EncodeSettings, preload, process_clip, process_job
-from deteclap.format import (AUDIO_EXT, AUDIO_FORMATS, DATASET_JSON, FORMAT_VERSION, FormatError, check_split,
-                             folder_lock, index_entries, index_path, index_sample_count, load_dataset_json,
-                             replace_synced, save_dataset_json, shard_name, storage, tar_index_samples, tmp_path,
-                             write_atomic, write_index, write_tar)
+from deteclap.format import (AUDIO_FORMATS, DATASET_JSON, FORMAT_VERSION, FormatError, check_split,
+                             folder_audio_format, folder_lock, index_entries, index_path, index_sample_count,
+                             load_dataset_json, replace_synced, save_dataset_json, shard_name, storage,
+                             tar_index_samples, tmp_path, write_atomic, write_index, write_tar)
 from deteclap.inputs import (DEFAULT_SPLIT, MAX_SEGMENT_SECONDS, ClipInput, ShardError, collect_inputs, ignored_files,
                              plan_shards)
 
@@ -125,9 +125,11 @@ def _check_previous(out: Path, previous: dict | None, encoding: dict, classes: l
     before `audio_format` existed hold FLAC)."""
     if previous is None:
         return
-    before = {"audio_format": AUDIO_EXT, **previous.get("encoding", {})}
+    before = {**previous.get("encoding", {}), "audio_format": folder_audio_format(previous)}
     changed = [f"{key} {before.get(key)!r} there, {value!r} now" for key, value in encoding.items()
                if before.get(key) != value]
+    if before["audio_format"] != encoding["audio_format"]:
+        changed.append(f"resume it with --audio-format {before['audio_format']}")
     if previous.get("classes") != classes:
         changed.append("other classes")
     if changed:
