@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ SCORE_SETTINGS = {"truth_audio": _TRUTH_SETTINGS, "truth_visual": _TRUTH_SETTING
                   "clap": ("clap_weights", "random_weights"),
                   "yolo": ("yolo_weights", "yolo_conf", "yolo_imgsz", "random_weights")}
 RANDOM_WEIGHT_SETTINGS = ("seed",)   # with --random-weights the seed makes CLAP's / YOLO's weights
+PATH_SETTINGS = ("truth", "clap_weights", "clap_text_embeddings", "yolo_weights", "vocabulary")   # files
 
 EPILOG = """\
 labellers:
@@ -274,7 +276,15 @@ def changed_settings(meta: dict, labeller: str, settings: dict) -> list[str]:
     if labeller in ("clap", "yolo") and (stored.get("random_weights") or settings.get("random_weights")):
         keys += RANDOM_WEIGHT_SETTINGS
     return [f"--{k.replace('_', '-')}: {stored.get(k)!r} -> {settings.get(k)!r}"
-            for k in keys if stored.get(k) != settings.get(k)]
+            for k in keys if _setting_value(k, stored.get(k)) != _setting_value(k, settings.get(k))]
+
+
+def _setting_value(key: str, value: object) -> object:
+    """A setting as compared: a file option's local path made absolute (the same file named from
+    another folder, or relative and absolute, is the same setting)."""
+    if key in PATH_SETTINGS and isinstance(value, str) and value and not storage.is_url(value):
+        return os.path.abspath(value)
+    return value
 
 
 def set_vocabulary(shards: str, vocabulary: list[str], force: bool) -> list[str]:
@@ -318,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, DistributorError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    settings = {k: v for k, v in vars(args).items()
+    settings = {k: _setting_value(k, v) for k, v in vars(args).items()
                 if k not in ("shards", "no_progress", "force", *DISTRIBUTION_OPTIONS)}
     names = [lab if isinstance(lab, str) else lab.name for lab in labellers]
     for name in names:

@@ -211,9 +211,10 @@ def test_wav_member_is_a_standard_wav_and_its_problems_are_named() -> None:
     soundfile.write(stereo, np.stack([pcm, pcm], 1), 16000, format="WAV", subtype="PCM_16")
     float32 = io.BytesIO()
     soundfile.write(float32, pcm / 32768, 16000, format="WAV", subtype="FLOAT")
-    odd = data[:40] + (len(data) - 45).to_bytes(4, "little") + data[44:-1]      # a header that agrees
-    for bad, words in ((data[:-1], "truncated"), (odd, "odd count"), (data[:20], "shorter than"), (b"x" * 100, "not a canonical"),
-                       (stereo.getvalue(), "mono"), (float32.getvalue(), "not a canonical")):
+    odd = data[:40] + (len(data) - 45).to_bytes(4, "little") + data[44:-1]   # its header agrees
+    for bad, words in ((data[:-1], "truncated"), (odd, "odd count"), (data[:20], "shorter than"),
+                       (b"x" * 100, "not a canonical"), (stereo.getvalue(), "mono"),
+                       (float32.getvalue(), "not a canonical")):
         with pytest.raises(fmt.FormatError, match=words):
             fmt.decode_wav(bad)
     assert fmt.audio_ext("pcm") == "wav" and fmt.audio_ext("flac") == "flac"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import zlib
@@ -453,6 +454,9 @@ def test_relabelling_with_other_settings_stops_and_says_how_to_force(shards, syn
     assert any(not np.array_equal(old[k]["truth_audio"], new[k]["truth_audio"]) for k in old)
     assert store.load_dataset_json(shards)["labeller_settings"]["truth_audio"]["seed"] == 4
     assert main([*argv, "--seed", "4"]) == 0                 # the new settings are the stored ones now
+    relative = os.path.relpath(truth_file)                   # the same file named another way
+    assert main([str(shards), "--labellers", "truth", "--truth", relative, "--no-progress", "--seed", "4"]) == 0
+    assert "skipped 3 already done" in capsys.readouterr().out
 
 
 def test_forced_relabelling_cut_short_resumes_with_the_new_settings(shards, shard_dir, synth_dir, tmp_path,
