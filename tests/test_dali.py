@@ -155,16 +155,13 @@ FLAC_DAMAGE = {"empty": lambda data: b"", "zeroed": lambda data: bytes(len(data)
                "wrong-magic": lambda data: b"xxxx" + data[4:]}
 
 
-@pytest.mark.parametrize("damage", list(FLAC_DAMAGE))
-def test_bad_flac_header_is_found(flac_shard_dir: Path, tmp_path: Path, damage: str) -> None:
-    """DALI's audio decoder refuses an empty, zeroed or non-FLAC KEY.flac naming no sample ("Format not
-    recognised"): the loader finds it by its header, skips and counts it as the reference loader does,
-    or (data.on_error=raise) raises a DataError naming shard and key."""
-    shard_dir = flac_shard_dir
+def assert_both_loaders_refuse(shard_dir: Path, tmp_path: Path, ext: str, damage, reason: str) -> None:
+    """One sample's `ext` member damaged by `damage(bytes)`: with on_error=skip both loaders deliver the
+    other samples in the same order and count it as `reason`; with raise both name shard, key and reason."""
     bad_key = all_keys(shard_dir)[4]
 
-    def edit(key: str, ext: str, data: bytes) -> bytes:
-        return FLAC_DAMAGE[damage](data) if (key, ext) == (bad_key, "flac") else data
+    def edit(key: str, member: str, data: bytes) -> bytes:
+        return damage(data) if (key, member) == (bad_key, ext) else data
 
     cfg = make_cfg(rewrite_shards(shard_dir, tmp_path / "bad", edit))
     cfg.data.on_error = "skip"
@@ -172,11 +169,20 @@ def test_bad_flac_header_is_found(flac_shard_dir: Path, tmp_path: Path, damage: 
     ref_keys = [k for b in ref for k in b["keys"]]
     assert ref_keys == [k for k in all_keys(shard_dir) if k != bad_key]
     assert [k for b in dali for k in b["keys"]] == ref_keys
-    assert dali.skipped == ref.skipped == {"corrupt_flac": 1}
+    assert dali.skipped == ref.skipped == {reason: 1}
     cfg.data.on_error = "raise"
-    with pytest.raises(DataError) as raised:
-        list(build_dali_loader(cfg, train=False, device="cpu"))
-    assert f"train-000001.tar: sample {bad_key}: corrupt_flac" in str(raised.value)
+    for make in (build_loader, lambda c, **kw: build_dali_loader(c, device="cpu", **kw)):
+        with pytest.raises(DataError) as raised:
+            list(make(cfg, train=False))
+        assert f"train-000001.tar: sample {bad_key}: {reason}" in str(raised.value)
+
+
+@pytest.mark.parametrize("damage", list(FLAC_DAMAGE))
+def test_bad_flac_header_is_found(flac_shard_dir: Path, tmp_path: Path, damage: str) -> None:
+    """DALI's audio decoder refuses an empty, zeroed or non-FLAC KEY.flac naming no sample ("Format not
+    recognised"): the loader finds it by its header, skips and counts it as the reference loader does,
+    or (data.on_error=raise) raises a DataError naming shard and key."""
+    assert_both_loaders_refuse(flac_shard_dir, tmp_path, "flac", FLAC_DAMAGE[damage], "corrupt_flac")
 
 
 def _wav_field(data: bytes, offset: int, value: int, size: int = 2) -> bytes:
@@ -197,24 +203,8 @@ def test_bad_wav_is_found_by_both_loaders(shard_dir: Path, tmp_path: Path, damag
     the data) is found from its header after the pipeline and skipped as the reference loader skips
     it (`corrupt_wav`; a header-only member is `bad_audio`: no fbank window), or named with shard and
     key (on_error=raise). Never read as sound."""
-    bad_key = all_keys(shard_dir)[4]
-
-    def edit(key: str, ext: str, data: bytes) -> bytes:
-        return WAV_DAMAGE[damage](data) if (key, ext) == (bad_key, "wav") else data
-
     reason = "bad_audio" if damage == "header only" else "corrupt_wav"
-    cfg = make_cfg(rewrite_shards(shard_dir, tmp_path / "bad", edit))
-    cfg.data.on_error = "skip"
-    ref, dali = build_loader(cfg, train=False), build_dali_loader(cfg, train=False, device="cpu")
-    ref_keys = [k for b in ref for k in b["keys"]]
-    assert ref_keys == [k for k in all_keys(shard_dir) if k != bad_key]
-    assert [k for b in dali for k in b["keys"]] == ref_keys
-    assert dali.skipped == ref.skipped == {reason: 1}
-    cfg.data.on_error = "raise"
-    for make in (build_loader, lambda c, **kw: build_dali_loader(c, device="cpu", **kw)):
-        with pytest.raises(DataError) as raised:
-            list(make(cfg, train=False))
-        assert f"train-000001.tar: sample {bad_key}: {reason}" in str(raised.value)
+    assert_both_loaders_refuse(shard_dir, tmp_path, "wav", WAV_DAMAGE[damage], reason)
 
 
 def test_wav_and_flac_shards_give_the_same_batches(shard_dir: Path, flac_shard_dir: Path) -> None:

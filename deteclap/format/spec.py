@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+from collections.abc import Container
 
 import numpy as np
 
@@ -163,10 +164,10 @@ def wav_problem(header: bytes, size: int) -> str | None:
     return None
 
 
-def sample_audio_ext(members: object) -> str | None:
+def sample_audio_ext(members: Container[str]) -> str | None:
     """The audio member (AUDIO_EXTS) a sample holds, given its member extensions (a dict or a set),
     or None when it holds none."""
-    return next((ext for ext in AUDIO_EXTS if ext in members), None)  # type: ignore[operator]
+    return next((ext for ext in AUDIO_EXTS if ext in members), None)
 
 
 def wav_rate(header: bytes) -> int:
