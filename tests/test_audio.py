@@ -199,11 +199,14 @@ def test_add_noise_and_roll() -> None:
 
 
 def test_banded_mel_product_equals_the_dense_one() -> None:
-    """The CPU's banded mel product sums the same terms as power @ mel_banks().T."""
-    power = torch.rand(300, 257, generator=torch.Generator().manual_seed(0)) * 10
-    dense = power @ audio.mel_banks().T
-    banded = audio._mel_energies(power, audio.SAMPLE_RATE, audio.NUM_MEL_BINS)
+    """The CPU's banded mel product of the squared spectrum (re^2, im^2 side by side) sums the same
+    terms as |X|^2 @ mel_banks().T; so does the device path's dense product of the pairs."""
+    squares = torch.rand(300, 2 * 257, generator=torch.Generator().manual_seed(0)) * 10
+    dense = (squares[:, 0::2] + squares[:, 1::2]) @ audio.mel_banks().T
+    banded = audio._mel_energies(squares, audio.SAMPLE_RATE, audio.NUM_MEL_BINS)
     assert torch.allclose(banded, dense, rtol=1e-5, atol=1e-6)
+    paired = audio._mel_energies(squares.double(), audio.SAMPLE_RATE, audio.NUM_MEL_BINS)   # the dense path
+    assert torch.allclose(paired.float(), dense, rtol=1e-5, atol=1e-6)
 
 
 def test_noise_is_reproducible_from_the_torch_generator() -> None:
@@ -218,3 +221,14 @@ def test_noise_is_reproducible_from_the_torch_generator() -> None:
     default = audio.add_noise_and_roll(fbank)
     torch.manual_seed(5)
     assert torch.equal(default, audio.add_noise_and_roll(fbank))
+
+
+def test_cpu_rows_on_threads_give_the_same_values() -> None:
+    """fbank_batch and the noise share their rows over threads on the CPU: the same values as on one
+    thread; the normalisation done row by row equals normalize_fbank of the whole batch."""
+    batch, lens = _pad(_waves([RATE, 3 * RATE + 77, 2 * RATE], seed=3))
+    one = audio.fbank_batch(batch, lens, 300, normalize=False)
+    assert torch.equal(audio.fbank_batch(batch, lens, 300, normalize=False, threads=3), one)
+    assert torch.equal(audio.fbank_batch(batch, lens, 300, threads=2), audio.normalize_fbank(one))
+    noised = [audio.add_noise_and_roll(one, torch.Generator().manual_seed(1), threads=n) for n in (1, 2)]
+    assert torch.equal(noised[0], noised[1]) and not torch.equal(noised[0], one)

@@ -4,8 +4,10 @@ across readers. Bad samples are tested for both loaders in tests/test_loader.py.
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -433,3 +435,40 @@ def test_dali_threads_default_to_the_cores_per_rank(shard_dir: Path, monkeypatch
     assert build_dali_loader(cfg, train=False, device="cpu").spec().num_threads == cores
     cfg.data.dali_threads = 3
     assert build_dali_loader(cfg, train=False, device="cpu").spec().num_threads == 3
+
+
+def test_no_pipeline_outlives_its_epoch(shard_dir: Path, flac_shard_dir: Path, tmp_path: Path) -> None:
+    """A pipeline left alive after its epoch could be finalised in a DataLoader worker forked later,
+    where its threads do not exist (its shutdown waits for them forever): none is, after a whole
+    epoch, an epoch stopped early, an epoch ended by a bad sample, or one whose pipeline a reference
+    cycle holds (the loader collects it then)."""
+    cfg = make_cfg(shard_dir)
+    whole = build_dali_loader(cfg, train=False, device="cpu")
+    list(whole)
+    cycled = build_dali_loader(cfg, train=False, device="cpu")
+    batches = iter(cycled)
+    next(batches)
+    cycle: list[Any] = [cycled._pipes[-1]()]
+    cycle.append(cycle)
+    del cycle
+    gc.disable()                     # only the loader's own collection may free it
+    try:
+        list(batches)
+        assert all(pipe() is None for pipe in cycled._pipes)
+    finally:
+        gc.enable()
+    stopped = build_dali_loader(cfg, train=True, device="cpu")
+    batches = iter(stopped)
+    next(batches)
+    batches.close()
+    bad_key = all_keys(flac_shard_dir)[4]              # DALI's audio decoder fails on it in the pipeline
+
+    def damage(key: str, ext: str, data: bytes) -> bytes:
+        return FLAC_DAMAGE["wrong-magic"](data) if (key, ext) == (bad_key, "flac") else data
+
+    failed = build_dali_loader(make_cfg(rewrite_shards(flac_shard_dir, tmp_path / "bad", damage)), train=False,
+                               device="cpu")
+    with pytest.raises(DataError):
+        list(failed)
+    for loader in (whole, stopped, failed):
+        assert loader._pipes and all(pipe() is None for pipe in loader._pipes)

@@ -3,8 +3,10 @@ resume, bad samples in both loaders (raise naming shard and key, or skip and cou
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
+import random
 import shutil
 import tarfile
 import zlib
@@ -21,7 +23,8 @@ from deteclap.data import build
 from deteclap.data.decode import DecodeError, decode_video_frames
 from deteclap.data.mp4 import Mp4LayoutError, find_sample
 from deteclap.data.common import DataError
-from deteclap.data.loader import ReferenceLoader, build_loader, decode_frame, scan_samples
+from deteclap.data.loader import (WORKER_START, ReferenceLoader, ShardSamples, build_loader, decode_frame,
+                                  forked_workers, scan_samples, shuffled)
 from deteclap.format import encode_wav, iter_tar_samples
 from tests.conftest import needs_dali
 
@@ -370,3 +373,47 @@ def test_fbank_in_workers_equals_main_process(shard_dir: Path) -> None:
                   for k, f in zip(b["keys"], b["fbank"])}
     assert in_main.keys() == in_workers.keys()
     assert all(torch.equal(in_main[k], in_workers[k]) for k in in_main)
+
+
+def test_shuffle_buffer() -> None:
+    """Every item once; a buffer of one or none keeps the order; a bigger one moves items by less than
+    the buffer allows (an item leaves at the earliest `size - 1` places early)."""
+    items = list(range(200))
+    assert list(shuffled(items, 0, random.Random(0))) == list(shuffled(items, 1, random.Random(0))) == items
+    out = list(shuffled(items, 16, random.Random(0)))
+    assert sorted(out) == items and out != items
+    assert all(position >= item - 15 for position, item in enumerate(out))
+
+
+def test_training_shuffles_raw_draws_before_decoding(shard_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shuffle buffer holds the tars' raw members: an epoch's first batch decodes just its own samples,
+    not a buffer full of them first; an epoch still holds every sample once, in a shuffled order."""
+    cfg = make_cfg(shard_dir, batch=2)
+    cfg.data.shuffle_buffer = 6
+    decoded: list[str] = []
+    original = ShardSamples.decode
+
+    def counting(self: ShardSamples, tar: Path, key: str, *args: Any) -> dict[str, Any]:
+        decoded.append(key)
+        return original(self, tar, key, *args)
+
+    monkeypatch.setattr(ShardSamples, "decode", counting)
+    first = next(iter(build_loader(cfg, train=True, epoch=0)))
+    assert decoded == first["keys"]                    # 2 decoded, where a decoded buffer needs 7
+    epochs = [[k for b in build_loader(cfg, train=True, epoch=e) for k in b["keys"]] for e in range(3)]
+    assert all(len(keys) == len(set(keys)) == 8 for keys in epochs)      # 8 samples, batches of 2
+    assert any(keys != all_keys(shard_dir) for keys in epochs)
+
+
+class _FreezeProbe(torch.utils.data.IterableDataset):
+    def __iter__(self) -> Any:
+        yield gc.get_freeze_count()
+
+
+def test_workers_fork_with_the_parents_objects_frozen() -> None:
+    """The parent's objects are frozen out of the garbage collector while the workers fork (a worker's
+    first full collection would otherwise walk and copy every inherited object), and only there."""
+    loader = torch.utils.data.DataLoader(_FreezeProbe(), batch_size=None, num_workers=1,
+                                         multiprocessing_context=WORKER_START)
+    in_worker = list(forked_workers(loader))
+    assert in_worker[0] > 1000 and gc.get_freeze_count() == 0

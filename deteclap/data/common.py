@@ -194,8 +194,9 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # per-batch work (main process; shared with the DALI iterator)
 @contextlib.contextmanager
-def single_cpu_thread(active: bool = True) -> Iterator[None]:
-    """Run torch's CPU ops with one intra-op thread inside the block (the setting is restored).
+def single_cpu_thread(active: bool = True) -> Iterator[int]:
+    """Run torch's CPU ops with one intra-op thread inside the block (the setting is restored); the
+    block gets the intra-op threads torch had, for work it shares out itself (audio.fbank_batch's rows).
 
     The batch is finished on the CPU while DataLoader workers or DALI threads decode the next
     ones; torch's OpenMP threads then wait for busy cores, and a batch measured 159 ms on one
@@ -204,7 +205,7 @@ def single_cpu_thread(active: bool = True) -> Iterator[None]:
     if active and threads != 1:
         torch.set_num_threads(1)
     try:
-        yield
+        yield threads
     finally:
         if active and threads != 1:
             torch.set_num_threads(threads)
@@ -222,14 +223,15 @@ def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor
     waves first. `shards` [B]: each sample's tar, for the DataError of a failed labelling and the
     `label_failed` list of (shard, key). On the CPU this runs on one torch thread (see
     `single_cpu_thread`)."""
-    with single_cpu_thread(torch.device(device).type == "cpu"):
+    with single_cpu_thread(torch.device(device).type == "cpu") as threads:
         return _finish_batch(cfg, train, keys, frames, waves, lengths, classes, scores, device, fbank,
-                             shards or [""] * len(keys))
+                             shards or [""] * len(keys), threads)
 
 
 def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor | None,
                   lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
-                  device: torch.device | str, fbank: torch.Tensor | None, shards: list[str]) -> dict[str, Any]:
+                  device: torch.device | str, fbank: torch.Tensor | None, shards: list[str],
+                  threads: int) -> dict[str, Any]:
     from deteclap.data.targets import build_targets
 
     if fbank is None and waves is None:
@@ -253,6 +255,8 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
         fbank = None if fbank is None else fbank[keep]
     if not keys:                               # every sample's labels failed: nothing left
         return {"keys": [], "label_failed": failed}
+    masked = train and bool(data.freqm or data.timem)     # SpecAugment, before normalisation (CAV-MAE's order)
+    normalized = False                                     # the workers' fbank comes unnormalised
     frames = frames.to(device, non_blocking=True)
     if frames.dtype == torch.uint8:            # the reference loader's frames (DALI's come normalised)
         frames = normalize_frames(frames)
@@ -263,17 +267,19 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
             from deteclap.data.mixup import mixup_batch
 
             waves, frames, classes = mixup_batch(waves, lengths, frames.float(), classes, data.mixup)
-        fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=False)
+        normalized = not masked
+        fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=normalized, threads=threads)
     if train and cfg.finetune.task and cfg.finetune.label_smooth > 0:
         from deteclap.data.targets import smooth_labels
 
         classes = smooth_labels(classes, cfg.finetune.label_smooth)
     fbank = fbank.to(device, non_blocking=True)
-    if train and (data.freqm or data.timem):
+    if masked:
         fbank = audio.spec_augment(fbank, data.freqm, data.timem)
-    fbank = audio.normalize_fbank(fbank)
+    if not normalized:
+        fbank = audio.normalize_fbank(fbank)
     if train and data.noise:
-        fbank = audio.add_noise_and_roll(fbank)
+        fbank = audio.add_noise_and_roll(fbank, threads=threads)
     dtype = torch.float16 if data.frame_dtype == "float16" else torch.float32
     # float16: targets threshold in it; not waiting for the GPU (deteclap.audio)
     scores = {name: value.to(device, non_blocking=True) for name, value in scores.items()}

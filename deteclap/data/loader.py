@@ -26,10 +26,11 @@ in `loader.skipped`.
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,21 @@ def preload_decoders() -> None:
 # Spawned (the default of a spawned process, and of Python 3.14) each re-imports torch and the
 # decoders at every epoch start: 3.2 s instead of 0.7 s to an epoch's first batch, measured.
 WORKER_START = "fork" if sys.platform == "linux" else None
+# one draw of a sample in a worker's stream: its tar, key, raw members, and a problem known before
+# decoding ((reason, detail) from the tar's scan) or None
+Draw = tuple[Path, str, dict[str, bytes], "tuple[str, str] | None"]
+
+
+def forked_workers(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """iter(loader), with the objects of this process frozen out of the garbage collector while its
+    workers fork. A forked worker's first full collection otherwise walks every object it inherited
+    (torch's and the decoders') and writes to each, copying their pages: 200 ms of the 500 ms an
+    epoch's first batch took on 2 cores (2 workers of 32 samples)."""
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()        # the parent collects them again; the workers keep their frozen copy
 
 
 class ShardSamples(torch.utils.data.IterableDataset):
@@ -188,46 +204,39 @@ class ShardSamples(torch.utils.data.IterableDataset):
                 "classes": torch.from_numpy(np.frombuffer(members[CLASSES_EXT], np.uint8).astype(np.float32)),
                 "scores": scores}
 
-    def _draws(self, tar: Path, key: str, members: dict[str, bytes], times: int, rng: random.Random,
-               transform: Any, bad: tuple[str, str] | None = None) -> Iterator[Any]:
-        """The sample decoded `times` times (a balanced draw can repeat it). A bad one (on_error=skip;
-        `bad`: (reason, detail) known before decoding) gives a `Skipped` marker for each draw left, so
-        that the stream keeps its length (and every rank its batch count); the loader counts it once."""
-        for draw in range(times):
-            try:
-                if bad is not None:
-                    raise DataError(*bad)
-                yield self.decode(tar, key, members, rng, transform)
-            except DataError as err:
-                reason, detail = err.args
-                if self.cfg.data.on_error == "raise":
-                    raise DataError(f"{storage.location(tar)}: sample {key}: {reason}: {detail}") from None
-                yield from [Skipped(str(tar), key, reason)] * (times - draw)
-                return
+    def _decoded(self, draw: Draw, rng: random.Random, transform: Any,
+                 failed: dict[tuple[Path, str], tuple[str, str]]) -> Any:
+        """One draw decoded, or (on_error=skip) a `Skipped` marker, so that the stream keeps its
+        length (and every rank its batch count); the loader counts it once. A bad sample is not
+        decoded again for its later draws (a balanced draw can repeat it): `failed` remembers it."""
+        tar, key, members, bad = draw
+        bad = bad or failed.get((tar, key))
+        try:
+            if bad is not None:
+                raise DataError(*bad)
+            return self.decode(tar, key, members, rng, transform)
+        except DataError as err:
+            reason, detail = err.args
+            if self.cfg.data.on_error == "raise":
+                raise DataError(f"{storage.location(tar)}: sample {key}: {reason}: {detail}") from None
+            failed[(tar, key)] = (reason, detail)
+            return Skipped(str(tar), key, reason)
 
     def __iter__(self) -> Iterator[Any]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         rng = random.Random(self.seed * 1_000_003 + worker)
         transform = frame_transform(self.cfg.model.img_size)
-        buffer: list[Any] = []
-        size = self.cfg.data.shuffle_buffer if self.train else 0
-        for tar in self.tars[worker::workers]:
-            for item in self._tar_items(tar, rng, transform):
-                if size <= 1:
-                    yield item
-                    continue
-                buffer.append(item)
-                if len(buffer) >= size:
-                    yield buffer.pop(rng.randrange(len(buffer)))
-        rng.shuffle(buffer)
-        yield from buffer
+        draws = (draw for tar in self.tars[worker::workers] for draw in self._tar_draws(tar))
+        failed: dict[tuple[Path, str], tuple[str, str]] = {}
+        for draw in shuffled(draws, self.cfg.data.shuffle_buffer if self.train else 0, rng):
+            yield self._decoded(draw, rng, transform, failed)
 
-    def _tar_items(self, tar: Path, rng: random.Random, transform: Any) -> Iterator[Any]:
-        """One tar's drawn samples, decoded or `Skipped`. The stream must deliver every sample the
-        draw holds (from the tar's headers, `scan_samples`): one it does not deliver (the tar is
-        damaged, or changed since it was scanned) is a DataError naming the shard, or skipped and
-        counted, as is one the stream holds and the headers did not."""
+    def _tar_draws(self, tar: Path) -> Iterator[Draw]:
+        """One tar's drawn samples as their raw members, each as often as it was drawn. The stream
+        must deliver every sample the draw holds (from the tar's headers, `scan_samples`): one it does
+        not deliver (the tar is damaged, or changed since it was scanned) is a DataError naming the
+        shard, or skipped and counted, as is one the stream holds and the headers did not."""
         scan = scan_shard(tar)
         drawn = self.repeats.get(str(tar), {}) if self.repeats is not None else dict.fromkeys(scan_samples(tar), 1)
         delivered: set[str] = set()
@@ -237,14 +246,31 @@ class ShardSamples(torch.utils.data.IterableDataset):
                 bad = scan.bad.get(key)
                 if key not in scan.entries and bad is None:
                     bad, drawn = ("index_mismatch", "a sample the tar's headers did not list"), {**drawn, key: 1}
-                yield from self._draws(tar, key, members, drawn.get(key, 0), rng, transform, bad)
+                yield from [(tar, key, members, bad)] * drawn.get(key, 0)
         except FormatError as err:
             if self.cfg.data.on_error == "raise":
                 raise DataError(str(err)) from None
         for key, times in drawn.items():
             if key not in delivered and times:
                 bad = scan.bad.get(key, ("corrupt_tar", f"listed by {tar.name}'s headers, not in its stream"))
-                yield from self._draws(tar, key, {}, times, rng, transform, bad)
+                yield from [(tar, key, {}, bad)] * times
+
+
+def shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """`items` through a shuffle buffer of `size` (<= 1: in order): each item out is a random one of
+    the buffer, once it holds `size`; the rest, shuffled, at the end. The reference loader shuffles
+    the raw draws, before decoding (as DALI's reader does): filling the buffer then costs reading the
+    tars, not decoding `size` samples before an epoch's first batch."""
+    buffer: list[Any] = []
+    for item in items:
+        if size <= 1:
+            yield item
+            continue
+        buffer.append(item)
+        if len(buffer) >= size:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
@@ -364,7 +390,7 @@ class ReferenceLoader(SkipLog):
             worker_init_fn=flush_denormals,   # workers do not inherit it (denormals: fbank ~2x slower)
             generator=torch.Generator().manual_seed(data.seed))  # leaves the global RNG alone (resume)
         self.batches_consumed = 0
-        for raw in loader:
+        for raw in forked_workers(loader):
             for item in raw["skipped"]:
                 self._count(item)
             if not raw["keys"]:
