@@ -211,16 +211,32 @@ def single_cpu_thread(active: bool = True) -> Iterator[int]:
             torch.set_num_threads(threads)
 
 
+def finish_audio(cfg: Config, train: bool, waves: torch.Tensor, lengths: torch.Tensor,
+                 threads: int = 1) -> torch.Tensor:
+    """Padded waves [B, S] and their lengths [B] -> the fbank the model takes [B, model.audio_length,
+    128], on the waves' device, in CAV-MAE's order: the Kaldi fbank, zero-padded / cut, SpecAugment
+    (training, data.freqm / timem: it masks the padded fbank before normalisation), normalisation,
+    noise and roll (training, data.noise). `threads`: on the CPU, Python threads sharing the rows."""
+    data = cfg.data
+    masked = train and bool(data.freqm or data.timem)
+    fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=not masked, threads=threads)
+    if masked:
+        fbank = audio.normalize_fbank(audio.spec_augment(fbank, data.freqm, data.timem))
+    if train and data.noise:
+        fbank = audio.add_noise_and_roll(fbank, threads=threads)
+    return fbank
+
+
 def finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tensor, waves: torch.Tensor | None,
                  lengths: torch.Tensor, classes: torch.Tensor, scores: dict[str, torch.Tensor],
                  device: torch.device | str = "cpu", fbank: torch.Tensor | None = None,
                  shards: list[str] | None = None) -> dict[str, Any]:
-    """Decoded batch -> the batch dict: fbank contract (+ mixup, SpecAugment, noise in training),
-    frame dtype, targets built from the label scores. waves [B, S] padded, lengths [B].
+    """Decoded batch -> the batch dict: mixup (training), the fbank (`finish_audio`), frame dtype,
+    targets built from the label scores. waves [B, S] padded, lengths [B].
 
-    `fbank` [B, audio_length, 128]: the unnormalised fbank when already computed (in the
-    DataLoader workers; `waves` may then be None); only valid without mixup, which mixes the
-    waves first. `shards` [B]: each sample's tar, for the DataError of a failed labelling and the
+    `fbank` [B, audio_length, 128]: finish_audio's fbank when already computed (in the DataLoader
+    workers; `waves` may then be None); only valid without mixup, which mixes the waves first.
+    `shards` [B]: each sample's tar, for the DataError of a failed labelling and the
     `label_failed` list of (shard, key). On the CPU this runs on one torch thread (see
     `single_cpu_thread`)."""
     with single_cpu_thread(torch.device(device).type == "cpu") as threads:
@@ -255,8 +271,6 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
         fbank = None if fbank is None else fbank[keep]
     if not keys:                               # every sample's labels failed: nothing left
         return {"keys": [], "label_failed": failed}
-    masked = train and bool(data.freqm or data.timem)     # SpecAugment, before normalisation (CAV-MAE's order)
-    normalized = False                                     # the workers' fbank comes unnormalised
     frames = frames.to(device, non_blocking=True)
     if frames.dtype == torch.uint8:            # the reference loader's frames (DALI's come normalised)
         frames = normalize_frames(frames)
@@ -267,19 +281,12 @@ def _finish_batch(cfg: Config, train: bool, keys: list[str], frames: torch.Tenso
             from deteclap.data.mixup import mixup_batch
 
             waves, frames, classes = mixup_batch(waves, lengths, frames.float(), classes, data.mixup)
-        normalized = not masked
-        fbank = audio.fbank_batch(waves, lengths, cfg.model.audio_length, normalize=normalized, threads=threads)
+        fbank = finish_audio(cfg, train, waves, lengths, threads)
     if train and cfg.finetune.task and cfg.finetune.label_smooth > 0:
         from deteclap.data.targets import smooth_labels
 
         classes = smooth_labels(classes, cfg.finetune.label_smooth)
     fbank = fbank.to(device, non_blocking=True)
-    if masked:
-        fbank = audio.spec_augment(fbank, data.freqm, data.timem)
-    if not normalized:
-        fbank = audio.normalize_fbank(fbank)
-    if train and data.noise:
-        fbank = audio.add_noise_and_roll(fbank, threads=threads)
     dtype = torch.float16 if data.frame_dtype == "float16" else torch.float32
     # float16: targets threshold in it; not waiting for the GPU (deteclap.audio)
     scores = {name: value.to(device, non_blocking=True) for name, value in scores.items()}

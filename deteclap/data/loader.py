@@ -6,10 +6,10 @@ deteclap.data.common). Per sample (in DataLoader workers): the tar is read with 
 (its bytes found in the mp4 sample table, deteclap.data.mp4, and decoded by a reused decoder),
 resized and cropped exactly like CAV-MAE (PIL T.Resize(224, BICUBIC) + CenterCrop, skipped for
 frames stored at 224 x 224) and kept as uint8, the audio read (`KEY.wav`: its int16 samples as they
-lie; `KEY.flac`: decoded with soundfile). Per batch:
-`finish_batch` (deteclap.data.common) in the main process; the Kaldi fbank of deteclap.audio is
-computed on the padded waves in the workers on the CPU, in the main process on a GPU or with mixup.
-Workers flush denormals.
+lie; `KEY.flac`: decoded with soundfile). Training shuffles the raw samples through a buffer
+before decoding them (`shuffled`). Per batch: `finish_batch` (deteclap.data.common) in the main
+process; the fbank with its SpecAugment and noise (`finish_audio`) is computed on the padded waves
+in the workers on the CPU, in the main process on a GPU or with mixup. Workers flush denormals.
 
 Sharding: a training epoch is a draw, {tar: {key: times}}: every sample once, or with
 `finetune.balanced_sampling` as many times as deteclap.data.balance drew it (CAV-MAE's
@@ -37,12 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from deteclap import audio
 from deteclap.config import Config
 from deteclap.data.balance import epoch_repeats, rank_shares
 from deteclap.data.common import (DataError, Skipped, SkipLog, bad_audio_detail, batch_size, check_shards,
-                                  corrupt_reason, epoch_seed, finish_batch, required_members, resolve_shards,
-                                  shard_facts, wrong_score_sizes)
+                                  corrupt_reason, epoch_seed, finish_audio, finish_batch, required_members,
+                                  resolve_shards, shard_facts, wrong_score_sizes)
 from deteclap.device import flush_denormals
 from deteclap.format import (AUDIO_EXT, CLASSES_EXT, VIDEO_EXT, FormatError, is_score_member, iter_tar_samples,
                              labeller_of, scan_shard, storage)
@@ -273,12 +272,14 @@ def shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[An
     yield from buffer
 
 
-def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
+def collate(items: list[Any], cfg: Config | None = None, train: bool = False) -> dict[str, Any]:
     """Stack decoded samples; pad waves with their lengths; keep `Skipped` markers aside.
 
-    fbank_length > 0 also computes the (unnormalised) fbank contract of the batch here, in the
-    DataLoader worker, so that the workers share the fbank work instead of the main process
-    doing it for every batch: `fbank` [B, fbank_length, 128], and `waves` is None.
+    With `cfg`, the batch's fbank as the model takes it (deteclap.data.common.finish_audio) is also
+    computed here, in the DataLoader worker, so that the workers share the audio work instead of the
+    main process doing it for every batch: `fbank` [B, model.audio_length, 128], and `waves` is None
+    (20 MB per batch of 32 less to ship to the main process). Its random numbers (SpecAugment, noise)
+    come from the worker's torch generator, which the DataLoader seeds from the loader's.
     """
     skipped = [item for item in items if isinstance(item, Skipped)]
     good = [item for item in items if not isinstance(item, Skipped)]
@@ -297,9 +298,8 @@ def collate(items: list[Any], fbank_length: int = 0) -> dict[str, Any]:
     out.update(frames=torch.stack([item["frame"] for item in good]), waves=waves, lengths=lengths,
                classes=torch.stack([item["classes"] for item in good]),
                scores={name: torch.stack([item["scores"][name] for item in good]) for name in good[0]["scores"]})
-    if fbank_length > 0:      # the waves stay here (20 MB per batch of 32 less to ship to the main process)
-        out["fbank"] = audio.fbank_batch(waves, lengths, fbank_length, normalize=False)
-        out["waves"] = None
+    if cfg is not None:
+        out["fbank"], out["waves"] = finish_audio(cfg, train, waves, lengths), None
     return out
 
 
@@ -379,13 +379,13 @@ class ReferenceLoader(SkipLog):
                                self.repeats, self.num_classes, self.audio_ext)
         workers = min(data.num_workers, len(self.tars))
         device = "cuda" if torch.cuda.is_available() and self.cfg.run.device != "cpu" else "cpu"
-        # on the CPU the workers compute the fbank (in parallel); on a GPU the main process does
-        # it there; mixup mixes waves before the fbank, so it keeps the fbank in finish_batch
+        # on the CPU the workers compute the fbank, SpecAugment and noise (in parallel); on a GPU the
+        # main process does it there; mixup mixes waves before the fbank, so it keeps it in finish_batch
         in_workers = device == "cpu" and workers > 0 and not (self.train and data.mixup > 0)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size(self.cfg, self.train), num_workers=workers,
             multiprocessing_context=WORKER_START if workers else None,
-            collate_fn=functools.partial(collate, fbank_length=self.cfg.model.audio_length if in_workers else 0),
+            collate_fn=functools.partial(collate, cfg=self.cfg if in_workers else None, train=self.train),
             drop_last=self.train, persistent_workers=False, pin_memory=device == "cuda",
             worker_init_fn=flush_denormals,   # workers do not inherit it (denormals: fbank ~2x slower)
             generator=torch.Generator().manual_seed(data.seed))  # leaves the global RNG alone (resume)
