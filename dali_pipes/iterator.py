@@ -52,6 +52,7 @@ often as deteclap.data.balance drew it this epoch.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import re
@@ -162,6 +163,30 @@ def _dali_error_text(err: BaseException) -> str:
     return text.split("encountered:", 1)[-1].strip().splitlines()[0] if "encountered:" in text else text
 
 
+def frame_tables(tar: str) -> dict[str, bytes]:
+    """{key: KEY.frames bytes} of every sample of a tar, for `frame_table_problem` (shared: do not
+    modify it). Cached per tar version (deteclap.format.storage.stamp): a loader is built per epoch,
+    and reading the tables again would cost every rank one seek and read per sample of the data set
+    at every epoch's start."""
+    stamp = storage.stamp(tar)
+    if stamp is None:
+        raise FileNotFoundError(f"{tar}: no such shard")
+    return _read_frame_tables(tar, stamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_frame_tables(tar: str, stamp: tuple[int, str]) -> dict[str, bytes]:
+    """frame_tables of one version of a tar: each table (a few dozen bytes) read at its index offset."""
+    tables = {}
+    with storage.open_file(tar) as handle:
+        for key, members in scan_shard(tar).entries.items():
+            for ext, offset, size, _ in members:
+                if ext == FRAME_TABLE_EXT:
+                    handle.seek(offset)
+                    tables[key] = handle.read(size)
+    return tables
+
+
 class DaliLoader(SkipLog):
     """Iterable of batch dicts from a DALI pipeline; `skipped` counts left-out samples by reason."""
 
@@ -256,7 +281,7 @@ class DaliLoader(SkipLog):
         data = self.cfg.data
         needed = data.num_frames if self.train else data.eval_frame + 1     # frames the table must hold
         for tar, samples in self.entries.items():
-            tables = self._frame_tables(tar) if FRAME_TABLE_EXT in self.exts else {}
+            tables = frame_tables(tar) if FRAME_TABLE_EXT in self.exts else {}
             for key, members in samples.items():
                 if not self._times(tar, key):
                     continue                  # not read this epoch (not drawn, or already counted)
@@ -281,18 +306,6 @@ class DaliLoader(SkipLog):
                     self.excluded.add((tar, key))
                     if self.rank == 0:
                         self._count(Skipped(tar, key, problem[0]))
-
-    def _frame_tables(self, tar: str) -> dict[str, bytes]:
-        """{key: KEY.frames bytes} of the samples of a tar read this epoch (a few dozen bytes each,
-        read at their index offsets), for `frame_table_problem`."""
-        tables = {}
-        with storage.open_file(tar) as handle:
-            for key, members in self.entries[tar].items():
-                for ext, offset, size, _ in members:
-                    if ext == FRAME_TABLE_EXT and self._times(tar, key):
-                        handle.seek(offset)
-                        tables[key] = handle.read(size)
-        return tables
 
     def _times(self, tar: str, key: str) -> int:
         """How often the reader lists a sample this epoch (0: excluded or not drawn)."""
