@@ -403,6 +403,16 @@ def replicate_shards(shards: str, times: int, out: Path) -> str:
     return str(out)
 
 
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """`vs_official` and `steady_vs_official` in each result: its clips/s over the official loader's
+    in the same run (the loader targets are such ratios; runs on other days or machines differ)."""
+    official = next((r for r in results if r["name"] == "official_layout"), None)
+    for r in results if official else []:
+        r["vs_official"] = round(r["clips_per_s"] / official["clips_per_s"], 3)
+        if r.get("steady_clips_per_s") and official.get("steady_clips_per_s"):
+            r["steady_vs_official"] = round(r["steady_clips_per_s"] / official["steady_clips_per_s"], 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, nargs="+",
@@ -477,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                  threads=split_name(r["name"].partition("@")[0])[1] or None,
                  audio_format=audio_format(folder),
                  load_average_after=[float(x) for x in load])
+    add_ratios(results)
     out = write_result("loader", results, args.json)
     if results:
         plot(results, Path(args.plot))

@@ -183,3 +183,16 @@ def test_audio_formats_side_by_side(shard_dir, flac_shard_dir, tmp_path):
     results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
     assert sorted(results) == ["reference@flac", "reference@pcm"]
     assert results["reference@pcm"]["audio_format"] == "pcm" and results["reference@flac"]["audio_format"] == "flac"
+
+
+def test_loader_results_carry_their_ratio_to_the_official_loader():
+    """Each loader's clips/s over the official loader's of the same run; none without one."""
+    from benchmarks.loader import add_ratios
+
+    results = [{"name": "dali_cpu@pcm", "clips_per_s": 300.0, "steady_clips_per_s": 400.0},
+               {"name": "official_layout", "clips_per_s": 200.0, "steady_clips_per_s": 320.0}]
+    add_ratios(results)
+    assert [(r["vs_official"], r["steady_vs_official"]) for r in results] == [(1.5, 1.25), (1.0, 1.0)]
+    alone = [{"name": "reference", "clips_per_s": 300.0, "steady_clips_per_s": None}]
+    add_ratios(alone)
+    assert "vs_official" not in alone[0]
