@@ -181,10 +181,13 @@ def test_spec_augment_matches_torchaudio_masking() -> None:
     assert bool((masked_bins <= 48).all()) and int(masked_bins.sum()) > 0
 
 
-def test_add_noise_and_roll() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["cpu-rows", "device-path"])
+def test_add_noise_and_roll(dtype: torch.dtype) -> None:
+    """Each row rolled along time by its own shift, plus noise in [0, 0.1): float32 on the CPU takes
+    the per-row path, any other dtype the batched path a GPU takes."""
     gen = torch.Generator().manual_seed(0)
     frames = 50
-    fbank = torch.arange(frames, dtype=torch.float32).view(1, frames, 1).expand(3, frames, 4).contiguous()
+    fbank = torch.arange(frames, dtype=dtype).view(1, frames, 1).expand(3, frames, 4).contiguous()
     out = audio.add_noise_and_roll(fbank, generator=gen)
     shifts = set()
     for i in range(3):
