@@ -163,28 +163,32 @@ def _dali_error_text(err: BaseException) -> str:
     return text.split("encountered:", 1)[-1].strip().splitlines()[0] if "encountered:" in text else text
 
 
-def frame_tables(tar: str) -> dict[str, bytes]:
-    """{key: KEY.frames bytes} of every sample of a tar, for `frame_table_problem` (shared: do not
-    modify it). Cached per tar version (deteclap.format.storage.stamp): a loader is built per epoch,
-    and reading the tables again would cost every rank one seek and read per sample of the data set
-    at every epoch's start."""
+def frame_table_problems(tar: str, needed: int) -> dict[str, str]:
+    """{key: problem} of a tar's samples whose KEY.frames is not their mp4's frame table for `needed`
+    frames (deteclap.format.frame_table_problem). Cached per tar version (storage.stamp): a loader
+    is built per epoch, and reading the tables again would cost every rank one seek and read per
+    sample of the data set at every epoch's start; only the problems are kept."""
     stamp = storage.stamp(tar)
     if stamp is None:
         raise FileNotFoundError(f"{tar}: no such shard")
-    return _read_frame_tables(tar, stamp)
+    return _frame_table_problems(tar, stamp, needed)
 
 
-@functools.lru_cache(maxsize=4096)
-def _read_frame_tables(tar: str, stamp: tuple[int, str]) -> dict[str, bytes]:
-    """frame_tables of one version of a tar: each table (a few dozen bytes) read at its index offset."""
-    tables = {}
+@functools.cache
+def _frame_table_problems(tar: str, stamp: tuple[int, str], needed: int) -> dict[str, str]:
+    """frame_table_problems of one version of a tar: each table (a few dozen bytes) read at its offset."""
+    problems = {}
     with storage.open_file(tar) as handle:
         for key, members in scan_shard(tar).entries.items():
-            for ext, offset, size, _ in members:
-                if ext == FRAME_TABLE_EXT:
-                    handle.seek(offset)
-                    tables[key] = handle.read(size)
-    return tables
+            places = {ext: (offset, size) for ext, offset, size, _ in members}
+            if FRAME_TABLE_EXT not in places:
+                continue
+            offset, size = places[FRAME_TABLE_EXT]
+            handle.seek(offset)
+            problem = frame_table_problem(handle.read(size), places.get("mp4", (0, 0))[1], needed)
+            if problem:
+                problems[key] = problem
+    return problems
 
 
 class DaliLoader(SkipLog):
@@ -281,20 +285,19 @@ class DaliLoader(SkipLog):
         data = self.cfg.data
         needed = data.num_frames if self.train else data.eval_frame + 1     # frames the table must hold
         for tar, samples in self.entries.items():
-            tables = frame_tables(tar) if FRAME_TABLE_EXT in self.exts else {}
+            table_problems = frame_table_problems(tar, needed) if FRAME_TABLE_EXT in self.exts else {}
             for key, members in samples.items():
                 if not self._times(tar, key):
                     continue                  # not read this epoch (not drawn, or already counted)
                 sizes = {m[0]: m[2] for m in members}
                 problem = None
                 wrong = wrong_score_sizes({e: n for e, n in sizes.items() if e in self.exts}, self.score_size)
-                table = tables.get(key)
                 cls = sizes.get(CLASSES_EXT)
                 if wrong:
                     problem = ("bad_scores", wrong)
-                elif table is not None and frame_table_problem(table, sizes.get("mp4", 0), needed):
+                elif key in table_problems:
                     problem = ("corrupt_mp4", f"its {FRAME_TABLE_EXT} member is not the mp4's frame table: "
-                                              f"{frame_table_problem(table, sizes.get('mp4', 0), needed)}")
+                                              f"{table_problems[key]}")
                 elif cls is not None and self.num_classes is not None and cls != self.num_classes:
                     problem = ("bad_classes", f"{CLASSES_EXT} of {cls} bytes, not one per class of dataset.json's "
                                               f"{self.num_classes}")
@@ -437,7 +440,8 @@ class DaliLoader(SkipLog):
         device = out["frames"].device
         scores = {name: out[name] for name in self.score_names}
         out.pop(WAV_HEAD, None)
-        waves = torch.mul(out["waves"], PCM_SCALE)   # int16 -> float32 in one pass, where DALI put them
+        # int16 -> float32 in one pass, where DALI put them (a float32 scale: not the default dtype)
+        waves = torch.mul(out["waves"], torch.tensor(PCM_SCALE, dtype=torch.float32))
         batch = finish_batch(self.cfg, self.train, keys, out["frames"], waves, out["lengths"].view(-1),
                              out["classes"], scores, device, shards=tars)
         for tar, key in batch.pop("label_failed"):

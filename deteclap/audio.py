@@ -166,7 +166,7 @@ def _fbank_rows(waves: Tensor, means: Tensor, counts: list[int] | Tensor, out_fr
                            out=out[row, start:end])
         out[row, count:].zero_()
         if normalize:
-            out[row].sub_(FBANK_NORM_MEAN).div_(FBANK_NORM_STD)   # normalize_fbank's ops, in place
+            normalize_fbank(out[row], inplace=True)
 
     _each_row(row_fbank, len(counts), threads)
     return out
@@ -183,8 +183,9 @@ def _each_row(work: Callable[[int], None], rows: int, threads: int) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _row_threads(threads: int, process: int) -> ThreadPoolExecutor:
-    """The CPU rows' threads, started once per process (keyed by pid: a forked child has none)."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="fbank")
+    """The CPU rows' threads, started once per process (keyed by pid: a forked child has none), each
+    with one intra-op thread (a thread keeps the count it starts with; this leaves the caller's alone)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="fbank", initializer=torch.set_num_threads, initargs=(1,))
 
 
 @functools.lru_cache(maxsize=8)
@@ -197,27 +198,22 @@ def _wave_to_fbank(waves: Tensor, means: Tensor, frames: int, sample_rate: int, 
                    out: Tensor | None = None) -> Tensor:
     """The first `frames` Kaldi frames of (waves - means) -> log-mel [..., frames, num_bins] (into `out`).
 
-    waves [..., S] (S >= the frames' span), means [..., 1]. Kaldi takes each frame x (400 samples):
-    DC removal (y = x - mean(x)), pre-emphasis (z_i = y_i - 0.97 y_{i-1}, z_0 = y_0 - 0.97 y_0), the
-    Hann window, then |rfft|^2 of the frame zero-padded to 512. The frames overlap 2.5 times, so the
-    pre-emphasis is taken once over the wave (e_t = x_t - 0.97 x_{t-1}) and the DC removal folded
-    into it, z_i = e_i - 0.03 mean(x) for i >= 1: one pass over the frames writes the FFT buffer,
-    where four passes took 3/5 of the fbank's time on the CPU. The values are those of the per-frame
-    order up to float32 rounding (within 1e-3 log units of torchaudio in near-silent bins, as the
-    per-frame order)."""
+    waves [..., S] (S >= the frames' span), means [..., 1]. torchaudio's op order and roundings:
+    per-frame DC removal, pre-emphasis (0.97 * the sample before, the first sample against itself),
+    Hann window, written straight into the zero-padded FFT buffer (the values of torchaudio's cat /
+    pad, without their copies); |rfft|^2 as re^2 + im^2 (within 3e-7 relative of abs().pow(2)).
+    The order matters: pre-emphasis before the DC removal (once over the wave, the DC removal folded
+    in) rounds at the raw samples' scale, and a loud low hum (an int16 0.7 sin(50 Hz)) then moved
+    near-silent bins by 1.3e-3 after normalisation from torchaudio, against 5e-7 in this order."""
     size, shift, fft_size = _window_sizes(sample_rate)
     span = (frames - 1) * shift + size
-    centred = waves[..., :span] - means
-    emphasised = torch.empty_like(centred)                    # [..., span]; sample 0 unused
-    torch.mul(centred[..., :-1], -PREEMPHASIS, out=emphasised[..., 1:]).add_(centred[..., 1:])
-    raw = centred.unfold(-1, size, shift)                     # [..., frames, size], a view
-    frame_means = raw.mean(dim=-1, keepdim=True)
-    buffer = centred.new_empty(*centred.shape[:-1], frames, fft_size)
+    raw = (waves[..., :span] - means).unfold(-1, size, shift)            # [..., frames, size], a view
+    centred = raw - raw.mean(dim=-1, keepdim=True)                       # per-frame DC removal
+    buffer = centred.new_empty(*centred.shape[:-1], fft_size)
     buffer[..., size:].zero_()
     body = buffer[..., :size]
-    torch.sub(emphasised.unfold(-1, size, shift), frame_means, alpha=1 - PREEMPHASIS, out=body)
-    first = raw[..., :1] - frame_means                        # the first sample against itself
-    body[..., :1] = first - PREEMPHASIS * first
+    torch.mul(centred[..., :-1], -PREEMPHASIS, out=body[..., 1:]).add_(centred[..., 1:])   # y_i - 0.97 y_{i-1}
+    body[..., :1] = centred[..., :1] - PREEMPHASIS * centred[..., :1]    # the first sample against itself
     body.mul_(_hann_window(size, waves.device, waves.dtype))
     squares = torch.view_as_real(torch.fft.rfft(buffer)).square_().flatten(-2)   # [..., frames, 2 * 257]
     return _mel_energies(squares, sample_rate, num_bins, out).clamp_(min=EPSILON).log_()
@@ -255,9 +251,9 @@ def pad_or_cut(fbank: Tensor, target_length: int) -> Tensor:
     return torch.nn.functional.pad(fbank, (0, 0, 0, target_length - frames))
 
 
-def normalize_fbank(fbank: Tensor) -> Tensor:
-    """(fbank - mean) / std with CAV-MAE's dataset statistics (-5.081, 4.4849)."""
-    return (fbank - FBANK_NORM_MEAN).div_(FBANK_NORM_STD)
+def normalize_fbank(fbank: Tensor, inplace: bool = False) -> Tensor:
+    """(fbank - mean) / std with CAV-MAE's dataset statistics (-5.081, 4.4849); `inplace` overwrites fbank."""
+    return (fbank.sub_(FBANK_NORM_MEAN) if inplace else fbank - FBANK_NORM_MEAN).div_(FBANK_NORM_STD)
 
 
 def _masked_means_and_counts(waves: Tensor, lengths: Tensor, sample_rate: int) -> tuple[Tensor, Tensor]:
@@ -348,7 +344,7 @@ def add_noise_and_roll(fbank: Tensor, generator: torch.Generator | None = None, 
     if fbank.device.type == "cpu" and fbank.dtype == torch.float32:
         seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=device).tolist()
         shifts, weights = (shift.view(-1) % frames).tolist(), scale.view(-1).tolist()
-        out = torch.empty(fbank.shape)                       # contiguous: numpy fills its rows
+        out = torch.empty(fbank.shape, dtype=fbank.dtype)    # contiguous: numpy fills its rows
 
         def row_noise(row: int) -> None:
             k, noise = shifts[row], out[row]

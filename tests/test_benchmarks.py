@@ -14,7 +14,7 @@ def test_results_schema_and_readme_section(tmp_path):
     data = json.loads(path.read_text())
     assert data["benchmark"] == "loader" and data["machine"]["cpu_count"] >= 1 and data["date"]
     text = render(tmp_path)
-    assert "| reference | 123.5 | n/a | 7.0 | 512 | 62 | 256 | 32 | 2 |" in text
+    assert "| reference | 123.5 | n/a | n/a | n/a | 7.0 | 512 | 62 | 256 | 32 | 2 |" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
     update_readme(readme, text)

@@ -477,14 +477,14 @@ def test_no_pipeline_outlives_its_epoch(shard_dir: Path, flac_shard_dir: Path, t
 def test_frame_tables_are_read_once_per_tar_version(shard_dir: Path, tmp_path: Path) -> None:
     """A loader is built per epoch: the KEY.frames tables it checks are read from each tar once, and
     again only when the tar changes (a damaged table is still found then)."""
-    from dali_pipes.iterator import _read_frame_tables
+    from dali_pipes.iterator import _frame_table_problems
 
     shards = rewrite_shards(shard_dir, tmp_path / "s", keep)
     cfg = make_cfg(shards)
-    reads = _read_frame_tables.cache_info().misses
+    reads = _frame_table_problems.cache_info().misses
     for epoch in range(3):
         build_dali_loader(cfg, train=True, epoch=epoch, device="cpu")
-    assert _read_frame_tables.cache_info().misses - reads == len(list(shards.glob("*.tar"))) == 3
+    assert _frame_table_problems.cache_info().misses - reads == len(list(shards.glob("*.tar"))) == 3
     bad_key = all_keys(shards)[4]
     rewrite_shards(shards, tmp_path / "bad", corrupt(bad_key, "frames"))
     for path in (tmp_path / "bad").glob("train-*"):

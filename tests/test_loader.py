@@ -417,3 +417,22 @@ def test_workers_fork_with_the_parents_objects_frozen() -> None:
                                          multiprocessing_context=WORKER_START)
     in_worker = list(forked_workers(loader))
     assert in_worker[0] > 1000 and gc.get_freeze_count() == 0
+
+
+def test_worker_augmentation_differs_by_epoch_and_rank(shard_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers draw the batches' SpecAugment and noise from their torch generators, seeded per
+    epoch and rank: no epoch or rank repeats another's random numbers, and a rerun repeats its own."""
+    import deteclap.data.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "finish_audio",      # forked workers inherit it: one draw per batch
+                        lambda cfg, train, waves, lengths: torch.rand(1).expand(len(waves), 1, 1).clone())
+    cfg = make_cfg(shard_dir, batch=1, workers=2)
+
+    def draws(epoch: int, rank: int) -> list[float]:
+        return [float(b["fbank"][0, 0, 0]) for b in build_loader(cfg, train=True, rank=rank, world_size=2,
+                                                                  epoch=epoch)]
+
+    runs = [draws(epoch, rank) for epoch in range(2) for rank in range(2)]
+    values = [value for run in runs for value in run]
+    assert len(values) >= 8 and len(set(values)) == len(values)
+    assert draws(1, 1) == runs[3]

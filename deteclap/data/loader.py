@@ -149,7 +149,10 @@ def forked_workers(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
     """iter(loader), with the objects of this process frozen out of the garbage collector while its
     workers fork. A forked worker's first full collection otherwise walks every object it inherited
     (torch's and the decoders') and writes to each, copying their pages: 200 ms of the 500 ms an
-    epoch's first batch took on 2 cores (2 workers of 32 samples)."""
+    epoch's first batch took on 2 cores (2 workers of 32 samples). A process that froze objects
+    itself is left as it is (unfreezing would unfreeze its objects too)."""
+    if gc.get_freeze_count():
+        return iter(loader)
     gc.freeze()
     try:
         return iter(loader)
@@ -279,7 +282,8 @@ def collate(items: list[Any], cfg: Config | None = None, train: bool = False) ->
     computed here, in the DataLoader worker, so that the workers share the audio work instead of the
     main process doing it for every batch: `fbank` [B, model.audio_length, 128], and `waves` is None
     (20 MB per batch of 32 less to ship to the main process). Its random numbers (SpecAugment, noise)
-    come from the worker's torch generator, which the DataLoader seeds from the loader's.
+    come from the worker's torch generator, which the DataLoader seeds from the generator that
+    `ReferenceLoader` seeds per epoch and rank.
     """
     skipped = [item for item in items if isinstance(item, Skipped)]
     good = [item for item in items if not isinstance(item, Skipped)]
@@ -322,6 +326,7 @@ class ReferenceLoader(SkipLog):
                  start_batch: int = 0) -> None:
         data = cfg.data
         self.cfg, self.train, self.epoch, self.start_batch = cfg, train, epoch, start_batch
+        self.rank, self.world_size = rank, world_size
         spec, split = (data.train_shards, data.train_split) if train else (data.eval_shards, data.eval_split)
         all_tars = resolve_shards(spec, split)
         check_shards(all_tars, data.on_error)
@@ -388,7 +393,9 @@ class ReferenceLoader(SkipLog):
             collate_fn=functools.partial(collate, cfg=self.cfg if in_workers else None, train=self.train),
             drop_last=self.train, persistent_workers=False, pin_memory=device == "cuda",
             worker_init_fn=flush_denormals,   # workers do not inherit it (denormals: fbank ~2x slower)
-            generator=torch.Generator().manual_seed(data.seed))  # leaves the global RNG alone (resume)
+            # the workers' torch seeds (their SpecAugment and noise) come from it: one per epoch and
+            # rank, and the global RNG is left alone (resume)
+            generator=torch.Generator().manual_seed(epoch_seed(data.seed, self.epoch) * self.world_size + self.rank))
         self.batches_consumed = 0
         for raw in forked_workers(loader):
             for item in raw["skipped"]:

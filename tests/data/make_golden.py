@@ -1,6 +1,7 @@
 """Make tests/data/fbank_golden.npz: torchaudio's Kaldi fbank of a few short FLAC clips.
 
-The clips are synthesised here (tones, a chirp, noise bursts, a DC offset; seeded), written as
+The clips are synthesised here (tones, a chirp, noise bursts, a DC offset; seeded; then a loud
+hum alone), written as
 16 kHz 16-bit FLAC with soundfile, decoded again and passed through CAV-MAE's exact call
 `torchaudio.compliance.kaldi.fbank(wav - wav.mean(), htk_compat=True, sample_frequency=16000,
 use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)`, padded /
@@ -22,6 +23,7 @@ SAMPLE_RATE = 16000
 TARGET_LENGTH = 1024
 FRAME_STRIDE = 16
 DURATIONS_S = (0.5, 3.2, 10.0, 10.9)    # shorter and longer than CAV-MAE's 10 s / 1024 frames
+HUM_S = 10.0                            # then a loud mains hum alone (`hum_wave`)
 SEED = 7
 
 
@@ -34,6 +36,13 @@ def synth_wave(seconds: float, rng: np.random.Generator) -> np.ndarray:
     wave += 0.01 * bursts * rng.standard_normal(t.size)
     wave += 0.03                                          # DC offset: mean removal must matter
     return np.clip(wave, -1, 1).astype(np.float32)
+
+
+def hum_wave(seconds: float) -> np.ndarray:
+    """A loud 50 Hz hum and nothing else: its high bins hold only rounding, where an fbank that
+    rounds in another order than torchaudio's moves them (by over 1e-3 after normalisation)."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.7 * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
 
 
 def reference_rows(frames_total: int) -> np.ndarray:
@@ -52,10 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("fbank_golden.npz")))
     args = parser.parse_args(argv)
     rng = np.random.default_rng(SEED)
-    arrays: dict[str, np.ndarray] = {"durations": np.array(DURATIONS_S)}
-    for i, seconds in enumerate(DURATIONS_S):
+    arrays: dict[str, np.ndarray] = {"durations": np.array(DURATIONS_S + (HUM_S,))}
+    clips = [synth_wave(seconds, rng) for seconds in DURATIONS_S] + [hum_wave(HUM_S)]
+    for i, clip in enumerate(clips):
         buffer = io.BytesIO()
-        soundfile.write(buffer, synth_wave(seconds, rng), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        soundfile.write(buffer, clip, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
         flac = buffer.getvalue()
         wave, _ = soundfile.read(io.BytesIO(flac), dtype="float32")
         wave = torch.from_numpy(wave)[None]
