@@ -149,7 +149,7 @@ def _fbank_rows(waves: Tensor, means: Tensor, counts: list[int] | Tensor, out_fr
     Python threads (torch's ops release the GIL; each runs on one intra-op thread: OpenMP's threads
     spin where loader threads hold the cores, these wait). Other devices take the batch at once.
     """
-    size, shift, _ = _window_sizes(sample_rate)
+    _, shift, _ = _window_sizes(sample_rate)
     if isinstance(counts, Tensor):
         frames = min(out_frames, int(num_frames(waves.shape[1], sample_rate)))
         fbank = _wave_to_fbank(waves, means, frames, sample_rate, num_bins)
